@@ -1,0 +1,69 @@
+"""Top-1 accuracy of ONNX models on the real test sets in ../shared/data (shared by the benchmark scripts)."""
+from __future__ import annotations
+
+import gzip
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# preprocessing of each real model, from ../shared/data/README.md
+CIFAR_TUTORIAL = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+CIFAR_RESNET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def require_shared() -> Path:
+    """The shared data folder, or exit with a clear message when it is absent."""
+    if not SHARED.is_dir():
+        sys.exit(f"skipped: real data not found at {SHARED} (this benchmark needs ../shared/data)")
+    return SHARED
+
+
+def mnist(first: int | None = None, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST test digits as raw 0-255 float32 N×1×28×28 and int64 labels."""
+    root = require_shared() / "mnist"
+    x = np.frombuffer(gzip.open(root / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
+    y = np.frombuffer(gzip.open(root / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+    x = x.reshape(-1, 1, 28, 28).astype(np.float32)[skip:]
+    y = y.astype(np.int64)[skip:]
+    return (x[:first], y[:first]) if first else (x, y)
+
+
+def write_mnist_npz(path: Path, first: int | None = None, skip: int = 0, input_name: str = "Input3") -> Path:
+    """Write MNIST digits as calibration .npz keyed by the model's input name, with labels."""
+    x, y = mnist(first, skip)
+    np.savez(path, **{input_name: x, "label": y})
+    return path
+
+
+def accuracy(model_path: str | Path, data_path: str | Path, *, mean=None, std=None, batch: int = 256) -> float:
+    """Top-1 accuracy of a model over all samples of data (an .npz with labels, or a class-folder image tree)."""
+    import onnx
+
+    from onnxprune.calibration.sources import ImageOptions, open_data
+    from onnxprune.compress import input_specs
+    from onnxprune.runtime import create_session, fixed_batch
+
+    model = onnx.load(str(model_path))
+    data = open_data(data_path, input_specs(model), image_options=ImageOptions(mean=mean, std=std))
+    session = create_session(model)
+    size = fixed_batch(model) or batch
+    correct = 0
+    for idx, feed in data.batches(range(len(data)), size):
+        pred = session.run(None, feed)[0].argmax(axis=1)
+        correct += int(np.sum(pred == data.labels[np.asarray(idx)]))
+    return correct / len(data)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="top-1 accuracy of a model on labelled data")
+    ap.add_argument("model")
+    ap.add_argument("data")
+    ap.add_argument("--preset", choices=["none", "cifar-tutorial", "cifar-resnet"], default="none")
+    args = ap.parse_args()
+    pre = {"none": {}, "cifar-tutorial": CIFAR_TUTORIAL, "cifar-resnet": CIFAR_RESNET}[args.preset]
+    print(f"{accuracy(args.model, args.data, **pre):.4f}")

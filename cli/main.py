@@ -1,0 +1,56 @@
+"""The ``onnxprune`` command: a click group whose subcommands live in sibling modules."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from onnxprune import __version__
+from onnxprune.errors import OnnxPruneError
+
+
+class _Group(click.Group):
+    """Turns library errors into one line on stderr and a meaningful exit code, and Ctrl-C into 130."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OnnxPruneError as exc:
+            click.echo(f"onnxprune: error: {exc.one_line()}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("onnxprune: interrupted; no output was written.", err=True)
+            sys.exit(130)
+        except MemoryError:
+            click.echo("onnxprune: error: out of memory. Note: lower --batch-size or --max-positions.", err=True)
+            sys.exit(6)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="onnxprune")
+def cli() -> None:
+    """Make exported ONNX CNNs smaller and faster without retraining.
+
+    Exit codes: 0 success, 1 general error, 2 bad model, 3 bad data, 4 bad option or output path,
+    5 execution provider unavailable, 130 interrupted.
+    """
+
+
+def _register() -> None:
+    from onnxprune.cli import analyze, bench, compress
+
+    cli.add_command(compress.compress)
+    cli.add_command(analyze.analyze)
+    cli.add_command(bench.bench)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="onnxprune")
+
+
+if __name__ == "__main__":
+    main()

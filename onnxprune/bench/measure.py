@@ -1,0 +1,367 @@
+"""``benchmark``: latency, throughput and memory of ONNX models on ONNX Runtime execution providers.
+
+For every (model, provider, batch):
+
+1. inputs are prepared beforehand (random, or the given feeds cut/repeated to the batch);
+2. a session is created (``intra_op_num_threads`` = ``threads`` or ORT's default, ``inter_op_num_threads`` = 1,
+   sequential execution, all graph optimisations) and checked to really run on the provider;
+3. ``warmup`` runs are made and not timed;
+4. each timed run is ``time.perf_counter_ns`` around ``session.run`` alone (garbage collection paused),
+   ``runs`` times or until ``seconds`` have passed; p50/p90/p99 are reported over all runs (no trimming);
+5. memory: peak RSS increase of the process (CPU; ``/proc/self/status`` VmHWM, reset before the session
+   is created) and GPU used-memory increase (``pynvml`` or ``nvidia-smi``) for GPU providers.
+
+Each configuration runs in a fresh worker process (``isolate=True``) so process-wide peaks do not mix.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from onnxprune.bench.inputs import (
+    NotApplicable,
+    check_overrides,
+    feeds_for_batch,
+    input_specs,
+    parse_shape_overrides,
+    resolve_shapes,
+)
+from onnxprune.bench.providers import ProviderSpec, resolve_providers
+from onnxprune.bench.results import BenchResult, LatencyStats, MemoryStats, RunResult
+from onnxprune.errors import DataError, ModelError, OnnxPruneError, ProviderError, UsageError
+
+__all__ = ["benchmark", "benchmark_models", "model_file_bytes", "DEFAULT_RUNS"]
+
+DEFAULT_RUNS = 50
+_JOB_IDS = itertools.count()
+PathLike = Union[str, os.PathLike]
+ShapesArg = Union[Mapping[str, Sequence[int]], Iterable[str], None]
+ProvidersArg = Union[Sequence[Union[str, ProviderSpec]], str, ProviderSpec]
+
+
+@dataclass
+class _Plan:
+    path: Path
+    specs: list
+    result: BenchResult
+    label: str = ""
+    shapes: dict = field(default_factory=dict)  # batch -> {name: shape} or NotApplicable note (str)
+
+
+def _load_model(path: Path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not path.exists():
+        raise ModelError(f"model file '{path}' does not exist.")
+    if path.is_dir():
+        raise ModelError(f"model path '{path}' is a folder, not an .onnx file.")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(
+            f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: {first}).",
+            note="the file may be truncated or not ONNX",
+        ) from None
+    if not model.graph.node:
+        raise ModelError(f"'{path}' holds no graph nodes; it is empty or not an ONNX model.")
+    return model
+
+
+def _external_files(model, folder: Path) -> list[Path]:
+    import onnx
+
+    files: dict[Path, None] = {}
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in init.external_data:
+                if entry.key == "location":
+                    files[(folder / entry.value)] = None
+    return list(files)
+
+
+def model_file_bytes(path: PathLike, model=None) -> int:
+    """Size of the model file plus its external data files, in bytes."""
+    path = Path(path)
+    model = model if model is not None else _load_model(path)
+    total = path.stat().st_size
+    for extra in _external_files(model, path.parent):
+        if not extra.exists():
+            raise ModelError(
+                f"external data file '{extra}' of '{path}' is missing.",
+                note="keep the .onnx file and its external data files together in one folder",
+            )
+        total += extra.stat().st_size
+    return total
+
+
+def _providers(providers: ProvidersArg) -> list[ProviderSpec]:
+    if isinstance(providers, (str, ProviderSpec)):
+        providers = [providers]
+    specs = [p for p in providers if isinstance(p, ProviderSpec)]
+    names = [p for p in providers if not isinstance(p, ProviderSpec)]
+    if names and specs:
+        raise UsageError("give providers either as names or as ProviderSpec objects from resolve_providers, not both.")
+    return specs or resolve_providers(names or ["cpu"])
+
+
+def _check_options(batches, runs, seconds, warmup, threads) -> tuple[list[int], Optional[int], Optional[float]]:
+    if runs is not None and seconds is not None:
+        raise UsageError("give either a number of runs or a time budget in seconds, not both.")
+    if seconds is None and runs is None:
+        runs = DEFAULT_RUNS
+    if runs is not None and int(runs) < 1:
+        raise UsageError(f"runs must be >= 1, got {runs}.")
+    if seconds is not None and not float(seconds) > 0:
+        raise UsageError(f"seconds must be > 0, got {seconds}.")
+    if int(warmup) < 0:
+        raise UsageError(f"warm-up runs must be >= 0, got {warmup}.")
+    if threads is not None and int(threads) < 0:
+        raise UsageError(f"threads must be >= 0 (0: onnxruntime's default), got {threads}.")
+    if isinstance(batches, int):
+        batches = [batches]
+    batch_list = list(dict.fromkeys(int(b) for b in batches))
+    if not batch_list:
+        raise UsageError("give at least one batch size.")
+    if any(b < 1 for b in batch_list):
+        raise UsageError(f"batch sizes must be >= 1, got {batch_list}.")
+    return batch_list, (None if runs is None else int(runs)), (None if seconds is None else float(seconds))
+
+
+def _overrides(shapes: ShapesArg) -> dict[str, tuple[int, ...]]:
+    if shapes is None:
+        return {}
+    if isinstance(shapes, str):
+        return parse_shape_overrides([shapes])
+    if isinstance(shapes, Mapping):
+        out = {}
+        for name, dims in shapes.items():
+            dims = tuple(int(d) for d in dims)
+            if any(d <= 0 for d in dims):
+                raise UsageError(f"shape of input '{name}' has a dimension <= 0: {dims}.")
+            out[str(name)] = dims
+        return out
+    return parse_shape_overrides(list(shapes))
+
+
+def _prepare(path: PathLike, batches, overrides, feeds) -> _Plan:
+    from onnxprune.metrics import count_model, count_params
+
+    path = Path(path)
+    model = _load_model(path)
+    label = f"'{path.name}'"
+    size = model_file_bytes(path, model)
+    notes = []
+    try:
+        try:
+            counts = count_model(model)
+        except ValueError:
+            if not _external_files(model, path.parent):
+                raise
+            # shape arithmetic may read small tensors kept in external data: load it and try again
+            import onnx.external_data_helper
+
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+            counts = count_model(model)
+        params, macs = counts.params, counts.flops
+    except ValueError as exc:
+        params, macs = count_params(model), None
+        notes.append(f"multiply-adds not counted: {exc}")
+    specs = input_specs(model)
+    del model
+    check_overrides(specs, overrides, label)
+    plan = _Plan(path, specs, BenchResult(str(path), size, params, macs, notes=notes), label)
+    for batch in batches:
+        try:
+            if feeds is not None:
+                plan.shapes[batch] = feeds_for_batch(feeds, specs, batch, label)
+            else:
+                plan.shapes[batch] = resolve_shapes(specs, batch, overrides, label)
+        except NotApplicable as exc:
+            plan.shapes[batch] = str(exc)
+    return plan
+
+
+def _raise_from_worker(error: dict, stderr: str) -> None:
+    kinds = {cls.__name__: cls for cls in (ProviderError, ModelError, UsageError, DataError, OnnxPruneError)}
+    cls = kinds.get(error.get("type"), OnnxPruneError)
+    note = error.get("note")
+    if cls is ProviderError:
+        hint = next((line.strip() for line in stderr.splitlines() if "error" in line.lower()), None)
+        if hint:
+            note = f"{note}; onnxruntime said: {hint[:240]}" if note else f"onnxruntime said: {hint[:240]}"
+    raise cls(error.get("message", "the benchmark worker failed."), note=note)
+
+
+def _run_job(job: dict, isolate: bool) -> dict:
+    if not isolate:
+        from onnxprune.bench.worker import run_job
+
+        return run_job(job)
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxprune.bench.worker"],
+        input=json.dumps(job), capture_output=True, text=True, env=env,
+    )
+    try:
+        with open(job["result_path"], encoding="utf-8") as handle:
+            result = json.load(handle)
+    except (OSError, ValueError):
+        tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else []
+        raise RuntimeError(
+            f"the benchmark worker exited with status {proc.returncode} and no result"
+            + (f": {tail[0]}" if tail else "")
+            + f"\n{proc.stderr}"
+        ) from None
+    if result.get("ok"):
+        return result
+    if "error" in result:
+        _raise_from_worker(result["error"], proc.stderr)
+    raise RuntimeError(f"the benchmark worker failed:\n{result.get('bug', '')}\n{proc.stderr}")
+
+
+def _measure(plan: _Plan, spec: ProviderSpec, batch: int, *, runs, seconds, warmup, threads, isolate, seed, tmp: Path) -> RunResult:
+    shapes = plan.shapes[batch]
+    base = RunResult(provider_requested=spec.requested, provider=spec.name, batch=batch, threads=threads,
+                     warmup_runs=warmup, fallback=spec.fallback_reason is not None)
+    if isinstance(shapes, str):
+        base.status = "skipped"
+        base.note = f"not applicable, {shapes}"
+        base.memory = MemoryStats(isolated=isolate)
+        return base
+    index = next(_JOB_IDS)
+    job = {
+        "model": str(plan.path),
+        "provider": spec.to_dict(),
+        "threads": threads,
+        "batch": batch,
+        "warmup": warmup,
+        "runs": runs,
+        "seconds": seconds,
+        "seed": seed,
+        "result_path": str(tmp / f"result-{index}.json"),
+    }
+    if shapes and isinstance(next(iter(shapes.values())), np.ndarray):
+        feeds_path = tmp / f"feeds-{index}.npz"
+        names = list(shapes)
+        np.savez(feeds_path, *[shapes[n] for n in names])
+        job.update(feeds_path=str(feeds_path), feed_names=names)
+        input_shapes = {n: list(a.shape) for n, a in shapes.items()}
+    else:
+        job.update(shapes={n: list(s) for n, s in shapes.items()}, dtypes={s.name: s.dtype for s in plan.specs})
+        input_shapes = {n: list(s) for n, s in shapes.items()}
+    out = _run_job(job, isolate)
+
+    reason = out.get("fallback_reason")
+    base.provider = out["provider"]
+    base.providers_active = out["providers_active"]
+    base.fallback = base.provider != spec.name or spec.fallback_reason is not None or reason is not None
+    if base.fallback:
+        base.note = f"{spec.requested} requested; ran on {base.provider}" + (f" ({reason})" if reason else "")
+    base.input_shapes = input_shapes
+    base.session_create_ms = out["session_create_ms"]
+    base.latency = LatencyStats(**out["latency"]) if out.get("latency") else None
+    base.memory = MemoryStats(
+        host_session_bytes=out["host_session_bytes"],
+        host_peak_bytes=out["host_peak_bytes"],
+        host_source=out["host_source"],
+        device_bytes=out["device_bytes"],
+        device_source=out["device_source"],
+        isolated=isolate,
+    )
+    return base
+
+
+def benchmark_models(
+    model_paths: Sequence[PathLike],
+    *,
+    providers: ProvidersArg = ("cpu",),
+    batches: Union[int, Sequence[int]] = (1,),
+    runs: Optional[int] = None,
+    seconds: Optional[float] = None,
+    warmup: int = 10,
+    threads: Optional[int] = None,
+    shapes: ShapesArg = None,
+    feeds: Optional[Mapping[str, np.ndarray]] = None,
+    isolate: bool = True,
+    seed: int = 0,
+    progress: Optional[Callable[[str], None]] = None,
+) -> list[BenchResult]:
+    """Benchmark several models with the same settings; every model is checked before any is measured.
+
+    See ``benchmark`` for the arguments; ``progress`` receives one line per configuration.
+    """
+    batch_list, runs, seconds = _check_options(batches, runs, seconds, warmup, threads)
+    threads = None if not threads else int(threads)
+    specs = _providers(providers)
+    overrides = _overrides(shapes)
+    if feeds is not None and overrides:
+        raise UsageError("give either feeds or shape overrides, not both: feeds fix the shapes.")
+    if feeds is not None:
+        feeds = {str(k): np.asarray(v) for k, v in feeds.items()}
+    plans = [_prepare(p, batch_list, overrides, feeds) for p in model_paths]
+    if not plans:
+        raise UsageError("give at least one model.")
+
+    total = len(plans) * len(specs) * len(batch_list)
+    done = 0
+    with tempfile.TemporaryDirectory(prefix="onnxprune-bench-") as tmp:
+        for plan in plans:
+            for spec in specs:
+                for batch in batch_list:
+                    done += 1
+                    if progress is not None:
+                        progress(f"[{done}/{total}] {plan.path.name} on {spec.requested}, batch {batch}")
+                    plan.result.runs.append(
+                        _measure(plan, spec, batch, runs=runs, seconds=seconds, warmup=int(warmup),
+                                 threads=threads, isolate=isolate, seed=seed, tmp=Path(tmp))
+                    )
+    return [plan.result for plan in plans]
+
+
+def benchmark(
+    model_path: PathLike,
+    *,
+    providers: ProvidersArg = ("cpu",),
+    batches: Union[int, Sequence[int]] = (1,),
+    runs: Optional[int] = None,
+    seconds: Optional[float] = None,
+    warmup: int = 10,
+    threads: Optional[int] = None,
+    shapes: ShapesArg = None,
+    feeds: Optional[Mapping[str, np.ndarray]] = None,
+    isolate: bool = True,
+    seed: int = 0,
+    progress: Optional[Callable[[str], None]] = None,
+) -> BenchResult:
+    """Measure one model on each provider at each batch size; one ``RunResult`` per (provider, batch).
+
+    providers: names (``cpu``, ``cuda``, ``tensorrt``) or ``ProviderSpec`` objects from ``resolve_providers``
+        (which carry ``allow_fallback`` and the TensorRT options).
+    batches: batch sizes; each replaces the first dim of inputs whose first dim is dynamic. A model with a
+        fixed batch dim gets a ``skipped`` result (note ``fixed batch N``) for any other batch size.
+    runs / seconds: timed runs per configuration, or a time budget per configuration (not both;
+        default 50 runs). warmup: untimed runs before timing.
+    threads: ``intra_op_num_threads`` (None or 0: onnxruntime's default); inter-op threads are always 1.
+    shapes: sizes of dynamic dims, ``{"input": (1, 3, 224, 224)}`` or ``["input:1x3x224x224"]``.
+    feeds: input arrays (e.g. calibration samples) used instead of random inputs, cut or repeated along
+        axis 0 to each batch size.
+    isolate: measure each configuration in a fresh process (False: in this process; memory figures are then
+        affected by what this process did before).
+    """
+    return benchmark_models(
+        [model_path], providers=providers, batches=batches, runs=runs, seconds=seconds, warmup=warmup,
+        threads=threads, shapes=shapes, feeds=feeds, isolate=isolate, seed=seed, progress=progress,
+    )[0]

@@ -1,0 +1,52 @@
+"""Unfold convolution inputs into rows of patches in the weight's own column order (channel-major)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis.propagate import attr
+
+
+def conv_geometry(node: onnx.NodeProto, in_shape: tuple[int, ...], kernel: tuple[int, ...]) -> tuple[list[int], list[int], list[int]]:
+    """(pads as [begin..., end...], strides, dilations) of a Conv node, with auto_pad resolved."""
+    nd = len(kernel)
+    strides = list(attr(node, "strides", [1] * nd))
+    dilations = list(attr(node, "dilations", [1] * nd))
+    auto = attr(node, "auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(in_shape[2:], kernel, strides, dilations):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else big)
+            end.append(big if auto == "SAME_UPPER" else small)
+        pads = begin + end
+    elif auto == "VALID":
+        pads = [0] * (2 * nd)
+    else:
+        pads = list(attr(node, "pads", [0] * (2 * nd)))
+    return pads, strides, dilations
+
+
+def unfold(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: list[int], dilations: list[int]) -> np.ndarray:
+    """Patches of a 1-D or 2-D convolution input.
+
+    ``x`` is (N, C, *spatial); returns (N, P, C*prod(kernel)) where P is the number of output
+    positions in row-major order and column ``c*K + k`` is channel c at kernel offset k (K = prod(kernel)).
+    """
+    if x.ndim == 3:
+        x = x[:, :, None, :]
+        kernel, pads, strides, dilations = (1, *kernel), [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    ho = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    cols = np.empty((n, ho, wo, c, kh * kw), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilations[0], j * dilations[1]
+            window = xp[:, :, r0:r0 + strides[0] * (ho - 1) + 1:strides[0], c0:c0 + strides[1] * (wo - 1) + 1:strides[1]]
+            cols[:, :, :, :, i * kw + j] = window.transpose(0, 2, 3, 1)
+    return cols.reshape(n, ho * wo, c * kh * kw)

@@ -1,0 +1,178 @@
+"""The compress pipeline: load → groups → calibrate → solve → rewrite → verify → save."""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis import Analysis, find_groups
+from onnxprune.calibration.collect import CalibrationSettings, collect_statistics
+from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
+from onnxprune.errors import UsageError
+from onnxprune.graph.io import check_output_path, load_model, model_inputs, save_model
+from onnxprune.graph.normalise import normalise, static_shapes
+from onnxprune.graph.probe import onnx_to_numpy_dtype
+from onnxprune.metrics import count_model
+from onnxprune.plan import PrunePlan, SolverSettings, Target, check_target, solve
+from onnxprune.report import PruneReport
+from onnxprune.rewrite import apply_plan
+from onnxprune.sequential import consumer_stages, refit_errors, sequential_refit
+from onnxprune.verify import check_pruned, measure_fidelity
+
+
+class ProgressBar(Protocol):
+    def update(self, n: int) -> None: ...
+
+
+ProgressFactory = Callable[[str, int], "contextlib.AbstractContextManager[ProgressBar]"]
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """Everything ``compress`` needs besides the model and data paths."""
+
+    target: Target | None = None
+    solver: SolverSettings = field(default_factory=SolverSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    image: ImageOptions = field(default_factory=ImageOptions)
+    num_samples: int | None = None
+    holdout: float = 0.1
+    independent: bool = False     # paper's layer-by-layer statistics from the original network only
+
+
+@dataclass
+class CompressResult:
+    """The pruned model (not yet written unless an output was given) and the report."""
+
+    model: onnx.ModelProto
+    report: PruneReport
+    plan: PrunePlan
+    analysis: Analysis
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's real inputs as data-loader specs."""
+    specs = []
+    for inp in model_inputs(model):
+        tt = inp.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None) for d in tt.shape.dim)
+        specs.append(InputSpec(inp.name, onnx_to_numpy_dtype(tt.elem_type), dims))
+    return specs
+
+
+def default_output(model_path: str | os.PathLike) -> Path:
+    """MODEL.pruned.onnx beside the input."""
+    p = Path(model_path)
+    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
+    return p.with_name(f"{stem}.pruned.onnx")
+
+
+@contextlib.contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _no_progress(label: str, total: int) -> Iterator[ProgressBar]:
+    class _Null:
+        def update(self, n: int) -> None:
+            pass
+    yield _Null()
+
+
+def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, options: CompressOptions = CompressOptions(), *,
+             output: str | os.PathLike | None = None, force: bool = False,
+             progress: ProgressFactory | None = None) -> CompressResult:
+    """Prune ``model_path`` with calibration data at ``data_path``; write to ``output`` when given.
+
+    Raises an :class:`onnxprune.errors.OnnxPruneError` subclass on bad input; nothing is written then.
+    """
+    progress = progress or _no_progress
+    if options.target is not None and not 0.0 < options.target.fraction <= 1.0:
+        raise UsageError(f"target {options.target.fraction:g} is outside (0, 1].")
+    out_path = check_output_path(output, model_path, force=force) if output is not None else None
+    timings: dict[str, float] = {}
+    with _stage(timings, "load"):
+        original = load_model(model_path)
+        model = normalise(original)
+        specs = input_specs(model)
+        data = open_data(data_path, specs, image_options=options.image, num_samples=options.num_samples)
+        calib_idx, hold_idx = data.split(options.holdout, seed=options.calibration.seed)
+        sample = data.load([int(calib_idx[0])])
+        shapes = static_shapes(model, {k: (1, *v.shape[1:]) for k, v in sample.items()})
+    with _stage(timings, "analyse"):
+        analysis = find_groups(model, shapes)
+        counts = count_model(model)
+    skip = options.target is not None and options.target.fraction >= 1.0
+    if options.target is not None and not skip:
+        check_target(model, analysis, options.target, counts)
+    stats_consumers = [c for g in analysis.groups if g.prunable for c in g.consumers]
+    with _stage(timings, "calibrate"):
+        stats = {}
+        if not skip:
+            with progress("calibrating", len(calib_idx)) as bar:
+                stats = collect_statistics(model, analysis, stats_consumers, data, calib_idx, options.calibration, bar.update)
+    with _stage(timings, "solve"):
+        with progress("solving", len(analysis.groups)) as bar:
+            plan = solve(model, analysis, stats, target=options.target, counts=counts, settings=options.solver,
+                         progress=bar.update)
+    if not options.independent and options.solver.refit and not plan.kept.all():
+        with _stage(timings, "error-correct"):
+            stages = consumer_stages(model, stats_consumers)
+            with progress("re-fitting", len(stats_consumers)) as bar:
+                plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
+                                               options.calibration, bar.update)
+            errors = refit_errors(plan.refits, analysis)
+            for g in plan.groups:
+                if g.id in errors and g.after < g.before:
+                    g.error = errors[g.id]
+            timings_note = f"error-correcting re-fit in {len(stages)} stages"
+    with _stage(timings, "rewrite"):
+        pruned = apply_plan(model, analysis, plan)
+    with _stage(timings, "verify"):
+        check_pruned(original, pruned)
+        fidelity = measure_fidelity(original, pruned, data, hold_idx, batch_size=options.calibration.batch_size,
+                                    provider=options.calibration.provider)
+    after = count_model(pruned)
+    size_after = None
+    if out_path is not None:
+        with _stage(timings, "save"):
+            save_model(pruned, out_path)
+            size_after = _file_size(out_path)
+    report = PruneReport(
+        model=str(model_path), output=None if out_path is None else str(out_path), target=options.target,
+        method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),
+        file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
+        timings=timings, calibration_samples=len(calib_idx), blocked=analysis.blocked,
+    )
+    if "timings_note" in locals():
+        report.notes.append(timings_note)
+    if not any(g.prunable for g in analysis.groups):
+        report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")
+    return CompressResult(pruned, report, plan, analysis)
+
+
+def _file_size(path: Path) -> int:
+    """Size of an .onnx file plus the external data files it references."""
+    total = path.stat().st_size
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return total
+    seen = set()
+    for init in proto.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location" and entry.value not in seen:
+                seen.add(entry.value)
+                f = path.parent / entry.value
+                if f.exists():
+                    total += f.stat().st_size
+    return total

@@ -1,0 +1,91 @@
+"""Parameters and multiply-adds of a model as a function of which channel classes are kept."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis.model import Analysis, SliceInitializer
+from onnxprune.metrics import ModelCounts
+
+COST_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+class CostModel:
+    """Exact cost under channel removal: each sliced tensor or layer costs ``coef × Π kept sizes``.
+
+    ``kind`` is 'flops' (multiply-adds of Conv/ConvTranspose/Gemm/MatMul at batch 1) or 'params'
+    (float parameters). Removing or restoring one class updates the cost incrementally.
+    """
+
+    def __init__(self, model: onnx.ModelProto, analysis: Analysis, counts: ModelCounts, kind: str):
+        if kind not in ("flops", "params"):
+            raise ValueError(f"unknown cost kind {kind!r}")
+        self.kind = kind
+        self.before = float(counts.flops if kind == "flops" else counts.params)
+        nodes = {n.name: n for n in model.graph.node}
+        sizes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+        axes: dict[str, dict[int, SliceInitializer]] = {}
+        for e in analysis.edits:
+            if isinstance(e, SliceInitializer):
+                axes.setdefault(nodes[e.node].input[e.input_index], {}).setdefault(e.axis, e)
+        self.terms: list[tuple[float, list[float]]] = []
+        self.touches: dict[int, list[tuple[int, int, float]]] = {}
+        if kind == "params":
+            items = [(float(np.prod(sizes[name])), name) for name in axes if name in sizes]
+        else:
+            items = [(float(counts.per_node[n.name][1]), n.input[1]) for n in model.graph.node
+                     if n.op_type in COST_OPS and n.name in counts.per_node and len(n.input) > 1 and n.input[1] in axes]
+        for value, init in items:
+            if value <= 0:
+                continue
+            dims = []
+            for axis, edit in sorted(axes[init].items()):
+                classes = analysis.classes_of(edit.tensor)
+                per_class = np.bincount(classes, minlength=analysis.n_classes) * edit.repeat
+                t, a = len(self.terms), len(dims)
+                for c in np.flatnonzero(per_class).tolist():
+                    self.touches.setdefault(c, []).append((t, a, float(per_class[c])))
+                dims.append(float(per_class.sum()))
+            self.terms.append((value / float(np.prod(dims)), dims))
+        self._orig = [list(d) for _, d in self.terms]
+        self._sliced_total = sum(c * float(np.prod(d)) for c, d in self.terms)
+
+    def cost(self) -> float:
+        """Current cost (with the classes removed so far)."""
+        now = sum(c * float(np.prod(d)) for c, d in self.terms)
+        return self.before - self._sliced_total + now
+
+    def saving(self, cls: int) -> float:
+        """How much the cost drops if ``cls`` is removed now."""
+        return -self._delta(cls, -1.0)
+
+    def restore_cost(self, cls: int) -> float:
+        """How much the cost rises if the removed ``cls`` is restored now."""
+        return self._delta(cls, +1.0)
+
+    def remove(self, cls: int) -> None:
+        self._apply(cls, -1.0)
+
+    def restore(self, cls: int) -> None:
+        self._apply(cls, +1.0)
+
+    def reset(self) -> None:
+        self.terms = [(c, list(o)) for (c, _), o in zip(self.terms, self._orig)]
+
+    def evaluate(self, kept: np.ndarray) -> float:
+        """Cost for a kept-per-class boolean array (resets the incremental state)."""
+        self.reset()
+        for cls in np.flatnonzero(~kept).tolist():
+            self.remove(cls)
+        return self.cost()
+
+    def _delta(self, cls: int, sign: float) -> float:
+        changes: dict[int, list[float]] = {}
+        for t, a, n in self.touches.get(cls, ()):
+            dims = changes.setdefault(t, list(self.terms[t][1]))
+            dims[a] += sign * n
+        return sum(self.terms[t][0] * (float(np.prod(d)) - float(np.prod(self.terms[t][1]))) for t, d in changes.items())
+
+    def _apply(self, cls: int, sign: float) -> None:
+        for t, a, n in self.touches.get(cls, ()):
+            self.terms[t][1][a] += sign * n

@@ -1,0 +1,38 @@
+"""Expose intermediate tensors of a model as outputs so ONNX Runtime returns them."""
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+
+def onnx_to_numpy_dtype(elem_type: int) -> np.dtype:
+    """numpy dtype of an ONNX tensor element type."""
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def add_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs the given tensors (existing outputs stay first)."""
+    out = copy.deepcopy(model)
+    have = {o.name for o in out.graph.output}
+    types = _element_types(out)
+    for name in names:
+        if name not in have:
+            out.graph.output.append(helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+            have.add(name)
+    return out
+
+
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    types = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types

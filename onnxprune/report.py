@@ -1,0 +1,101 @@
+"""What a compress run did, as an object, a JSON-ready dict and a text summary."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from onnxprune.plan import GroupOutcome, Target
+from onnxprune.verify import Fidelity
+
+
+@dataclass
+class PruneReport:
+    """Everything a compress run measured; ``to_dict`` is what ``--report`` writes."""
+
+    model: str
+    output: str | None
+    target: Target | None
+    method: str
+    params: tuple[int, int]
+    flops: tuple[int, int]
+    file_size: tuple[int, int | None]
+    groups: list[GroupOutcome]
+    fidelity: Fidelity | None
+    timings: dict[str, float]
+    calibration_samples: int
+    blocked: list[tuple[str, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def achieved(self, kind: str) -> float:
+        before, after = self.params if kind == "params" else self.flops
+        return after / before if before else 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "output": self.output,
+            "target": None if self.target is None else {"kind": self.target.kind, "fraction": self.target.fraction},
+            "method": self.method,
+            "achieved": {"params": self.achieved("params"), "flops": self.achieved("flops")},
+            "params": {"before": self.params[0], "after": self.params[1]},
+            "flops": {"before": self.flops[0], "after": self.flops[1], "unit": "multiply-adds at batch 1"},
+            "file_size": {"before": self.file_size[0], "after": self.file_size[1], "unit": "bytes"},
+            "groups": [asdict(g) for g in self.groups],
+            "blocked": [{"node": n, "op": o, "reason": r} for n, o, r in self.blocked],
+            "fidelity": None if self.fidelity is None else self.fidelity.to_dict(),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "timings_unit": "seconds",
+            "calibration_samples": self.calibration_samples,
+            "notes": self.notes,
+        }
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _ratio(before: float, after: float | None) -> str:
+    return "" if not before or after is None else f"{after / before:6.1%}"
+
+
+def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
+    """The table printed at the end of ``onnxprune compress``."""
+    lines = []
+    shown = [g for g in report.groups if g.before != g.after or verbose]
+    if shown:
+        width = min(max(len(g.name) for g in shown), 48)
+        lines.append(f"{'group':<{width}}  {'channels':>11}  {'re-fit error':>12}")
+        for g in shown:
+            err = "" if g.error is None else f"{g.error:12.4f}"
+            lines.append(f"{g.name[-width:]:<{width}}  {g.before:>4} -> {g.after:<4}  {err:>12}")
+        lines.append("")
+    untouched = [g for g in report.groups if g.before == g.after and g.reasons]
+    if untouched and not verbose:
+        lines.append(f"{len(untouched)} group(s) left untouched (frozen or nothing to re-fit); -v lists them.")
+    if verbose:
+        for g in untouched:
+            lines.append(f"  {g.name}: {'; '.join(g.reasons)}")
+    if untouched or verbose:
+        lines.append("")
+    rows = [("parameters", *report.params), ("multiply-adds", *report.flops), ("file size (bytes)", *report.file_size)]
+    lines.append(f"{'':<18} {'before':>10} {'after':>10} {'kept':>7}")
+    for label, before, after in rows:
+        lines.append(f"{label:<18} {_human(before):>10} {_human(after) if after is not None else '-':>10} {_ratio(before, after):>7}")
+    if report.target is not None:
+        lines.append(f"target: keep {report.target.fraction:.1%} of {report.target.kind}; achieved {report.achieved(report.target.kind):.1%}")
+    fid = report.fidelity
+    if fid is not None:
+        parts = [f"held-out samples: {fid.samples}"]
+        if fid.top1_agreement is not None:
+            parts.append(f"top-1 agreement {fid.top1_agreement:.2%}")
+        parts.append(f"relative output error {fid.relative_error:.4f}")
+        if fid.accuracy_before is not None:
+            parts.append(f"accuracy {fid.accuracy_before:.2%} -> {fid.accuracy_after:.2%}")
+        lines.append("fidelity: " + ", ".join(parts))
+    else:
+        lines.append("fidelity: no held-out samples (--holdout 0)")
+    lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
+    lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines)

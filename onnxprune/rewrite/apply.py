@@ -1,0 +1,212 @@
+"""Apply a prune plan to a model: slice weights and constants, install re-fitted weights, fix shapes."""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune.analysis.model import Analysis, ChannelRange, ReshapeDim, SetGroup, SliceInitializer
+from onnxprune.analysis.propagate import attr
+from onnxprune.graph.io import model_inputs
+from onnxprune.graph.normalise import opset_of, set_graph_inputs
+from onnxprune.plan import PrunePlan
+from onnxprune.solvers import Refit
+
+
+class _Rewriter:
+    def __init__(self, model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan):
+        self.model = copy.deepcopy(model)
+        self.analysis = analysis
+        self.plan = plan
+        self.opset = opset_of(model)
+        self.nodes = {n.name: n for n in self.model.graph.node}
+        self.inits = {i.name: i for i in self.model.graph.initializer}
+        self.taken = set(self.inits) | {t for n in self.model.graph.node for t in list(n.input) + list(n.output)}
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def mask(self, tensor: str) -> np.ndarray:
+        return self.analysis.mask(tensor, self.plan.kept)
+
+    def array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.inits[name])
+
+    def put(self, node: onnx.NodeProto, index: int, value: np.ndarray, like: str | None = None) -> None:
+        """Store ``value`` as a new initializer and point ``node.input[index]`` at it."""
+        base = like or (node.input[index] if index < len(node.input) and node.input[index] else f"{node.name}_param{index}")
+        name, k = f"{base}_pruned", 1
+        while name in self.taken:
+            name, k = f"{base}_pruned{k}", k + 1
+        self.taken.add(name)
+        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        self.model.graph.initializer.append(tensor)
+        self.inits[name] = tensor
+        while len(node.input) <= index:
+            node.input.append("")
+        node.input[index] = name
+
+    # ---- passes -------------------------------------------------------------------------------
+    def run(self) -> onnx.ModelProto:
+        by_input: dict[tuple[str, int], list[SliceInitializer]] = defaultdict(list)
+        for e in self.analysis.edits:
+            if isinstance(e, SliceInitializer):
+                by_input[(e.node, e.input_index)].append(e)
+        for cons in self.analysis.consumers:
+            if cons.node in self.plan.refits:
+                self.install_refit(cons, self.plan.refits[cons.node], by_input)
+        for (node_name, index), edits in by_input.items():
+            self.slice_input(self.nodes[node_name], index, edits)
+        for e in self.analysis.edits:
+            if isinstance(e, SetGroup):
+                self.set_attr(self.nodes[e.node], "group", int(self.mask(e.tensor).sum()))
+            elif isinstance(e, ReshapeDim):
+                self.reshape_dim(self.nodes[e.node], e)
+            elif isinstance(e, ChannelRange):
+                {"Split": self.split, "Slice": self.slice, "Pad": self.pad}[self.nodes[e.node].op_type](self.nodes[e.node], e.axis)
+        self.finish()
+        return self.model
+
+    def slice_input(self, node: onnx.NodeProto, index: int, edits: list[SliceInitializer]) -> None:
+        masks = [(e.axis, self.mask(e.tensor)) for e in edits]
+        if all(m.all() for _, m in masks):
+            return
+        value = self.array(node.input[index])
+        for axis, m in masks:
+            if value.shape[axis] != len(m):
+                continue  # already installed at its pruned size (re-fitted consumer input axis)
+            value = np.compress(m, value, axis=axis)
+        self.put(node, index, value)
+
+    def install_refit(self, cons, fit: Refit, by_input) -> None:
+        """Write the re-fitted weights (all outputs, kept inputs) and bias; output slicing follows."""
+        node = self.nodes[cons.node]
+        w = self.array(cons.weight)
+        dtype = w.dtype
+        coef, bias = fit.coef, fit.intercept
+        if cons.op == "Conv":
+            new_w = coef.reshape(w.shape[0], -1, *w.shape[2:])
+        elif cons.op == "Gemm":
+            alpha = float(attr(node, "alpha", 1.0))
+            new_w = coef / alpha if int(attr(node, "transB", 0)) else (coef / alpha).T
+        else:
+            new_w = coef.T
+        self.put(node, 1, new_w.astype(dtype))
+        if cons.op == "MatMul":
+            self.add_matmul_bias(node, bias.astype(dtype))
+            return
+        if cons.op == "Gemm":
+            beta = float(attr(node, "beta", 1.0))
+            has_c = len(node.input) > 2 and node.input[2]
+            if not has_c or beta == 0.0:
+                self.set_attr(node, "beta", 1.0, float_=True)
+                beta = 1.0
+            elif has_c and self.array(node.input[2]).ndim == 2:
+                bias = bias[None, :]
+            bias = bias / beta
+        out = cons.output
+        if out in self.analysis.layouts and (node.name, 2) not in by_input:
+            bias = np.compress(self.mask(out), bias, axis=-1)
+        self.put(node, 2, bias.astype(dtype), like=f"{node.name}_bias" if len(node.input) < 3 or not node.input[2] else None)
+
+    def add_matmul_bias(self, node: onnx.NodeProto, bias: np.ndarray) -> None:
+        out = node.output[0]
+        if out in self.analysis.layouts:
+            bias = np.compress(self.mask(out), bias)
+        inner = f"{out}_nobias"
+        while inner in self.taken:
+            inner += "_"
+        self.taken.add(inner)
+        node.output[0] = inner
+        bias_name = f"{node.name}_bias"
+        while bias_name in self.taken:
+            bias_name += "_"
+        self.taken.add(bias_name)
+        self.model.graph.initializer.append(numpy_helper.from_array(bias, bias_name))
+        add = helper.make_node("Add", [inner, bias_name], [out], name=f"{node.name}_bias_add")
+        nodes = list(self.model.graph.node)
+        nodes.insert(nodes.index(node) + 1, add)
+        del self.model.graph.node[:]
+        self.model.graph.node.extend(nodes)
+        self.nodes = {n.name: n for n in self.model.graph.node}
+
+    def set_attr(self, node: onnx.NodeProto, name: str, value, float_: bool = False) -> None:
+        for a in node.attribute:
+            if a.name == name:
+                node.attribute.remove(a)
+                break
+        node.attribute.append(helper.make_attribute(name, float(value) if float_ else value))
+
+    def reshape_dim(self, node: onnx.NodeProto, e: ReshapeDim) -> None:
+        m = self.mask(e.tensor)
+        if m.all():
+            return
+        shape = self.array(node.input[1]).copy()
+        shape[e.dim] = int(m.sum())
+        self.put(node, 1, shape)
+
+    def split(self, node: onnx.NodeProto, axis: int) -> None:
+        sizes = np.array([int(self.mask(o).sum()) for o in node.output], dtype=np.int64)
+        if self.opset < 13:
+            self.set_attr(node, "split", sizes.tolist())
+            return
+        for a in list(node.attribute):
+            if a.name == "num_outputs":
+                node.attribute.remove(a)
+        self.put(node, 1, sizes, like=f"{node.name}_split")
+
+    def slice(self, node: onnx.NodeProto, axis: int) -> None:
+        m = self.mask(node.input[0])
+        n = len(m)
+        if self.opset < 10:
+            starts, ends, axes = list(attr(node, "starts")), list(attr(node, "ends")), list(attr(node, "axes", range(len(attr(node, "starts")))))
+        else:
+            starts, ends = self.array(node.input[1]).copy(), self.array(node.input[2]).copy()
+            axes = self.array(node.input[3]).tolist() if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
+        rank = len(self.analysis.shapes[node.input[0]])
+        i = [int(a) % rank for a in axes].index(axis)
+        lo, hi = (int(np.clip(v + n if v < 0 else v, 0, n)) for v in (int(starts[i]), int(ends[i])))
+        starts[i], ends[i] = int(m[:lo].sum()), int(m[:hi].sum())
+        if self.opset < 10:
+            self.set_attr(node, "starts", [int(v) for v in starts])
+            self.set_attr(node, "ends", [int(v) for v in ends])
+        else:
+            self.put(node, 1, np.asarray(starts))
+            self.put(node, 2, np.asarray(ends))
+
+    def pad(self, node: onnx.NodeProto, axis: int) -> None:
+        m = self.mask(node.output[0])
+        pads = list(attr(node, "pads")) if self.opset < 11 else self.array(node.input[1]).tolist()
+        rank = len(self.analysis.shapes[node.input[0]])
+        axes = list(range(rank))
+        if self.opset >= 18 and len(node.input) > 3 and node.input[3]:
+            axes = [int(a) % rank for a in self.array(node.input[3]).tolist()]
+        half = len(pads) // 2
+        i = axes.index(axis)
+        before, after = pads[i], pads[half + i]
+        pads[i], pads[half + i] = int(m[:before].sum()), int(m[len(m) - after:].sum()) if after else 0
+        if self.opset < 11:
+            self.set_attr(node, "pads", pads)
+        else:
+            self.put(node, 1, np.asarray(pads, dtype=np.int64))
+
+    def finish(self) -> None:
+        real_inputs = model_inputs(self.model)
+        used = {t for n in self.model.graph.node for t in n.input}
+        keep = [i for i in self.model.graph.initializer if i.name in used]
+        del self.model.graph.initializer[:]
+        self.model.graph.initializer.extend(keep)
+        del self.model.graph.value_info[:]
+        set_graph_inputs(self.model, real_inputs)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.model)
+            del self.model.graph.value_info[:]
+            self.model.graph.value_info.extend(inferred.graph.value_info)
+        except Exception:
+            pass  # shapes are optional metadata; the checker verifies the graph itself
+
+
+def apply_plan(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan) -> onnx.ModelProto:
+    """A new model with the plan's removed channels physically gone and re-fitted weights installed."""
+    return _Rewriter(model, analysis, plan).run()

@@ -1,0 +1,449 @@
+"""Entropic sparse regression of one channel group (doc §3–§7): functional core and estimator.
+
+Weighted loss over the consumers j of a group (α_j = weight_j / c0_j, s = E_j w, S = diag(s)):
+
+    L(w, Λ) = Σ_j α_j [c0_j − 2 tr(Λ_j S C_j) + tr(Λ_j S G_j S Λ_jᵀ) + ε_Λ,j ‖Λ_j‖²] + ε_w Σ_d w_d log w_d
+
+with ε_Λ,j = ρ ḡ_j / D² (ḡ_j = tr(G_j)/p_j) in consumer j's own units and ε_w = τ. For a single
+consumer of weight 1 this is the loss of doc §3 divided by c0, with ε_Λ = ρ ḡ/D² and ε_w = τ c0.
+A raw ``eps_lambda`` replaces ε_Λ,j of every consumer; a raw ``eps_w`` replaces τ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from .refit import Refit, cholesky_jittered, columns_of, refit
+from .statistics import CentredStatistics
+
+W_STEPS = ("both", "lambda", "w")
+_LOG_W_MIN = np.log(1e-300)
+_S_MIN = 1e-60
+_EPS = np.finfo(np.float64).eps
+
+
+@dataclass
+class ConsumerProblem:
+    """One consumer's data for a (joint) channel-group regression."""
+
+    stats: CentredStatistics
+    channel_of_column: np.ndarray
+    weight: float = 1.0
+
+
+@dataclass
+class EntropicFit:
+    """Result of :func:`fit_entropic`."""
+
+    w: np.ndarray
+    lambdas: list[np.ndarray]
+    loss_history: list[float]
+    n_iter: int
+
+
+@dataclass
+class _Term:
+    """A consumer prepared for the solver."""
+
+    G: np.ndarray
+    C: np.ndarray
+    channels: np.ndarray
+    alpha: float
+    eps_lambda: float
+    c0: float
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def check_channels(channel_of_column: np.ndarray, p: int, n_channels: int) -> np.ndarray:
+    """Validate a consumer's column → channel map and return it as intp."""
+    channels = np.asarray(channel_of_column)
+    if channels.shape != (p,) or not np.issubdtype(channels.dtype, np.integer):
+        raise ValueError(f"channel_of_column must be an integer array of shape ({p},), got {channels.dtype} {channels.shape}.")
+    if p and (channels.min() < 0 or channels.max() >= n_channels):
+        raise ValueError(f"channel_of_column values must lie in [0, {n_channels}).")
+    return channels.astype(np.intp, copy=False)
+
+
+def _prepare(problems: list[ConsumerProblem], n_channels: int, rho: float, eps_lambda: float | None) -> list[_Term]:
+    if not problems:
+        raise ValueError("At least one consumer problem is needed.")
+    terms = []
+    for problem in problems:
+        stats = problem.stats
+        p = stats.n_features
+        if p == 0:
+            raise ValueError("A consumer reads no columns; drop it from the problem list.")
+        if not (np.isfinite(problem.weight) and problem.weight >= 0):
+            raise ValueError(f"Consumer weight must be finite and >= 0, got {problem.weight}.")
+        channels = check_channels(problem.channel_of_column, p, n_channels)
+        alpha = problem.weight / stats.c0 if stats.c0 > 0 else 0.0
+        eps = rho * float(np.trace(stats.G)) / p / n_channels**2 if eps_lambda is None else eps_lambda
+        terms.append(_Term(stats.G, stats.C, channels, alpha, float(eps), stats.c0))
+    return terms
+
+
+def _initial_w(w_init: np.ndarray | None, n_channels: int) -> np.ndarray:
+    if w_init is None:
+        return np.full(n_channels, 1.0 / n_channels)
+    w = np.asarray(w_init, dtype=np.float64)
+    if w.shape != (n_channels,) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+        raise ValueError(f"w_init must be {n_channels} non-negative finite values with a positive sum.")
+    return w / w.sum()
+
+
+# --------------------------------------------------------------------------- loss pieces
+
+
+def _entropy(w: np.ndarray) -> float:
+    """Σ w log w with 0 log 0 = 0."""
+    return float(np.sum(w * np.log(w, out=np.zeros_like(w), where=w > 0)))
+
+
+def _w_objective(w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float) -> float:
+    """The w-dependent part of L for fixed Λ: wᵀAw − 2βᵀw + ε_w Σ w log w."""
+    return float(w @ A @ w - 2.0 * beta @ w) + eps_w * _entropy(w)
+
+
+def _loss(terms: list[_Term], lam_t: list[np.ndarray], w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float) -> float:
+    """L(w, Λ) from the coupling (A, β) of the current Λ: Σαc0 + Σα ε_Λ‖Λ‖² + wᵀAw − 2βᵀw + ε_w H(w)."""
+    const = sum(t.alpha * t.c0 for t in terms)
+    ridge = sum(t.alpha * t.eps_lambda * float(np.einsum("im,im->", lt, lt)) for t, lt in zip(terms, lam_t))
+    return const + ridge + _w_objective(w, A, beta, eps_w)
+
+
+def _block_sum(P: np.ndarray, channels: np.ndarray, n_channels: int) -> np.ndarray:
+    """EᵀPE: sum a (p, p) matrix over the column blocks of each channel (any column layout)."""
+    perm = np.argsort(channels, kind="stable")
+    present, starts = np.unique(channels[perm], return_index=True)
+    if not np.array_equal(perm, np.arange(perm.size)):
+        P = P[np.ix_(perm, perm)]
+    summed = np.add.reduceat(np.add.reduceat(P, starts, axis=0), starts, axis=1)
+    A = np.zeros((n_channels, n_channels))
+    A[np.ix_(present, present)] = summed
+    return A
+
+
+def _coupling(terms: list[_Term], lam_t: list[np.ndarray], n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A = Σ_j α_j Eᵀ(G_j ∘ Λ_jᵀΛ_j)E and β = Σ_j α_j Eᵀ((C_j ∘ Λ_jᵀ)1), so the data term is Σαc0 − 2βᵀw + wᵀAw."""
+    A = np.zeros((n_channels, n_channels))
+    beta = np.zeros(n_channels)
+    for t, lt in zip(terms, lam_t):
+        P = lt @ lt.T
+        P *= t.G
+        A += t.alpha * _block_sum(P, t.channels, n_channels)
+        beta += t.alpha * np.bincount(t.channels, weights=np.einsum("im,im->i", t.C, lt), minlength=n_channels)
+    return A, beta
+
+
+# --------------------------------------------------------------------------- Λ-step
+
+
+def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
+    """Λᵀ = (S G S + ε_Λ I)⁻¹ S C, returned as (p, M).
+
+    In the weighted loss consumer j's Λ-terms are α_j[−2tr(ΛSC) + tr(ΛSGSΛᵀ) + ε_Λ,j‖Λ‖²]: the
+    weight α_j multiplies the whole bracket and cancels from the normal equations, so the step is
+    the unweighted S-form ridge solve with ε_Λ,j (doc §4). Scales below 1e-60 are treated as 0:
+    that changes L by far less than round-off and keeps subnormal numbers (10× slower LAPACK)
+    out of the factorisation.
+    """
+    s = np.where(w >= _S_MIN, w, 0.0)[term.channels]
+    H = term.G * s[:, None]
+    H *= s[None, :]
+    H.flat[:: s.size + 1] += term.eps_lambda
+    L = cholesky_jittered(H)
+    return scipy.linalg.cho_solve((L, True), s[:, None] * term.C, overwrite_b=True, check_finite=False)
+
+
+# --------------------------------------------------------------------------- w-steps
+
+
+def _rtsafe(fun, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_iter: int = 100) -> np.ndarray:
+    """Element-wise root of an increasing function on [lo, hi]: Newton kept safe by bisection.
+
+    ``fun(x)`` returns (f, f'). Where f has no sign change on [lo, hi] the root is clipped to an end.
+    """
+    f_lo, _ = fun(lo)
+    f_hi, _ = fun(hi)
+    lo, hi = np.where(f_hi <= 0, hi, lo), np.where(f_lo >= 0, lo, hi)
+    x = np.clip(x, lo, hi)
+    dx_old = hi - lo
+    for _ in range(max_iter):
+        f, df = fun(x)
+        lo, hi = np.where(f <= 0, x, lo), np.where(f >= 0, x, hi)
+        step = f / df
+        newton = x - step
+        xtol = 4.0 * _EPS * (1.0 + np.abs(x))
+        converged = (np.abs(step) <= xtol) | (hi - lo <= xtol)
+        use_newton = converged | ((newton > lo) & (newton < hi) & (np.abs(2.0 * f) <= np.abs(dx_old * df)))
+        x_new = np.clip(np.where(use_newton, newton, 0.5 * (lo + hi)), lo, hi)
+        dx_old, x = x_new - x, x_new
+        if converged.all():
+            break
+    return x
+
+
+def _weights_given_ridge(a: np.ndarray, eps_w: float) -> np.ndarray:
+    """argmin over the simplex of Σ_d a_d / w_d² + ε_w Σ_d w_d log w_d (a ≥ 0, not all 0 when ε_w = 0).
+
+    Stationarity: −2a_d/w_d³ + ε_w(1 + log w_d) + μ = 0, solved for u_d = log w_d per channel and
+    for μ so that Σ w = 1 (Newton-safeguarded bisection on both levels).
+    """
+    n = a.size
+    if eps_w == 0:
+        w = np.cbrt(a)
+        return w / w.sum()
+    with np.errstate(divide="ignore"):
+        log_a = np.log(a)
+    u = np.full(n, -np.log(n))
+
+    def channel(u_: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
+        e = np.exp(log_a - 3.0 * u_)
+        return -2.0 * e + eps_w * (1.0 + u_) + mu, 6.0 * e + eps_w
+
+    def logs(mu: float) -> np.ndarray:
+        nonlocal u
+        u = _rtsafe(lambda x: channel(x, mu), np.full(n, _LOG_W_MIN), np.zeros(n), u)
+        return u
+
+    def excess(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        u_ = logs(float(mu[0]))
+        w = np.exp(u_)
+        return np.array([1.0 - w.sum()]), np.array([np.sum(w / channel(u_, float(mu[0]))[1])])
+
+    mu_lo = 2.0 * a.max() - eps_w
+    mu_hi = 2.0 * a.max() * n**3 + eps_w * (np.log(n) - 1.0)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        mu = _rtsafe(excess, np.array([mu_lo]), np.array([mu_hi]), np.array([0.5 * (mu_lo + mu_hi)]))
+        w = np.exp(logs(float(mu[0])))
+    return w / w.sum()
+
+
+def _w_fixed_step(
+    terms: list[_Term], lam_t: list[np.ndarray], w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact w-step with W = ΛS fixed (doc §4); rescales Λ in place, returns (w, A, β) for the new w."""
+    n_channels = w.size
+    a = np.zeros(n_channels)
+    for t, lt in zip(terms, lam_t):
+        norms = np.einsum("im,im->i", lt, lt) * w[t.channels] ** 2
+        a += t.alpha * t.eps_lambda * np.bincount(t.channels, weights=norms, minlength=n_channels)
+    if n_channels == 1 or (eps_w == 0 and not np.any(a > 0)):
+        return w, A, beta
+    w_new = _weights_given_ridge(a, eps_w)
+    ratio = np.divide(w, w_new, out=np.zeros_like(w), where=w_new > 0)
+    for t, lt in zip(terms, lam_t):
+        lt *= ratio[t.channels][:, None]
+    return w_new, ratio[:, None] * A * ratio[None, :], ratio * beta
+
+
+def _eg_step(w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float, atol: float, max_inner: int = 100) -> np.ndarray:
+    """w-step with Λ fixed: exponentiated gradient with backtracking (doc §4), monotone in wᵀAw − 2βᵀw + ε_w H(w)."""
+    f = _w_objective(w, A, beta, eps_w)
+    diag_max = float(A.diagonal().max())
+    eta0 = 0.5 / diag_max if diag_max > 0 else 1.0 / max(eps_w, 1.0)
+    for _ in range(max_inner):
+        with np.errstate(divide="ignore"):
+            log_w = np.log(w)
+        grad = A @ w - beta
+        eta = eta0
+        for _ in range(60):
+            z = (log_w - 2.0 * eta * grad) / (1.0 + eta * eps_w)
+            candidate = np.exp(z - z.max())
+            candidate /= candidate.sum()
+            f_candidate = _w_objective(candidate, A, beta, eps_w)
+            if f_candidate <= f:
+                break
+            eta *= 0.5
+        else:
+            return w
+        decrease = f - f_candidate
+        w, f = candidate, f_candidate
+        if decrease <= atol:
+            break
+    return w
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def fit_entropic(
+    problems: list[ConsumerProblem],
+    n_channels: int,
+    *,
+    rho: float = 1.0,
+    tau: float = 1e-3,
+    eps_lambda: float | None = None,
+    eps_w: float | None = None,
+    max_iter: int = 200,
+    tol: float = 1e-8,
+    w_init: np.ndarray | None = None,
+    w_step: str = "both",
+) -> EntropicFit:
+    """Alternating minimisation of the weighted entropic loss (module docstring).
+
+    Each round: Λ-step, then the W-fixed w-step ("w"), the Λ-fixed exponentiated-gradient w-step
+    ("lambda"), or both in that order ("both"). The loss is recorded at the start (Λ = 0) and after
+    every half-step; it never increases. Stops when a round lowers L by less than
+    ``tol·(L + ε_w log D)`` (the loss shifted to be non-negative) or after ``max_iter`` rounds.
+    """
+    if w_step not in W_STEPS:
+        raise ValueError(f"w_step must be one of {W_STEPS}, got {w_step!r}.")
+    if n_channels < 1 or max_iter < 1:
+        raise ValueError(f"n_channels and max_iter must be >= 1, got {n_channels} and {max_iter}.")
+    eps_w = tau if eps_w is None else eps_w
+    if rho < 0 or eps_w < 0 or (eps_lambda is not None and eps_lambda < 0):
+        raise ValueError("rho, tau, eps_lambda and eps_w must be >= 0.")
+    terms = _prepare(problems, n_channels, rho, eps_lambda)
+    w = _initial_w(w_init, n_channels)
+    lam_t = [np.zeros_like(t.C) for t in terms]
+    A, beta = np.zeros((n_channels, n_channels)), np.zeros(n_channels)
+    history = [_loss(terms, lam_t, w, A, beta, eps_w)]
+    floor = eps_w * np.log(n_channels)
+    for n_iter in range(1, max_iter + 1):
+        start = history[-1]
+        lam_t = [_lambda_step(t, w) for t in terms]
+        A, beta = _coupling(terms, lam_t, n_channels)
+        history.append(_loss(terms, lam_t, w, A, beta, eps_w))
+        if w_step in ("both", "w"):
+            w, A, beta = _w_fixed_step(terms, lam_t, w, A, beta, eps_w)
+            history.append(_loss(terms, lam_t, w, A, beta, eps_w))
+        if w_step in ("both", "lambda"):
+            w = _eg_step(w, A, beta, eps_w, atol=tol * max(history[-1] + floor, 0.0))
+            history.append(_loss(terms, lam_t, w, A, beta, eps_w))
+        if start - history[-1] <= tol * max(history[-1] + floor, 0.0):
+            break
+    return EntropicFit(w=w, lambdas=[lt.T for lt in lam_t], loss_history=history, n_iter=n_iter)
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+def _as_problems(
+    problems: CentredStatistics | list[ConsumerProblem], n_channels: int | None, channel_size: int
+) -> tuple[list[ConsumerProblem], int]:
+    """Normalise the estimator's input to a problem list and the channel count D."""
+    if isinstance(problems, CentredStatistics):
+        p = problems.n_features
+        n_channels = p // channel_size if n_channels is None else n_channels
+        if channel_size < 1 or n_channels * channel_size != p:
+            raise ValueError(f"{p} columns do not split into {n_channels} channels of {channel_size} columns.")
+        channels = np.repeat(np.arange(n_channels), channel_size)
+        return [ConsumerProblem(problems, channels)], n_channels
+    problems = list(problems)
+    if not problems:
+        raise ValueError("At least one consumer problem is needed.")
+    if n_channels is None:
+        n_channels = 1 + max(int(np.max(pr.channel_of_column, initial=-1)) for pr in problems)
+    return problems, n_channels
+
+
+def _top_k(w: np.ndarray, k: int) -> np.ndarray:
+    keep = np.zeros(w.size, dtype=bool)
+    keep[np.argsort(-w, kind="stable")[:k]] = True
+    return keep
+
+
+class EntropicRegression:
+    """Entropic channel selection for one channel group, then an exact re-fit of every consumer.
+
+    Parameters: ``rho`` (sparsity), ``tau`` (temperature), ``theta`` (keep channels with D·w ≥ θ),
+    ``delta`` (re-fit ridge), ``max_iter``/``tol`` (solver), raw ``eps_lambda``/``eps_w``
+    overrides and ``w_step`` ("both", "lambda", "w"); see :func:`fit_entropic`.
+
+    Learned: ``w_`` (D,), ``keep_`` (D,) bool, ``rho_`` (the ρ used), ``n_iter_``,
+    ``loss_history_``, and per consumer ``columns_`` (kept column indices), ``coef_``
+    (M_j, |I_j|), ``intercept_`` (M_j,) and ``error_`` (relative re-fit error).
+    """
+
+    def __init__(
+        self,
+        rho: float = 1.0,
+        tau: float = 1e-3,
+        theta: float = 1e-2,
+        delta: float = 1e-6,
+        max_iter: int = 200,
+        tol: float = 1e-8,
+        eps_lambda: float | None = None,
+        eps_w: float | None = None,
+        w_step: str = "both",
+    ):
+        self.rho = rho
+        self.tau = tau
+        self.theta = theta
+        self.delta = delta
+        self.max_iter = max_iter
+        self.tol = tol
+        self.eps_lambda = eps_lambda
+        self.eps_w = eps_w
+        self.w_step = w_step
+
+    def _solve(self, problems: list[ConsumerProblem], n_channels: int, rho: float, w_init: np.ndarray | None) -> EntropicFit:
+        return fit_entropic(
+            problems, n_channels, rho=rho, tau=self.tau, eps_lambda=self.eps_lambda, eps_w=self.eps_w,
+            max_iter=self.max_iter, tol=self.tol, w_init=w_init, w_step=self.w_step,
+        )
+
+    def _count(self, w: np.ndarray) -> int:
+        return int(np.count_nonzero(w.size * w >= self.theta))
+
+    def _bisect(self, problems: list[ConsumerProblem], n_channels: int, n_keep: int) -> tuple[EntropicFit, float, np.ndarray]:
+        """Bisect log10 ρ in [−4, 3] until exactly n_keep channels pass the threshold (doc §5)."""
+        lo, hi = -4.0, 3.0
+        warm = None
+        best: tuple[tuple[int, bool], EntropicFit, float] | None = None
+        for _ in range(14):
+            log_rho = 0.5 * (lo + hi)
+            fit = self._solve(problems, n_channels, 10.0**log_rho, warm)
+            count = self._count(fit.w)
+            rank = (abs(count - n_keep), count < n_keep)
+            if best is None or rank < best[0]:
+                best = (rank, fit, 10.0**log_rho)
+            if count == n_keep:
+                return fit, 10.0**log_rho, fit.w.size * fit.w >= self.theta
+            if count > n_keep:
+                lo, warm = log_rho, fit.w
+            else:
+                hi = log_rho
+        _, fit, rho = best
+        return fit, rho, _top_k(fit.w, n_keep)
+
+    def fit(
+        self,
+        problems: CentredStatistics | list[ConsumerProblem],
+        *,
+        n_channels: int | None = None,
+        channel_size: int = 1,
+        n_keep: int | None = None,
+        budget: str = "topk",
+    ) -> EntropicRegression:
+        """Select channels and re-fit each consumer on them; returns self."""
+        problems, n_channels = _as_problems(problems, n_channels, channel_size)
+        if budget not in ("topk", "bisect"):
+            raise ValueError(f"budget must be 'topk' or 'bisect', got {budget!r}.")
+        if n_keep is not None and not 1 <= n_keep <= n_channels:
+            raise ValueError(f"n_keep must lie in [1, {n_channels}], got {n_keep}.")
+        if n_keep is not None and budget == "bisect":
+            fit, rho, keep = self._bisect(problems, n_channels, n_keep)
+        else:
+            rho = self.rho
+            fit = self._solve(problems, n_channels, rho, None)
+            keep = _top_k(fit.w, n_keep) if n_keep is not None else n_channels * fit.w >= self.theta
+        if not keep.any():
+            keep = _top_k(fit.w, 1)
+        self.columns_ = [columns_of(pr.channel_of_column, np.flatnonzero(keep)) for pr in problems]
+        refits = [self._refit(pr.stats, cols) for pr, cols in zip(problems, self.columns_)]
+        self.w_, self.keep_, self.rho_ = fit.w, keep, rho
+        self.n_iter_, self.loss_history_ = fit.n_iter, fit.loss_history
+        self.coef_ = [r.coef for r in refits]
+        self.intercept_ = [r.intercept for r in refits]
+        self.error_ = [r.error for r in refits]
+        return self
+
+    def _refit(self, stats: CentredStatistics, columns: np.ndarray) -> Refit:
+        """Re-fit on the kept columns; exact least squares (δ = 0) when the consumer keeps every column."""
+        return refit(stats, columns, 0.0 if columns.size == stats.n_features else self.delta)

@@ -1,0 +1,136 @@
+"""Exact least-squares re-fit of a consumer on the kept columns (doc §6)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from .statistics import CentredStatistics
+
+_EPS = np.finfo(np.float64).eps
+
+
+@dataclass(frozen=True)
+class Refit:
+    """Re-fitted consumer on the kept columns."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    error: float
+
+
+def _fortran(H: np.ndarray) -> np.ndarray:
+    """A symmetric matrix in Fortran order without copying (its transpose), which LAPACK factors fastest."""
+    return H.T if H.flags.c_contiguous else H
+
+
+def cholesky_jittered(H: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a symmetric PSD matrix, adding a growing diagonal jitter if it is singular."""
+    n = H.shape[0]
+    scale = float(np.trace(H)) / max(n, 1)
+    scale = scale if scale > 0 else 1.0
+    jitter = 0.0
+    for _ in range(8):
+        A = np.array(_fortran(H), order="F")
+        A.flat[:: n + 1] += jitter
+        try:
+            return scipy.linalg.cholesky(A, lower=True, overwrite_a=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            jitter = 1e-12 * scale if jitter == 0.0 else 100.0 * jitter
+    raise np.linalg.LinAlgError("Matrix is not positive semi-definite, even with diagonal jitter.")
+
+
+def solve_psd(H: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """H⁻¹B for symmetric PSD H: Cholesky, or an eigh pseudo-inverse when H is (near) singular."""
+    n = H.shape[0]
+    try:
+        L = scipy.linalg.cholesky(_fortran(H), lower=True, check_finite=False)
+        pivots = np.diag(L)
+        if pivots.min() ** 2 > n * _EPS * pivots.max() ** 2:
+            return scipy.linalg.cho_solve((L, True), B, check_finite=False)
+    except np.linalg.LinAlgError:
+        pass
+    vals, vecs = scipy.linalg.eigh(H, check_finite=False)
+    cutoff = n * _EPS * max(vals.max(initial=0.0), 0.0)
+    inv = np.divide(1.0, vals, out=np.zeros_like(vals), where=vals > cutoff)
+    return vecs @ (inv[:, None] * (vecs.T @ B))
+
+
+def relative_error(c0: float, C: np.ndarray, G: np.ndarray, coef: np.ndarray) -> float:
+    """(c0 − 2 tr(W C) + tr(W G Wᵀ)) / c0, clipped to [0, 1]; 0 when c0 is 0."""
+    if c0 <= 0:
+        return 0.0
+    residual = c0 - 2.0 * np.einsum("mi,im->", coef, C) + np.einsum("mi,mi->", coef @ G, coef)
+    return float(np.clip(residual / c0, 0.0, 1.0))
+
+
+def columns_of(channel_of_column: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    """Indices of the columns that belong to any of `channels`, in column order."""
+    return np.flatnonzero(np.isin(channel_of_column, channels))
+
+
+def _check_columns(columns: np.ndarray, p: int) -> np.ndarray:
+    columns = np.asarray(columns, dtype=np.intp).reshape(-1)
+    if columns.size and (columns.min() < 0 or columns.max() >= p):
+        raise ValueError(f"Column indices must lie in [0, {p}), got [{columns.min()}, {columns.max()}].")
+    if np.unique(columns).size != columns.size:
+        raise ValueError("Column indices must be unique.")
+    return columns
+
+
+def refit(stats: CentredStatistics, columns: np.ndarray, delta: float = 1e-6) -> Refit:
+    """Ridge re-fit W = C_Iᵀ(G_II + λI)⁻¹, λ = δ·tr(G_II)/|I|, with the bias b = ȳ − W x̄_I.
+
+    ``delta=0`` gives the exact (minimum-norm) least-squares fit.
+    """
+    columns = _check_columns(columns, stats.n_features)
+    if columns.size == 0:
+        error = 1.0 if stats.c0 > 0 else 0.0
+        return Refit(np.zeros((stats.n_targets, 0)), stats.y_mean.copy(), error)
+    G = stats.G[np.ix_(columns, columns)]
+    C = stats.C[columns]
+    H = G.copy()
+    H.flat[:: columns.size + 1] += delta * float(np.trace(G)) / columns.size
+    coef = solve_psd(H, C).T
+    intercept = stats.y_mean - coef @ stats.x_mean[columns]
+    return Refit(coef, intercept, relative_error(stats.c0, C, G, coef))
+
+
+def _prefix_columns(channel_of_column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Columns sorted by their channel's position in `order`, and the column count after each prefix."""
+    order = np.asarray(order, dtype=np.intp).reshape(-1)
+    if np.unique(order).size != order.size or (order.size and order.min() < 0):
+        raise ValueError("order must list distinct non-negative channel indices.")
+    size = max(int(channel_of_column.max(initial=-1)), int(order.max(initial=-1))) + 1
+    position = np.full(size, order.size)
+    position[order] = np.arange(order.size)
+    column_position = position[channel_of_column]
+    perm = np.argsort(column_position, kind="stable")
+    counts = np.bincount(column_position, minlength=order.size + 1)[: order.size]
+    n_cols = np.concatenate(([0], np.cumsum(counts)))
+    return perm[: n_cols[-1]], n_cols
+
+
+def error_curve(
+    stats: CentredStatistics, channel_of_column: np.ndarray, order: np.ndarray, delta: float = 1e-6
+) -> np.ndarray:
+    """Relative re-fit error e[k] when keeping the first k channels of `order`, k = 0..len(order).
+
+    One Cholesky of the column-permuted G + λI (λ = δ·tr(G)/p): with Z = L⁻¹C_perm the residual
+    after the first m columns is c0 − Σ_{i<m} ‖Z_i‖² (the ridge-penalised residual).
+    """
+    channel_of_column = np.asarray(channel_of_column, dtype=np.intp).reshape(-1)
+    if channel_of_column.shape != (stats.n_features,) or (channel_of_column.size and channel_of_column.min() < 0):
+        raise ValueError(f"channel_of_column must hold {stats.n_features} non-negative channel indices.")
+    perm, n_cols = _prefix_columns(channel_of_column, order)
+    if stats.c0 <= 0:
+        return np.zeros(n_cols.size)
+    if perm.size == 0:
+        return np.ones(n_cols.size)
+    H = stats.G[np.ix_(perm, perm)]
+    H.flat[:: perm.size + 1] += delta * float(np.trace(stats.G)) / stats.n_features
+    L = cholesky_jittered(H)
+    Z = scipy.linalg.solve_triangular(L, stats.C[perm], lower=True, check_finite=False)
+    explained = np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, Z))))
+    return np.clip((stats.c0 - explained[n_cols]) / stats.c0, 0.0, 1.0)

@@ -1,0 +1,122 @@
+"""Re-fit towards the original weights, with the ridge chosen by cross-validation.
+
+With few regression rows per column (a Gemm after Flatten sees one row per sample), an exact
+least-squares re-fit interpolates the calibration set and generalises badly. Shrinking towards
+the consumer's original weights W0 instead of towards zero solves
+
+    min_W  E‖y − ȳ − W (x_I − x̄_I)‖² + λ ‖W − W0_I‖²
+    ⇒ W = W0_I + Δ,  Δᵀ = (G_II + λI)⁻¹ (C_I − G_II W0_Iᵀ)
+
+so λ → ∞ is plain pruning, λ → 0 the exact re-fit, and keeping every column returns W0 exactly
+(then C_I = G_II W0ᵀ). λ is chosen on a log grid (relative to the mean eigenvalue of G_II):
+- with two folds of the statistics (kept for layers with few rows per column), by 2-fold
+  validation error, computed from the held-out fold's statistics;
+- otherwise by GCV(λ) = err(λ) / (1 − df(λ)/n)², where with G_II = V diag(s) Vᵀ and
+  Q = Vᵀ(C_I − G_II W0ᵀ): err(λ) = c̃0 − Σ_i ‖Q_i‖² (2/(s_i+λ) − s_i/(s_i+λ)²), df(λ) = Σ_i s_i/(s_i+λ).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxprune.solvers.refit import Refit
+from onnxprune.solvers.statistics import CentredStatistics
+
+_GRID = np.logspace(-8, 3, 23)
+
+
+def refit_towards(stats: CentredStatistics, columns: np.ndarray, prior: np.ndarray,
+                  folds: tuple[CentredStatistics, CentredStatistics] | None = None) -> tuple[Refit, float]:
+    """Re-fit on ``columns`` shrunk towards ``prior`` (M, |I|); returns the fit and the chosen λ (relative)."""
+    cols = np.asarray(columns, dtype=np.int64)
+    W0 = np.asarray(prior, dtype=np.float64)
+    s, V, Ct, c0t = _spectrum(stats, cols, W0)
+    scale = float(np.mean(s)) if len(s) and np.mean(s) > 0 else 1.0
+    if folds is not None:
+        rel = _cross_validated(folds, cols, W0)
+    else:
+        rel = _gcv(s, V, Ct, c0t, scale, max(int(stats.n_samples), 1))
+    lam = rel * scale
+    delta = (V * (1.0 / (s + lam))) @ (V.T @ Ct)        # (|I|, M)
+    W = W0 + delta.T
+    intercept = stats.y_mean - W @ stats.x_mean[cols]
+    return Refit(coef=W, intercept=intercept, error=_relative_error(stats, cols, W)), float(rel)
+
+
+def _spectrum(stats: CentredStatistics, cols: np.ndarray, W0: np.ndarray):
+    G = stats.G[np.ix_(cols, cols)]
+    C = stats.C[cols]
+    Ct = C - G @ W0.T                                   # (|I|, M) cross-covariance with the residual target
+    c0t = float(stats.c0) - 2.0 * float(np.sum(W0 * C.T)) + float(np.sum((W0 @ G) * W0))
+    s, V = np.linalg.eigh(G)
+    return np.clip(s, 0.0, None), V, Ct, c0t
+
+
+def _relative_error(stats: CentredStatistics, cols: np.ndarray, W: np.ndarray) -> float:
+    G = stats.G[np.ix_(cols, cols)]
+    err = float(stats.c0) - 2.0 * float(np.sum(W * stats.C[cols].T)) + float(np.sum((W @ G) * W))
+    return float(max(err, 0.0) / stats.c0) if stats.c0 > 0 else 0.0
+
+
+def _gcv(s, V, Ct, c0t: float, scale: float, n: int) -> float:
+    Q2 = np.sum((V.T @ Ct) ** 2, axis=1)
+    best = (np.inf, float(_GRID[-1]))
+    for rel in _GRID:
+        lam = rel * scale
+        df = float(np.sum(s / (s + lam)))
+        if df >= 0.5 * n:  # GCV is meaningless near interpolation
+            continue
+        err = c0t - float(np.sum(Q2 * (2.0 / (s + lam) - s / (s + lam) ** 2)))
+        gcv = max(err, 0.0) / (1.0 - df / n) ** 2
+        if gcv < best[0]:
+            best = (gcv, float(rel))
+    return best[1]
+
+
+def _cross_validated(folds: tuple[CentredStatistics, CentredStatistics], cols: np.ndarray, W0: np.ndarray) -> float:
+    """λ (relative) minimising the summed validation error of fitting on one fold and scoring on the other."""
+    total = np.zeros(len(_GRID))
+    for train, test in (folds, folds[::-1]):
+        s, V, Ct, _ = _spectrum(train, cols, W0)
+        scale = float(np.mean(s)) if len(s) and np.mean(s) > 0 else 1.0
+        proj = V.T @ Ct
+        G_te = test.G[np.ix_(cols, cols)]
+        C_te = test.C[cols]
+        shift_x = test.x_mean[cols] - train.x_mean[cols]
+        shift_y = test.y_mean - train.y_mean
+        for i, rel in enumerate(_GRID):
+            W = W0 + ((V * (1.0 / (s + rel * scale))) @ proj).T
+            err = float(test.c0) - 2.0 * float(np.sum(W * C_te.T)) + float(np.sum((W @ G_te) * W))
+            err += float(np.sum((shift_y - W @ shift_x) ** 2))
+            total[i] += err
+    return float(_GRID[int(np.argmin(total))])
+
+
+def effective_rows_factor(n_rows: int, n_columns: np.ndarray) -> np.ndarray:
+    """GCV inflation 1/(1 − m/n)² of an in-sample error with m fitted columns and n rows (inf once m ≥ n)."""
+    ratio = np.asarray(n_columns, dtype=np.float64) / max(n_rows, 1)
+    with np.errstate(divide="ignore"):
+        return np.where(ratio < 1.0, 1.0 / (1.0 - np.minimum(ratio, 1.0)) ** 2, np.inf)
+
+
+def prior_error_curve(stats: CentredStatistics, channel_of_column: np.ndarray, order: np.ndarray,
+                      prior: np.ndarray) -> np.ndarray:
+    """Relative error of keeping the first k channels of ``order`` with the original weights (bias re-fitted).
+
+    The λ → ∞ end of :func:`refit_towards`: it cannot overfit, so it bounds what the shrunk re-fit
+    generalises to. With B = Eᵀ((W0ᵀW0) ∘ G)E and a = Eᵀ diag(C W0) per channel, the error of a
+    kept set K is c0 − 2 Σ_K a + Σ_{K×K} B; all prefixes follow from cumulative sums in O(D²).
+    """
+    D = int(len(order))
+    W0 = np.asarray(prior, dtype=np.float64)
+    E = np.zeros((len(channel_of_column), D))
+    E[np.arange(len(channel_of_column)), channel_of_column] = 1.0
+    a = E.T @ np.einsum("im,mi->i", stats.C, W0)
+    B = E.T @ ((W0.T @ W0) * stats.G) @ E
+    a, B = a[order], B[np.ix_(order, order)]
+    # quadratic part of prefix k: sum of the leading k×k block of B
+    quad = np.concatenate([[0.0], np.cumsum(np.diag(B) + 2.0 * np.array([B[k, :k].sum() for k in range(D)]))])
+    lin = np.concatenate([[0.0], np.cumsum(a)])
+    c0 = float(stats.c0)
+    if c0 <= 0:
+        return np.zeros(D + 1)
+    return np.clip((c0 - 2.0 * lin + quad) / c0, 0.0, None)

@@ -1,0 +1,97 @@
+"""Loading, normalising and saving models."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.errors import ModelError, UsageError
+from onnxprune.graph.io import check_output_path, load_model, save_model
+from onnxprune.graph.normalise import normalise, opset_of, static_shapes
+
+from conftest import SAMPLES, random_feed, relative_error, run_model
+
+
+def test_missing_model(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nope.onnx")
+
+
+def test_garbage_model(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf \x00\xff" * 10)
+    with pytest.raises(ModelError):
+        load_model(bad)
+
+
+def test_truncated_model(tmp_path):
+    src = (SAMPLES / "lenet5_digits.onnx").read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(src[: len(src) // 2])
+    with pytest.raises(ModelError):
+        load_model(cut)
+
+
+def test_normalise_keeps_outputs_and_folds_weight_reshape(tmp_path):
+    path = SAMPLES / "chains" / "f_reshaped_weights.onnx"
+    model = load_model(path)
+    norm = normalise(model)
+    onnx.checker.check_model(norm, full_check=True)
+    assert opset_of(norm) == opset_of(model)
+    # the conv weight that reached the node through Reshape/Transpose is now an initializer
+    inits = {i.name for i in norm.graph.initializer}
+    conv_weights = [n.input[1] for n in norm.graph.node if n.op_type == "Conv"]
+    assert conv_weights and all(w in inits for w in conv_weights)
+    feed = random_feed(path, 4)
+    assert relative_error(run_model(model, feed)[0], run_model(norm, feed)[0]) < 1e-6
+
+
+def test_normalise_opset7_lists_initializers_as_inputs():
+    model = load_model(SAMPLES / "chains" / "d_cntk_matmul.onnx")
+    norm = normalise(model)
+    assert norm.ir_version < 4
+    listed = {i.name for i in norm.graph.input}
+    assert all(i.name in listed for i in norm.graph.initializer)
+    onnx.checker.check_model(norm, full_check=True)
+
+
+def test_static_shapes_resolve_dynamic_batch():
+    model = normalise(load_model(SAMPLES / "lenet5_digits.onnx"))
+    shapes = static_shapes(model, {"input": (1, 1, 32, 32)})
+    out = model.graph.output[0].name
+    assert shapes[out] == (1, 10)
+
+
+def test_external_data_roundtrip(tmp_path):
+    model = load_model(SAMPLES / "chains" / "external" / "g_external.onnx")
+    out = tmp_path / "copy.onnx"
+    save_model(model, out, external_data=True)
+    assert (tmp_path / "copy.onnx.data").exists()
+    again = load_model(out)
+    feed = random_feed(SAMPLES / "chains" / "external" / "g_external.onnx", 2)
+    np.testing.assert_allclose(run_model(model, feed)[0], run_model(again, feed)[0], rtol=1e-6)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_save_is_atomic_on_failure(tmp_path):
+    out = tmp_path / "out.onnx"
+    with pytest.raises(Exception):
+        save_model("not a model", out)  # type: ignore[arg-type]
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_path_rules(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    with pytest.raises(UsageError, match="never overwrites"):
+        check_output_path(model, model, force=True)
+    with pytest.raises(UsageError, match="does not exist"):
+        check_output_path(tmp_path / "missing" / "o.onnx", model, force=False)
+    existing = tmp_path / "o.onnx"
+    existing.write_bytes(b"y")
+    with pytest.raises(UsageError) as err:
+        check_output_path(existing, model, force=False)
+    assert "--force" in err.value.one_line()
+    assert check_output_path(existing, model, force=True) == existing

@@ -1,0 +1,352 @@
+"""Solver checks: streaming statistics, entropic regression (doc §9), re-fit, error curve, ranking."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxprune.solvers import (
+    CentredStatistics,
+    ConsumerProblem,
+    EntropicRegression,
+    LinearStatistics,
+    columns_of,
+    error_curve,
+    fit_entropic,
+    rank_channels,
+    refit,
+)
+
+D, K, M, T = 16, 9, 8, 20_000  # channels, 3×3 kernel taps, targets, samples
+P = D * K
+PLANTED = [1, 4, 9, 13]
+CHANNELS = np.repeat(np.arange(D), K)
+
+
+def _correlated_inputs(rng: np.random.Generator, n: int, p: int) -> np.ndarray:
+    """Correlated, unit-variance, non-zero-mean inputs."""
+    mix = np.eye(p) + 0.3 * rng.standard_normal((p, p)) / np.sqrt(p)
+    X = rng.standard_normal((n, p)) @ mix + 0.5 * rng.standard_normal((n, 1))
+    return X / X.std(axis=0) + rng.uniform(-2.0, 2.0, p)
+
+
+@pytest.fixture(scope="module")
+def planted_data():
+    """Doc §9: only channels {1, 4, 9, 13} drive y, noise σ = 0.3; 2 000 extra rows held out."""
+    rng = np.random.default_rng(0)
+    X = _correlated_inputs(rng, T + 2_000, P)
+    cols = columns_of(CHANNELS, PLANTED)
+    W = rng.standard_normal((M, cols.size))
+    Y = X[:, cols] @ W.T + rng.uniform(-1.0, 1.0, M) + 0.3 * rng.standard_normal((T + 2_000, M))
+    return X, Y
+
+
+@pytest.fixture(scope="module")
+def planted(planted_data):
+    X, Y = planted_data[0][:T], planted_data[1][:T]
+    return X, Y, LinearStatistics(P, M).partial_fit(X, Y).centred()
+
+
+@pytest.fixture(scope="module")
+def planted_fit(planted):
+    return EntropicRegression().fit(planted[2], channel_size=K)
+
+
+def _increase(history: list[float]) -> float:
+    """Largest step-to-step increase of a loss history, relative to its first value."""
+    h = np.asarray(history)
+    return float(np.max(np.diff(h)) / abs(h[0]))
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_partial_fit_over_batches_equals_one_batch(planted):
+    X, Y, _ = planted
+    whole = LinearStatistics(P, M).partial_fit(X, Y)
+    batched = LinearStatistics(P, M)
+    for start in range(0, T, 3_000):
+        batched.partial_fit(X[start : start + 3_000].astype(np.float32), Y[start : start + 3_000])
+    assert batched.n_samples_seen_ == T
+    a, b = whole.to_arrays(), LinearStatistics(P, M).partial_fit(X.astype(np.float32), Y).to_arrays()
+    for key, value in batched.to_arrays().items():
+        np.testing.assert_allclose(value, b[key], rtol=1e-10, atol=1e-8, err_msg=key)
+        np.testing.assert_allclose(value, a[key], rtol=1e-5, atol=1e-3, err_msg=key)  # float32 inputs
+
+
+def test_centred_statistics_match_numpy(planted):
+    X, Y, stats = planted
+    np.testing.assert_allclose(stats.G, np.cov(X.T, bias=True), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(stats.C, (X - X.mean(0)).T @ (Y - Y.mean(0)) / T, rtol=1e-9, atol=1e-11)
+    assert stats.c0 == pytest.approx(np.sum(Y.var(axis=0)), rel=1e-10)
+    np.testing.assert_allclose(stats.x_mean, X.mean(0), rtol=1e-12)
+    assert stats.n_samples == T
+
+
+def test_merged_shards_equal_the_whole(planted):
+    X, Y, stats = planted
+    shards = [LinearStatistics(P, M).partial_fit(X[i::3], Y[i::3]) for i in range(3)]
+    summed = shards[0] + shards[1] + shards[2]
+    merged = LinearStatistics(P, M).merge(shards[0]).merge(shards[1]).merge(shards[2])
+    for combined in (summed, merged):
+        c = combined.centred()
+        np.testing.assert_allclose(c.G, stats.G, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(c.C, stats.C, rtol=1e-9, atol=1e-12)
+        assert c.c0 == pytest.approx(stats.c0, rel=1e-12)
+    assert shards[0].n_samples_seen_ == len(X[0::3])  # __add__ leaves its operands alone
+
+
+def test_arrays_round_trip_through_npz(planted, tmp_path):
+    X, Y, _ = planted
+    original = LinearStatistics(P, M).partial_fit(X[:500], Y[:500])
+    np.savez(tmp_path / "stats.npz", **original.to_arrays())
+    restored = LinearStatistics.from_arrays(dict(np.load(tmp_path / "stats.npz")))
+    assert restored.n_samples_seen_ == 500
+    for key, value in original.to_arrays().items():
+        np.testing.assert_array_equal(restored.to_arrays()[key], value)
+    restored.partial_fit(X[500:1000], Y[500:1000])  # restored statistics keep accumulating
+    assert restored.n_samples_seen_ == 1000
+
+
+@pytest.mark.parametrize(
+    "X, Y",
+    [
+        (np.ones((4, 3)), np.ones((4, 2))),  # wrong feature count
+        (np.ones((4, 5)), np.ones((3, 2))),  # row mismatch
+        (np.ones(5), np.ones((1, 2))),  # not 2-D
+        (np.full((4, 5), np.nan), np.ones((4, 2))),  # not finite
+    ],
+)
+def test_partial_fit_rejects_bad_batches(X, Y):
+    with pytest.raises(ValueError):
+        LinearStatistics(5, 2).partial_fit(X, Y)
+
+
+def test_statistics_errors():
+    with pytest.raises(ValueError, match="No samples"):
+        LinearStatistics(3, 2).centred()
+    with pytest.raises(ValueError):
+        LinearStatistics(3, 2).merge(LinearStatistics(4, 2))
+    with pytest.raises(ValueError, match="lack keys"):
+        LinearStatistics.from_arrays({"G": np.eye(3)})
+
+
+# --------------------------------------------------------------------------- entropic fit on planted channels
+
+
+def test_threshold_keeps_exactly_the_planted_channels(planted_fit):
+    scaled = D * planted_fit.w_
+    assert np.flatnonzero(planted_fit.keep_).tolist() == PLANTED
+    assert scaled[PLANTED].min() > 100 * planted_fit.theta  # ≈ 4 each: well above θ = 1e-2
+    assert np.delete(scaled, PLANTED).max() < 1e-6 * planted_fit.theta  # the rest at the floor
+    assert planted_fit.rho_ == 1.0
+
+
+@pytest.mark.parametrize("budget", ["topk", "bisect"])
+def test_budget_returns_the_planted_channels(planted, budget):
+    est = EntropicRegression().fit(planted[2], channel_size=K, n_keep=4, budget=budget)
+    assert np.flatnonzero(est.keep_).tolist() == PLANTED
+    if budget == "bisect":
+        assert np.count_nonzero(D * est.w_ >= est.theta) == 4  # found by the threshold, not the fallback
+        assert 1e-4 <= est.rho_ <= 1e3
+
+
+def test_refit_error_equals_full_least_squares(planted, planted_fit):
+    stats = planted[2]
+    full = refit(stats, np.arange(P), delta=0.0)
+    assert 0.002 < full.error < 0.003  # doc §9: ≈ 0.0025
+    error = planted_fit.error_[0]
+    assert full.error <= error <= 1.01 * full.error  # 36 of 144 columns lose < 1 % of the fit
+    assert planted_fit.coef_[0].shape == (M, 4 * K)
+    np.testing.assert_array_equal(planted_fit.columns_[0], columns_of(CHANNELS, PLANTED))
+
+
+def test_refit_generalises_to_held_out_rows(planted_data, planted_fit):
+    X, Y = planted_data[0][T:], planted_data[1][T:]
+    pred = X[:, planted_fit.columns_[0]] @ planted_fit.coef_[0].T + planted_fit.intercept_[0]
+    held_out = np.sum((pred - Y) ** 2) / np.sum((Y - Y.mean(axis=0)) ** 2)
+    assert held_out == pytest.approx(planted_fit.error_[0], rel=0.15)
+
+
+@pytest.mark.parametrize("w_step", ["both", "lambda", "w"])
+def test_loss_never_increases(planted, w_step):
+    fit = fit_entropic([ConsumerProblem(planted[2], CHANNELS)], D, w_step=w_step)
+    steps_per_round = {"both": 3, "lambda": 2, "w": 2}[w_step]
+    assert len(fit.loss_history) == 1 + steps_per_round * fit.n_iter
+    assert _increase(fit.loss_history) <= 1e-12
+    assert fit.loss_history[-1] < 0.1 * fit.loss_history[0]  # it did fit (ridge and entropy remain)
+    assert fit.w.sum() == pytest.approx(1.0) and fit.w.min() >= 0
+    assert sorted(np.argsort(-fit.w)[:4]) == PLANTED
+
+
+@pytest.mark.parametrize("w_step", ["lambda", "both"])
+def test_zero_temperature_fixed_point(planted, w_step):
+    """At ε_w = 0 the optimum has w_d ∝ ‖W_d‖^(2/3), W = ΛS (doc §3)."""
+    fit = fit_entropic([ConsumerProblem(planted[2], CHANNELS)], D, eps_w=0.0, w_step=w_step, tol=1e-14)
+    W = fit.lambdas[0] * fit.w[CHANNELS]
+    norms = np.sqrt(np.bincount(CHANNELS, weights=np.sum(W**2, axis=0), minlength=D))
+    predicted = norms ** (2.0 / 3.0) / np.sum(norms ** (2.0 / 3.0))
+    live = D * fit.w > 1e-3
+    assert np.flatnonzero(live).tolist() == PLANTED
+    np.testing.assert_allclose(fit.w[live], predicted[live], rtol=1e-5)
+    assert _increase(fit.loss_history) <= 1e-12
+
+
+def test_weights_are_invariant_to_units(planted):
+    """ρ and τ are dimensionless: rescaling x or y leaves w unchanged (doc §5)."""
+    X, Y, stats = planted
+    scaled = LinearStatistics(P, M).partial_fit(3.0 * X, 50.0 * Y).centred()
+    w = fit_entropic([ConsumerProblem(stats, CHANNELS)], D, max_iter=5).w
+    w_scaled = fit_entropic([ConsumerProblem(scaled, CHANNELS)], D, max_iter=5).w
+    np.testing.assert_allclose(w_scaled, w, rtol=1e-6, atol=1e-12)
+
+
+def test_column_layout_does_not_matter(planted):
+    """Columns in any order (channels interleaved) give the same w as the contiguous layout."""
+    stats = planted[2]
+    perm = np.random.default_rng(2).permutation(P)
+    shuffled = CentredStatistics(
+        stats.G[np.ix_(perm, perm)], stats.C[perm], stats.c0, stats.x_mean[perm], stats.y_mean, stats.n_samples
+    )
+    w = fit_entropic([ConsumerProblem(stats, CHANNELS)], D, max_iter=5).w
+    w_shuffled = fit_entropic([ConsumerProblem(shuffled, CHANNELS[perm])], D, max_iter=5).w
+    np.testing.assert_allclose(w_shuffled, w, rtol=1e-8, atol=1e-14)
+
+
+def test_keep_all_reproduces_layer_output():
+    """Every channel kept: the re-fit is exact least squares, reproducing a linear layer to float32 round-off."""
+    rng = np.random.default_rng(3)
+    X = _correlated_inputs(rng, 5_000, P).astype(np.float32)
+    W = rng.standard_normal((M, P)).astype(np.float32)
+    b = rng.standard_normal(M).astype(np.float32)
+    Y = X @ W.T + b  # the float32 layer
+    stats = LinearStatistics(P, M).partial_fit(X, Y).centred()
+    est = EntropicRegression(theta=0.0).fit(stats, channel_size=K)
+    assert est.keep_.all()
+    pred = X.astype(np.float64) @ est.coef_[0].T + est.intercept_[0]
+    assert np.max(np.abs(pred - Y)) <= 8 * np.finfo(np.float32).eps * np.max(np.abs(Y))
+    assert est.error_[0] < 1e-10
+
+
+def test_joint_regression_of_two_consumers(planted):
+    """A second consumer reading only channels 0–7 (centre taps, one of them twice) shares w."""
+    X, _, stats = planted
+    rng = np.random.default_rng(4)
+    reads = np.array([0, 1, 2, 3, 4, 5, 6, 7, 4])
+    Xb = X[:, reads * K + K // 2]
+    Yb = Xb[:, [1, 4]] @ rng.standard_normal((2, 3)) + 0.1 * rng.standard_normal((T, 3))
+    second = LinearStatistics(reads.size, 3).partial_fit(Xb, Yb).centred()
+    problems = [ConsumerProblem(stats, CHANNELS), ConsumerProblem(second, reads, weight=0.5)]
+    est = EntropicRegression().fit(problems)
+    assert np.flatnonzero(est.keep_).tolist() == PLANTED
+    np.testing.assert_array_equal(est.columns_[1], [1, 4, 8])  # channels 1 and 4, the latter read twice
+    assert est.coef_[1].shape == (3, 3)
+    assert est.error_[1] < 0.01
+    assert _increase(est.loss_history_) <= 1e-12
+
+
+def test_never_keeps_zero_channels(planted):
+    est = EntropicRegression(theta=2 * D).fit(planted[2], channel_size=K)  # nothing can pass D·w ≥ 32
+    assert est.keep_.sum() == 1 and est.keep_[np.argmax(est.w_)]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(channel_size=7), dict(channel_size=K, n_keep=0), dict(channel_size=K, n_keep=4, budget="greedy")],
+)
+def test_estimator_rejects_bad_arguments(planted, kwargs):
+    with pytest.raises(ValueError):
+        EntropicRegression().fit(planted[2], **kwargs)
+
+
+def test_fit_entropic_rejects_bad_problems(planted):
+    stats = planted[2]
+    with pytest.raises(ValueError, match="channel_of_column"):
+        fit_entropic([ConsumerProblem(stats, CHANNELS[:-1])], D)
+    with pytest.raises(ValueError, match="channel_of_column"):
+        fit_entropic([ConsumerProblem(stats, CHANNELS + 1)], D)
+    with pytest.raises(ValueError, match="w_step"):
+        fit_entropic([ConsumerProblem(stats, CHANNELS)], D, w_step="eg")
+
+
+# --------------------------------------------------------------------------- re-fit and error curve
+
+
+def test_refit_of_no_columns_predicts_the_mean(planted):
+    stats = planted[2]
+    empty = refit(stats, np.array([], dtype=int))
+    assert empty.coef.shape == (M, 0) and empty.error == 1.0
+    np.testing.assert_array_equal(empty.intercept, stats.y_mean)
+    constant = CentredStatistics(stats.G, np.zeros((P, M)), 0.0, stats.x_mean, stats.y_mean, T)
+    assert refit(constant, np.arange(P)).error == 0.0
+
+
+def test_error_curve_matches_refit(planted):
+    stats = planted[2]
+    order = np.random.default_rng(5).permutation(D)
+    curve = error_curve(stats, CHANNELS, order, delta=1e-10)
+    assert curve.shape == (D + 1,) and curve[0] == 1.0
+    assert np.all(np.diff(curve) <= 1e-12)
+    for k in (1, 3, 7, 12, D):
+        exact = refit(stats, columns_of(CHANNELS, order[:k]), delta=1e-10).error
+        assert curve[k] == pytest.approx(exact, abs=1e-8)
+
+
+def test_error_curve_of_a_partial_consumer(planted):
+    """A consumer reading channels 0–7 only: absent channels add no columns."""
+    stats = planted[2]
+    cols = columns_of(CHANNELS, np.arange(8))
+    partial = CentredStatistics(
+        stats.G[np.ix_(cols, cols)], stats.C[cols], stats.c0, stats.x_mean[cols], stats.y_mean, T
+    )
+    order = np.array(PLANTED + [0, 2, 3, 5, 6, 7, 8, 10, 11, 12, 14, 15])
+    curve = error_curve(partial, CHANNELS[cols], order, delta=1e-10)
+    assert curve[2] < curve[1] < curve[0] == 1.0  # channels 1 and 4 explain part of y
+    assert curve[2] == curve[3] == curve[4]  # channels 9 and 13 are not read
+    assert curve[-1] == pytest.approx(refit(partial, np.arange(cols.size), delta=1e-10).error, abs=1e-8)
+
+
+# --------------------------------------------------------------------------- ranking baselines
+
+
+def test_norm_rankings_follow_planted_norms(planted):
+    stats = planted[2]
+    rng = np.random.default_rng(6)
+    norms = rng.permutation(D) + 1.0
+    W = rng.standard_normal((M, P))
+    W /= np.sqrt(np.bincount(CHANNELS, weights=np.sum(W**2, 0)))[CHANNELS]  # unit l2 per channel
+    W *= norms[CHANNELS]
+    problems = [ConsumerProblem(stats, CHANNELS)]
+    l2 = rank_channels("l2", problems, D, weights=[W])
+    np.testing.assert_allclose(l2, norms)
+    l1 = rank_channels("l1", problems, D, weights=[np.sign(W) * norms[CHANNELS]])
+    np.testing.assert_array_equal(np.argsort(l1), np.argsort(norms))
+
+
+def test_activation_ranking_weighs_input_rms(planted):
+    stats = planted[2]
+    W = np.ones((M, P))
+    rms = np.sqrt(np.diag(stats.G) + stats.x_mean**2)
+    scores = rank_channels("activation", [ConsumerProblem(stats, CHANNELS)], D, weights=[W])
+    np.testing.assert_allclose(scores, M * np.bincount(CHANNELS, weights=rms))
+
+
+def test_random_ranking_is_reproducible(planted):
+    problems = [ConsumerProblem(planted[2], CHANNELS)]
+    a = rank_channels("random", problems, D, seed=7)
+    np.testing.assert_array_equal(a, rank_channels("random", problems, D, seed=7))
+    assert not np.array_equal(a, rank_channels("random", problems, D, seed=8))
+
+
+def test_entropic_ranking_puts_planted_channels_first(planted):
+    scores = rank_channels("entropic", [ConsumerProblem(planted[2], CHANNELS)], D)
+    assert sorted(np.argsort(-scores)[:4]) == PLANTED
+
+
+def test_ranking_errors(planted):
+    problems = [ConsumerProblem(planted[2], CHANNELS)]
+    with pytest.raises(ValueError, match="Unknown ranking method"):
+        rank_channels("taylor", problems, D)
+    with pytest.raises(ValueError, match="needs one weight matrix"):
+        rank_channels("l1", problems, D)
+    with pytest.raises(ValueError, match="shape"):
+        rank_channels("l1", problems, D, weights=[np.ones((M, P + 1))])
