@@ -40,6 +40,9 @@ from onnxprune.report import render_summary
                    "generalised cross-validation (robust when a layer sees few rows, e.g. a Gemm after Flatten). "
                    "A number DELTA: plain ridge re-fit with lambda = DELTA * trace(G)/p.")
 @click.option("--no-refit", is_flag=True, help="Only remove channels; keep the remaining weights as they were.")
+@click.option("--independent", is_flag=True,
+              help="Take every layer's statistics from the original network (the paper's mode) instead of the "
+                   "default error-correcting re-fit (inputs from the pruned network, targets from the original).")
 @click.option("--image-size", metavar="H[,W]", help="Resize images to H x W pixels (default: the model's static size).")
 @click.option("--raw-pixels", is_flag=True, help="Keep pixel values in 0..255 instead of scaling them to [0, 1].")
 @click.option("--mean", metavar="R,G,B", help="Per-channel mean subtracted after scaling (one value or three).")
@@ -60,7 +63,7 @@ from onnxprune.report import render_summary
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary (errors still go to stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="List every group in the summary, with why untouched ones were left alone.")
 def compress(model, data, output, force, target_flops, target_params, method, rho, tau, threshold, ridge, no_refit,
-             image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
+             independent, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
              provider, report_path, quiet, verbose) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
 
@@ -91,6 +94,7 @@ def compress(model, data, output, force, target_flops, target_params, method, rh
         image=image,
         num_samples=num_samples,
         holdout=holdout,
+        independent=independent,
     )
     out = output or str(default_output(model))
     result = run_compress(model, data, options, output=out, force=force, progress=progress_factory(show_progress(quiet)))

@@ -115,26 +115,30 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     if options.target is not None and not skip:
         check_target(model, analysis, options.target, counts)
     stats_consumers = [c for g in analysis.groups if g.prunable for c in g.consumers]
+    notes: list[str] = []
+    error_correct = not options.independent and options.solver.refit
     with _stage(timings, "calibrate"):
         stats = {}
         if not skip:
             with progress("calibrating", len(calib_idx)) as bar:
-                stats = collect_statistics(model, analysis, stats_consumers, data, calib_idx, options.calibration, bar.update)
+                stats = collect_statistics(model, analysis, stats_consumers, data, calib_idx, options.calibration,
+                                           bar.update, folds=not error_correct)
     with _stage(timings, "solve"):
         with progress("solving", len(analysis.groups)) as bar:
             plan = solve(model, analysis, stats, target=options.target, counts=counts, settings=options.solver,
-                         progress=bar.update)
-    if not options.independent and options.solver.refit and not plan.kept.all():
+                         fit_consumers=not error_correct, progress=bar.update)
+    del stats  # the error-correcting pass collects its own; free the first pass's Gram matrices
+    if error_correct and not plan.kept.all():
         with _stage(timings, "error-correct"):
             stages = consumer_stages(model, stats_consumers)
             with progress("re-fitting", len(stats_consumers)) as bar:
-                plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
-                                               options.calibration, bar.update)
+                plan.kept, plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
+                                                          options.calibration, options.solver, bar.update)
             errors = refit_errors(plan.refits, analysis)
             for g in plan.groups:
                 if g.id in errors and g.after < g.before:
                     g.error = errors[g.id]
-            timings_note = f"error-correcting re-fit in {len(stages)} stages"
+            notes.append(f"error-correcting selection and re-fit in {len(stages)} stages")
     with _stage(timings, "rewrite"):
         pruned = apply_plan(model, analysis, plan)
     with _stage(timings, "verify"):
@@ -151,10 +155,8 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         model=str(model_path), output=None if out_path is None else str(out_path), target=options.target,
         method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),
         file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
-        timings=timings, calibration_samples=len(calib_idx), blocked=analysis.blocked,
+        timings=timings, calibration_samples=len(calib_idx), blocked=analysis.blocked, notes=notes,
     )
-    if "timings_note" in locals():
-        report.notes.append(timings_note)
     if not any(g.prunable for g in analysis.groups):
         report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")
     return CompressResult(pruned, report, plan, analysis)

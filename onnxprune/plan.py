@@ -67,7 +67,6 @@ class PrunePlan:
 @dataclass
 class _Ranked:
     group: ChannelGroup
-    problems: list[ConsumerProblem]
     scores: np.ndarray
     order: np.ndarray                   # local indices, most important first, frozen first
     curve: np.ndarray
@@ -85,9 +84,12 @@ def consumer_weight_matrix(node: onnx.NodeProto, consumer: Consumer, weights: Ma
 
 
 def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats], *,
-          target: Target | None, counts, settings: SolverSettings = SolverSettings(),
+          target: Target | None, counts, settings: SolverSettings = SolverSettings(), fit_consumers: bool = True,
           progress: Callable[[int], None] | None = None) -> PrunePlan:
-    """Rank channels per group, choose the kept set (threshold or global budget) and re-fit consumers."""
+    """Rank channels per group, choose the kept set (threshold or global budget) and re-fit consumers.
+
+    ``fit_consumers=False`` leaves the re-fits to a later stage (the error-correcting pass).
+    """
     if settings.method not in METHODS:
         raise UsageError(f"unknown method '{settings.method}'; choose one of {', '.join(METHODS)}.")
     if target is None and settings.method != "entropic":
@@ -95,12 +97,11 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
     kept = np.ones(analysis.n_classes, dtype=bool)
     if target is not None and target.fraction >= 1.0:
         return PrunePlan(kept, {}, [_outcome(g, kept, None) for g in analysis.groups])
-    weights = initializer_arrays(model)
-    nodes = {n.name: n for n in model.graph.node}
+    ctx = _Context(initializer_arrays(model), {n.name: n for n in model.graph.node}, stats, settings)
     ranked = []
     for g in analysis.groups:
         if g.prunable and all(c.node in stats for c in g.consumers):
-            ranked.append(_rank(g, analysis, stats, weights, nodes, settings))
+            ranked.append(_rank(g, analysis, ctx))
         if progress:
             progress(1)
     if target is None:
@@ -112,30 +113,49 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
             kept[r.group.classes[~local]] = False
     else:
         kept = _allocate(model, analysis, ranked, target, counts)
-    refits = {}
+    refits, errors = _refit_groups(ranked, kept, analysis, ctx) if fit_consumers else ({}, {})
+    return PrunePlan(kept, refits if settings.refit else {}, [_outcome(g, kept, errors.get(g.id)) for g in analysis.groups])
+
+
+@dataclass
+class _Context:
+    weights: Mapping[str, np.ndarray]
+    nodes: Mapping[str, onnx.NodeProto]
+    stats: Mapping[str, ConsumerStats]
+    settings: SolverSettings
+
+
+def _refit_groups(ranked: list[_Ranked], kept: np.ndarray, analysis: Analysis,
+                  ctx: _Context) -> tuple[dict[str, Refit], dict[int, float]]:
+    """Re-fit every consumer that lost input columns; mean relative re-fit error per group.
+
+    Centred statistics are rebuilt one consumer at a time, so only one copy of a Gram matrix is alive.
+    """
+    refits: dict[str, Refit] = {}
     errors: dict[int, float] = {}
     for r in ranked:
         local_kept = kept[r.group.classes]
         errs = []
-        for cons, prob in zip(r.group.consumers, r.problems):
-            cols = np.flatnonzero(local_kept[prob.channel_of_column])
-            if len(cols) == len(prob.channel_of_column):
+        for cons in r.group.consumers:
+            channel_of_column = consumer_columns(analysis, r.group, cons)
+            cols = np.flatnonzero(local_kept[channel_of_column])
+            if len(cols) == len(channel_of_column):
                 continue
-            if settings.delta is None:
-                w0 = consumer_weight_matrix(nodes[cons.node], cons, weights)
-                fit, _ = refit_towards(prob.stats, cols, w0[:, cols], stats[cons.node].folds())
+            prob = ConsumerProblem(ctx.stats[cons.node].full.centred(), channel_of_column)
+            if ctx.settings.delta is None:
+                w0 = consumer_weight_matrix(ctx.nodes[cons.node], cons, ctx.weights)
+                fit, _ = refit_towards(prob.stats, cols, w0[:, cols], ctx.stats[cons.node].folds())
             else:
-                fit = refit(prob.stats, cols, settings.delta)
+                fit = refit(prob.stats, cols, ctx.settings.delta)
             errs.append(fit.error)
-            if settings.refit:
-                refits[cons.node] = fit
+            refits[cons.node] = fit
         if errs:
             errors[r.group.id] = float(np.mean(errs))
-    return PrunePlan(kept, refits, [_outcome(g, kept, errors.get(g.id)) for g in analysis.groups])
+    return refits, errors
 
 
-def _rank(group: ChannelGroup, analysis: Analysis, stats: Mapping[str, ConsumerStats], weights, nodes,
-          settings: SolverSettings) -> _Ranked:
+def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context) -> _Ranked:
+    stats, weights, nodes, settings = ctx.stats, ctx.weights, ctx.nodes, ctx.settings
     problems = [ConsumerProblem(stats[c.node].full.centred(), consumer_columns(analysis, group, c)) for c in group.consumers]
     mats = [consumer_weight_matrix(nodes[c.node], c, weights) for c in group.consumers]
     scores = rank_channels(settings.method, problems, group.size, weights=mats, seed=settings.seed + group.id,
@@ -152,7 +172,7 @@ def _rank(group: ChannelGroup, analysis: Analysis, stats: Mapping[str, ConsumerS
         with np.errstate(invalid="ignore"):
             refit_estimate = np.nan_to_num(raw * effective_rows_factor(prob.stats.n_samples, columns), nan=np.inf)
         curve += np.minimum(refit_estimate, prior_error_curve(prob.stats, prob.channel_of_column, order, w0))
-    return _Ranked(group, problems, scores, order, curve / len(problems))
+    return _Ranked(group, scores, order, curve / len(problems))
 
 
 def _allocate(model, analysis: Analysis, ranked: list[_Ranked], target: Target, counts) -> np.ndarray:

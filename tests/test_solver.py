@@ -191,6 +191,24 @@ def test_zero_temperature_fixed_point(planted, w_step):
     assert _increase(fit.loss_history) <= 1e-12
 
 
+@pytest.mark.parametrize("eps_w", [0.0, 1e-4, 1e-3, 1e-2, 1.0])
+def test_w_fixed_step_meets_its_stationarity_conditions(eps_w):
+    """−2a_d/w_d³ + ε_w(1 + log w_d) = −μ for every channel; 4 live channels, 507 dying over 200 decades."""
+    from onnxprune.solvers.entropic import _weights_given_ridge
+
+    rng = np.random.default_rng(0)
+    a = 10.0 ** rng.uniform(-300, -100, 512)
+    a[:4], a[4:8] = 0.0, 1.2e-8 * rng.uniform(0.9, 1.0, 4)
+    a[-1] = 6.126e-143  # bisection visits w = 1e-150, where 6a/w³ overflows while 2a/w³ does not
+    w = _weights_given_ridge(a, eps_w)
+    assert w.sum() == pytest.approx(1.0, abs=1e-14) and w.min() >= 0
+    ridge_driven = (a > 0) & (w > 1e-290)
+    log_w = np.log(w[ridge_driven])
+    mu = 2 * np.exp(np.log(a[ridge_driven]) - 3 * log_w) - eps_w * (1 + log_w)  # w³ would underflow
+    assert ridge_driven.sum() == 508
+    np.testing.assert_allclose(mu, mu[0], rtol=1e-12)
+
+
 def test_weights_are_invariant_to_units(planted):
     """ρ and τ are dimensionless: rescaling x or y leaves w unchanged (doc §5)."""
     X, Y, stats = planted

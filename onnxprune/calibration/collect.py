@@ -26,29 +26,56 @@ class CalibrationSettings:
     provider: str = "cpu"
 
 
-@dataclass
 class ConsumerStats:
     """A consumer's statistics over all calibration samples, and over the odd-numbered ones when the
-    layer sees few rows per column (so the re-fit's ridge can be cross-validated on two folds)."""
+    layer sees few rows per column (so the re-fit's ridge can be cross-validated on two folds).
 
-    full: LinearStatistics
-    odd: LinearStatistics | None = None
+    Rows are buffered and added in blocks of at least ``2p`` rows: one large Gram update is much
+    cheaper than many small ones when a layer contributes few rows per batch (a Gemm after Flatten).
+    """
+
+    def __init__(self, n_features: int, n_targets: int, folds: bool):
+        self.full = LinearStatistics(n_features, n_targets)
+        self.odd = LinearStatistics(n_features, n_targets) if folds else None
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._rows = 0
+        self._block = max(2 * n_features, 4096)
+
+    def add(self, X: np.ndarray, Y: np.ndarray, odd: np.ndarray) -> None:
+        """Add per-sample rows X (N, P, p), Y (N, P, M); ``odd`` marks the samples of the second fold."""
+        self._pending.append((X, Y, odd))
+        self._rows += X.shape[0] * X.shape[1]
+        if self._rows >= self._block:
+            self.flush()
+
+    def flush(self) -> "ConsumerStats":
+        if not self._pending:
+            return self
+        p, m = self.full.n_features, self.full.n_targets
+        X = np.concatenate([x.reshape(-1, p) for x, _, _ in self._pending])
+        Y = np.concatenate([y.reshape(-1, m) for _, y, _ in self._pending])
+        self.full.partial_fit(X, Y)
+        if self.odd is not None:
+            Xo = [x[o].reshape(-1, p) for x, _, o in self._pending if o.any()]
+            if Xo:
+                self.odd.partial_fit(np.concatenate(Xo),
+                                     np.concatenate([y[o].reshape(-1, m) for _, y, o in self._pending if o.any()]))
+        self._pending, self._rows = [], 0
+        return self
 
     def folds(self):
         """(even, odd) centred statistics, or None when no fold was kept."""
+        self.flush()
         if self.odd is None or self.odd.n_samples_seen_ in (0, self.full.n_samples_seen_):
             return None
-        full, odd = self.full.to_arrays(), self.odd.to_arrays()
-        even = LinearStatistics.from_arrays({k: full[k] - odd[k] for k in full})
-        return even.centred(), self.odd.centred()
+        return (self.full - self.odd).centred(), self.odd.centred()
 
-    def merge(self, other: "ConsumerStats") -> "ConsumerStats":
-        self.full.merge(other.full)
-        if self.odd is not None and other.odd is not None:
-            self.odd.merge(other.odd)
-        else:
-            self.odd = None
-        return self
+    @classmethod
+    def for_rows(cls, X: np.ndarray, Y: np.ndarray, n_samples: int) -> "ConsumerStats":
+        """Accumulators sized for rows like X (N, P, p), Y (N, P, M), with folds when n_samples such
+        rows are few (n_samples = 0: never)."""
+        p, m = X.shape[-1], Y.shape[-1]
+        return cls(p, m, folds=0 < X.shape[1] * n_samples < FOLD_ROWS_PER_COLUMN * p)
 
 
 FOLD_ROWS_PER_COLUMN = 20
@@ -76,8 +103,11 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
 
 def collect_statistics(model: onnx.ModelProto, analysis: Analysis, consumers: Sequence[Consumer], data: CalibrationData,
                        indices: Iterable[int], settings: CalibrationSettings = CalibrationSettings(),
-                       progress: Callable[[int], None] | None = None) -> dict[str, ConsumerStats]:
+                       progress: Callable[[int], None] | None = None, folds: bool = True) -> dict[str, ConsumerStats]:
     """One pass over ``indices`` of ``data``; returns float64 sufficient statistics per consumer node name.
+
+    ``folds`` keeps a second accumulator over the odd samples of layers with few rows per column
+    (for cross-validating their re-fit); without it only the totals are kept.
 
     Only the statistics are kept: each batch's activations are unfolded, subsampled (a seeded random
     subset of ``max_positions`` positions per sample) and discarded.
@@ -101,14 +131,9 @@ def collect_statistics(model: onnx.ModelProto, analysis: Analysis, consumers: Se
             if not (np.isfinite(X).all() and np.isfinite(Y).all()):
                 raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration data.",
                                 note="check the preprocessing (--mean/--std, --raw-pixels)")
-            p, m = X.shape[-1], Y.shape[-1]
             if cons.node not in stats:
-                few_rows = X.shape[1] * len(indices) < FOLD_ROWS_PER_COLUMN * p
-                stats[cons.node] = ConsumerStats(LinearStatistics(p, m), LinearStatistics(p, m) if few_rows else None)
-            entry = stats[cons.node]
-            entry.full.partial_fit(X.reshape(-1, p), Y.reshape(-1, m))
-            if entry.odd is not None and odd.any():
-                entry.odd.partial_fit(X[odd].reshape(-1, p), Y[odd].reshape(-1, m))
+                stats[cons.node] = ConsumerStats.for_rows(X, Y, len(indices) if folds else 0)
+            stats[cons.node].add(X, Y, odd)
         if progress:
             progress(len(idx))
-    return stats
+    return {k: v.flush() for k, v in stats.items()}

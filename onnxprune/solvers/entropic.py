@@ -2,7 +2,8 @@
 
 Weighted loss over the consumers j of a group (α_j = weight_j / c0_j, s = E_j w, S = diag(s)):
 
-    L(w, Λ) = Σ_j α_j [c0_j − 2 tr(Λ_j S C_j) + tr(Λ_j S G_j S Λ_jᵀ) + ε_Λ,j ‖Λ_j‖²] + ε_w Σ_d w_d log w_d
+    L(w, Λ) = Σ_j α_j [c0_j − 2 tr(Λ_j S C_j) + tr(Λ_j S G_j S Λ_jᵀ) + ε_Λ,j ‖Λ_j‖²]
+              + ε_w Σ_d w_d log w_d
 
 with ε_Λ,j = ρ ḡ_j / D² (ḡ_j = tr(G_j)/p_j) in consumer j's own units and ε_w = τ. For a single
 consumer of weight 1 this is the loss of doc §3 divided by c0, with ε_Λ = ρ ḡ/D² and ε_w = τ c0.
@@ -11,6 +12,7 @@ A raw ``eps_lambda`` replaces ε_Λ,j of every consumer; a raw ``eps_w`` replace
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import scipy.linalg
@@ -45,7 +47,7 @@ class EntropicFit:
 
 @dataclass
 class _Term:
-    """A consumer prepared for the solver."""
+    """A consumer prepared for the solver, with a (p, p) scratch buffer reused every round."""
 
     G: np.ndarray
     C: np.ndarray
@@ -53,6 +55,7 @@ class _Term:
     alpha: float
     eps_lambda: float
     c0: float
+    work: np.ndarray
 
 
 # --------------------------------------------------------------------------- preparation
@@ -62,13 +65,17 @@ def check_channels(channel_of_column: np.ndarray, p: int, n_channels: int) -> np
     """Validate a consumer's column → channel map and return it as intp."""
     channels = np.asarray(channel_of_column)
     if channels.shape != (p,) or not np.issubdtype(channels.dtype, np.integer):
-        raise ValueError(f"channel_of_column must be an integer array of shape ({p},), got {channels.dtype} {channels.shape}.")
+        raise ValueError(
+            f"channel_of_column must be an integer array of shape ({p},), got {channels.dtype} {channels.shape}."
+        )
     if p and (channels.min() < 0 or channels.max() >= n_channels):
         raise ValueError(f"channel_of_column values must lie in [0, {n_channels}).")
     return channels.astype(np.intp, copy=False)
 
 
-def _prepare(problems: list[ConsumerProblem], n_channels: int, rho: float, eps_lambda: float | None) -> list[_Term]:
+def _prepare(
+    problems: list[ConsumerProblem], n_channels: int, rho: float, eps_lambda: float | None
+) -> list[_Term]:
     if not problems:
         raise ValueError("At least one consumer problem is needed.")
     terms = []
@@ -82,7 +89,7 @@ def _prepare(problems: list[ConsumerProblem], n_channels: int, rho: float, eps_l
         channels = check_channels(problem.channel_of_column, p, n_channels)
         alpha = problem.weight / stats.c0 if stats.c0 > 0 else 0.0
         eps = rho * float(np.trace(stats.G)) / p / n_channels**2 if eps_lambda is None else eps_lambda
-        terms.append(_Term(stats.G, stats.C, channels, alpha, float(eps), stats.c0))
+        terms.append(_Term(stats.G, stats.C, channels, alpha, float(eps), stats.c0, np.empty_like(stats.G)))
     return terms
 
 
@@ -108,8 +115,10 @@ def _w_objective(w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float) -
     return float(w @ A @ w - 2.0 * beta @ w) + eps_w * _entropy(w)
 
 
-def _loss(terms: list[_Term], lam_t: list[np.ndarray], w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float) -> float:
-    """L(w, Λ) from the coupling (A, β) of the current Λ: Σαc0 + Σα ε_Λ‖Λ‖² + wᵀAw − 2βᵀw + ε_w H(w)."""
+def _loss(
+    terms: list[_Term], lam_t: list[np.ndarray], w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float
+) -> float:
+    """L(w, Λ) from the coupling (A, β) of the current Λ: Σαc0 + Σαε_Λ‖Λ‖² + wᵀAw − 2βᵀw + ε_w H(w)."""
     const = sum(t.alpha * t.c0 for t in terms)
     ridge = sum(t.alpha * t.eps_lambda * float(np.einsum("im,im->", lt, lt)) for t, lt in zip(terms, lam_t))
     return const + ridge + _w_objective(w, A, beta, eps_w)
@@ -128,14 +137,18 @@ def _block_sum(P: np.ndarray, channels: np.ndarray, n_channels: int) -> np.ndarr
 
 
 def _coupling(terms: list[_Term], lam_t: list[np.ndarray], n_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """A = Σ_j α_j Eᵀ(G_j ∘ Λ_jᵀΛ_j)E and β = Σ_j α_j Eᵀ((C_j ∘ Λ_jᵀ)1), so the data term is Σαc0 − 2βᵀw + wᵀAw."""
+    """A = Σ_j α_j Eᵀ(G_j ∘ Λ_jᵀΛ_j)E and β = Σ_j α_j Eᵀ((C_j ∘ Λ_jᵀ)1).
+
+    The data term of L is then Σ_j α_j c0_j − 2βᵀw + wᵀAw.
+    """
     A = np.zeros((n_channels, n_channels))
     beta = np.zeros(n_channels)
     for t, lt in zip(terms, lam_t):
-        P = lt @ lt.T
+        P = np.matmul(lt, lt.T, out=t.work)
         P *= t.G
         A += t.alpha * _block_sum(P, t.channels, n_channels)
-        beta += t.alpha * np.bincount(t.channels, weights=np.einsum("im,im->i", t.C, lt), minlength=n_channels)
+        per_column = np.einsum("im,im->i", t.C, lt)
+        beta += t.alpha * np.bincount(t.channels, weights=per_column, minlength=n_channels)
     return A, beta
 
 
@@ -152,17 +165,21 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
     out of the factorisation.
     """
     s = np.where(w >= _S_MIN, w, 0.0)[term.channels]
-    H = term.G * s[:, None]
-    H *= s[None, :]
-    H.flat[:: s.size + 1] += term.eps_lambda
-    L = cholesky_jittered(H)
+
+    def scaled_gram() -> np.ndarray:
+        H = np.multiply(term.G, s[:, None], out=term.work)
+        H *= s[None, :]
+        H.flat[:: s.size + 1] += term.eps_lambda
+        return H
+
+    L = cholesky_jittered(scaled_gram)
     return scipy.linalg.cho_solve((L, True), s[:, None] * term.C, overwrite_b=True, check_finite=False)
 
 
 # --------------------------------------------------------------------------- w-steps
 
 
-def _rtsafe(fun, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_iter: int = 100) -> np.ndarray:
+def _rtsafe(fun: Callable, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_iter: int = 100) -> np.ndarray:
     """Element-wise root of an increasing function on [lo, hi]: Newton kept safe by bisection.
 
     ``fun(x)`` returns (f, f'). Where f has no sign change on [lo, hi] the root is clipped to an end.
@@ -178,8 +195,10 @@ def _rtsafe(fun, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_iter: int = 
         step = f / df
         newton = x - step
         xtol = 4.0 * _EPS * (1.0 + np.abs(x))
-        converged = (np.abs(step) <= xtol) | (hi - lo <= xtol)
-        use_newton = converged | ((newton > lo) & (newton < hi) & (np.abs(2.0 * f) <= np.abs(dx_old * df)))
+        finite = np.isfinite(f) & np.isfinite(df)  # an overflowing f' makes the Newton step falsely 0
+        converged = (finite & (np.abs(step) <= xtol)) | (hi - lo <= xtol)
+        fast = finite & (newton > lo) & (newton < hi) & (np.abs(2.0 * f) <= np.abs(dx_old * df))
+        use_newton = converged | fast
         x_new = np.clip(np.where(use_newton, newton, 0.5 * (lo + hi)), lo, hi)
         dx_old, x = x_new - x, x_new
         if converged.all():
@@ -223,6 +242,13 @@ def _weights_given_ridge(a: np.ndarray, eps_w: float) -> np.ndarray:
     return w / w.sum()
 
 
+def _ridge_objective(a: np.ndarray, w: np.ndarray, eps_w: float) -> float:
+    """Σ a_d / w_d² + ε_w Σ w_d log w_d (channels with a_d = 0 contribute no ridge)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ridge = np.where(a > 0, a / w**2, 0.0)
+    return float(np.sum(ridge)) + eps_w * _entropy(w)
+
+
 def _w_fixed_step(
     terms: list[_Term], lam_t: list[np.ndarray], w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -235,14 +261,22 @@ def _w_fixed_step(
     if n_channels == 1 or (eps_w == 0 and not np.any(a > 0)):
         return w, A, beta
     w_new = _weights_given_ridge(a, eps_w)
+    if _ridge_objective(a, w_new, eps_w) > _ridge_objective(a, w, eps_w):
+        return w, A, beta  # never accept a worse point, whatever the round-off
     ratio = np.divide(w, w_new, out=np.zeros_like(w), where=w_new > 0)
     for t, lt in zip(terms, lam_t):
         lt *= ratio[t.channels][:, None]
     return w_new, ratio[:, None] * A * ratio[None, :], ratio * beta
 
 
-def _eg_step(w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float, atol: float, max_inner: int = 100) -> np.ndarray:
-    """w-step with Λ fixed: exponentiated gradient with backtracking (doc §4), monotone in wᵀAw − 2βᵀw + ε_w H(w)."""
+def _eg_step(
+    w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float, atol: float, max_inner: int = 100
+) -> np.ndarray:
+    """w-step with Λ fixed: exponentiated gradient with backtracking (doc §4).
+
+    w⁺ ∝ exp((log w − 2η(Aw − β)) / (1 + ηε_w)), η = 1/(2 max A_dd) halved until wᵀAw − 2βᵀw + ε_w H(w)
+    does not increase; repeated until it decreases by less than ``atol``.
+    """
     f = _w_objective(w, A, beta, eps_w)
     diag_max = float(A.diagonal().max())
     eta0 = 0.5 / diag_max if diag_max > 0 else 1.0 / max(eps_w, 1.0)
@@ -382,16 +416,21 @@ class EntropicRegression:
         self.eps_w = eps_w
         self.w_step = w_step
 
-    def _solve(self, problems: list[ConsumerProblem], n_channels: int, rho: float, w_init: np.ndarray | None) -> EntropicFit:
+    def _solve(
+        self, problems: list[ConsumerProblem], n_channels: int, rho: float, w_init: np.ndarray | None
+    ) -> EntropicFit:
         return fit_entropic(
             problems, n_channels, rho=rho, tau=self.tau, eps_lambda=self.eps_lambda, eps_w=self.eps_w,
             max_iter=self.max_iter, tol=self.tol, w_init=w_init, w_step=self.w_step,
         )
 
-    def _count(self, w: np.ndarray) -> int:
-        return int(np.count_nonzero(w.size * w >= self.theta))
+    def _passing(self, w: np.ndarray) -> np.ndarray:
+        """Channels with D·w ≥ θ."""
+        return w.size * w >= self.theta
 
-    def _bisect(self, problems: list[ConsumerProblem], n_channels: int, n_keep: int) -> tuple[EntropicFit, float, np.ndarray]:
+    def _bisect(
+        self, problems: list[ConsumerProblem], n_channels: int, n_keep: int
+    ) -> tuple[EntropicFit, float, np.ndarray]:
         """Bisect log10 ρ in [−4, 3] until exactly n_keep channels pass the threshold (doc §5)."""
         lo, hi = -4.0, 3.0
         warm = None
@@ -399,12 +438,13 @@ class EntropicRegression:
         for _ in range(14):
             log_rho = 0.5 * (lo + hi)
             fit = self._solve(problems, n_channels, 10.0**log_rho, warm)
-            count = self._count(fit.w)
+            passing = self._passing(fit.w)
+            count = int(passing.sum())
             rank = (abs(count - n_keep), count < n_keep)
             if best is None or rank < best[0]:
                 best = (rank, fit, 10.0**log_rho)
             if count == n_keep:
-                return fit, 10.0**log_rho, fit.w.size * fit.w >= self.theta
+                return fit, 10.0**log_rho, passing
             if count > n_keep:
                 lo, warm = log_rho, fit.w
             else:
@@ -432,7 +472,7 @@ class EntropicRegression:
         else:
             rho = self.rho
             fit = self._solve(problems, n_channels, rho, None)
-            keep = _top_k(fit.w, n_keep) if n_keep is not None else n_channels * fit.w >= self.theta
+            keep = _top_k(fit.w, n_keep) if n_keep is not None else self._passing(fit.w)
         if not keep.any():
             keep = _top_k(fit.w, 1)
         self.columns_ = [columns_of(pr.channel_of_column, np.flatnonzero(keep)) for pr in problems]

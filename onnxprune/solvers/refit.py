@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import scipy.linalg
@@ -25,19 +26,23 @@ def _fortran(H: np.ndarray) -> np.ndarray:
     return H.T if H.flags.c_contiguous else H
 
 
-def cholesky_jittered(H: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of a symmetric PSD matrix, adding a growing diagonal jitter if it is singular."""
-    n = H.shape[0]
-    scale = float(np.trace(H)) / max(n, 1)
+def cholesky_jittered(make_matrix: Callable[[], np.ndarray]) -> np.ndarray:
+    """Lower Cholesky factor of the symmetric PSD matrix ``make_matrix()`` (a fresh array it may overwrite).
+
+    If the matrix is numerically singular it is rebuilt with a growing diagonal jitter.
+    """
+    A = _fortran(make_matrix())
+    n = A.shape[0]
+    scale = float(np.trace(A)) / max(n, 1)
     scale = scale if scale > 0 else 1.0
-    jitter = 0.0
-    for _ in range(8):
-        A = np.array(_fortran(H), order="F")
-        A.flat[:: n + 1] += jitter
+    for attempt in range(8):
+        if attempt:
+            A = _fortran(make_matrix())
+            A.flat[:: n + 1] += 1e-12 * scale * 100.0 ** (attempt - 1)
         try:
             return scipy.linalg.cholesky(A, lower=True, overwrite_a=True, check_finite=False)
         except np.linalg.LinAlgError:
-            jitter = 1e-12 * scale if jitter == 0.0 else 100.0 * jitter
+            pass
     raise np.linalg.LinAlgError("Matrix is not positive semi-definite, even with diagonal jitter.")
 
 
@@ -128,9 +133,14 @@ def error_curve(
         return np.zeros(n_cols.size)
     if perm.size == 0:
         return np.ones(n_cols.size)
-    H = stats.G[np.ix_(perm, perm)]
-    H.flat[:: perm.size + 1] += delta * float(np.trace(stats.G)) / stats.n_features
-    L = cholesky_jittered(H)
+    ridge = delta * float(np.trace(stats.G)) / stats.n_features
+
+    def permuted() -> np.ndarray:
+        H = stats.G[np.ix_(perm, perm)]
+        H.flat[:: perm.size + 1] += ridge
+        return H
+
+    L = cholesky_jittered(permuted)
     Z = scipy.linalg.solve_triangular(L, stats.C[perm], lower=True, check_finite=False)
     explained = np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, Z))))
     return np.clip((stats.c0 - explained[n_cols]) / stats.c0, 0.0, 1.0)

@@ -8,20 +8,21 @@ the consumer's original weights W0 instead of towards zero solves
     ⇒ W = W0_I + Δ,  Δᵀ = (G_II + λI)⁻¹ (C_I − G_II W0_Iᵀ)
 
 so λ → ∞ is plain pruning, λ → 0 the exact re-fit, and keeping every column returns W0 exactly
-(then C_I = G_II W0ᵀ). λ is chosen on a log grid (relative to the mean eigenvalue of G_II):
-- with two folds of the statistics (kept for layers with few rows per column), by 2-fold
-  validation error, computed from the held-out fold's statistics;
-- otherwise by GCV(λ) = err(λ) / (1 − df(λ)/n)², where with G_II = V diag(s) Vᵀ and
-  Q = Vᵀ(C_I − G_II W0ᵀ): err(λ) = c̃0 − Σ_i ‖Q_i‖² (2/(s_i+λ) − s_i/(s_i+λ)²), df(λ) = Σ_i s_i/(s_i+λ).
+(then C_I = G_II W0ᵀ). λ is relative to the mean eigenvalue tr(G_II)/|I|:
+- with two folds of the statistics (kept for layers with few rows per column), it is chosen on a
+  log grid (1e-4 … 10) by 2-fold validation error, computed from the held-out fold's statistics;
+- otherwise the rows far outnumber the columns, nothing can overfit, and a tiny ridge (1e-6)
+  only guards the Cholesky factorisation.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.solvers.refit import Refit
+from onnxprune.solvers.refit import Refit, solve_psd
 from onnxprune.solvers.statistics import CentredStatistics
 
-_GRID = np.logspace(-8, 3, 23)
+_GRID = np.logspace(-4, 1, 6)
+_SMALL = 1e-6
 
 
 def refit_towards(stats: CentredStatistics, columns: np.ndarray, prior: np.ndarray,
@@ -29,26 +30,20 @@ def refit_towards(stats: CentredStatistics, columns: np.ndarray, prior: np.ndarr
     """Re-fit on ``columns`` shrunk towards ``prior`` (M, |I|); returns the fit and the chosen λ (relative)."""
     cols = np.asarray(columns, dtype=np.int64)
     W0 = np.asarray(prior, dtype=np.float64)
-    s, V, Ct, c0t = _spectrum(stats, cols, W0)
-    scale = float(np.mean(s)) if len(s) and np.mean(s) > 0 else 1.0
-    if folds is not None:
-        rel = _cross_validated(folds, cols, W0)
-    else:
-        rel = _gcv(s, V, Ct, c0t, scale, max(int(stats.n_samples), 1))
-    lam = rel * scale
-    delta = (V * (1.0 / (s + lam))) @ (V.T @ Ct)        # (|I|, M)
+    G = stats.G[np.ix_(cols, cols)]
+    Ct = stats.C[cols] - G @ W0.T                        # cross-covariance with the residual target y − W0 x
+    rel = _cross_validated(folds, cols, W0) if folds is not None else _SMALL
+    lam = rel * max(float(np.trace(G)) / max(len(cols), 1), 1e-30)
+    delta = solve_psd(_ridged(G, lam), Ct) if len(cols) else np.zeros((0, W0.shape[0]))
     W = W0 + delta.T
     intercept = stats.y_mean - W @ stats.x_mean[cols]
     return Refit(coef=W, intercept=intercept, error=_relative_error(stats, cols, W)), float(rel)
 
 
-def _spectrum(stats: CentredStatistics, cols: np.ndarray, W0: np.ndarray):
-    G = stats.G[np.ix_(cols, cols)]
-    C = stats.C[cols]
-    Ct = C - G @ W0.T                                   # (|I|, M) cross-covariance with the residual target
-    c0t = float(stats.c0) - 2.0 * float(np.sum(W0 * C.T)) + float(np.sum((W0 @ G) * W0))
-    s, V = np.linalg.eigh(G)
-    return np.clip(s, 0.0, None), V, Ct, c0t
+def _ridged(G: np.ndarray, lam: float) -> np.ndarray:
+    """G + λI, in place (G must be a copy the caller owns)."""
+    G.flat[:: G.shape[0] + 1] += lam
+    return G
 
 
 def _relative_error(stats: CentredStatistics, cols: np.ndarray, W: np.ndarray) -> float:
@@ -57,34 +52,19 @@ def _relative_error(stats: CentredStatistics, cols: np.ndarray, W: np.ndarray) -
     return float(max(err, 0.0) / stats.c0) if stats.c0 > 0 else 0.0
 
 
-def _gcv(s, V, Ct, c0t: float, scale: float, n: int) -> float:
-    Q2 = np.sum((V.T @ Ct) ** 2, axis=1)
-    best = (np.inf, float(_GRID[-1]))
-    for rel in _GRID:
-        lam = rel * scale
-        df = float(np.sum(s / (s + lam)))
-        if df >= 0.5 * n:  # GCV is meaningless near interpolation
-            continue
-        err = c0t - float(np.sum(Q2 * (2.0 / (s + lam) - s / (s + lam) ** 2)))
-        gcv = max(err, 0.0) / (1.0 - df / n) ** 2
-        if gcv < best[0]:
-            best = (gcv, float(rel))
-    return best[1]
-
-
 def _cross_validated(folds: tuple[CentredStatistics, CentredStatistics], cols: np.ndarray, W0: np.ndarray) -> float:
     """λ (relative) minimising the summed validation error of fitting on one fold and scoring on the other."""
     total = np.zeros(len(_GRID))
     for train, test in (folds, folds[::-1]):
-        s, V, Ct, _ = _spectrum(train, cols, W0)
-        scale = float(np.mean(s)) if len(s) and np.mean(s) > 0 else 1.0
-        proj = V.T @ Ct
+        G_tr = train.G[np.ix_(cols, cols)]
+        Ct = train.C[cols] - G_tr @ W0.T
+        scale = max(float(np.trace(G_tr)) / max(len(cols), 1), 1e-30)
         G_te = test.G[np.ix_(cols, cols)]
         C_te = test.C[cols]
         shift_x = test.x_mean[cols] - train.x_mean[cols]
         shift_y = test.y_mean - train.y_mean
         for i, rel in enumerate(_GRID):
-            W = W0 + ((V * (1.0 / (s + rel * scale))) @ proj).T
+            W = W0 + solve_psd(_ridged(G_tr.copy(), rel * scale), Ct).T
             err = float(test.c0) - 2.0 * float(np.sum(W * C_te.T)) + float(np.sum((W @ G_te) * W))
             err += float(np.sum((shift_y - W @ shift_x) ** 2))
             total[i] += err

@@ -86,6 +86,19 @@ class LinearStatistics:
     def __add__(self, other: LinearStatistics) -> LinearStatistics:
         return LinearStatistics(self.n_features, self.n_targets).merge(self).merge(other)
 
+    def __sub__(self, other: LinearStatistics) -> LinearStatistics:
+        """The statistics of the rows in ``self`` but not in ``other`` (a shard of it)."""
+        if (other.n_features, other.n_targets) != (self.n_features, self.n_targets):
+            raise ValueError("cannot subtract statistics of different shapes.")
+        out = LinearStatistics(self.n_features, self.n_targets)
+        out.n_samples_seen_ = self.n_samples_seen_ - other.n_samples_seen_
+        out.sum_x_ = self.sum_x_ - other.sum_x_
+        out.sum_y_ = self.sum_y_ - other.sum_y_
+        out.gram_ = self.gram_ - other.gram_
+        out.cross_ = self.cross_ - other.cross_
+        out.sum_sq_y_ = self.sum_sq_y_ - other.sum_sq_y_
+        return out
+
     def centred(self) -> CentredStatistics:
         """Centre the sums: G/T − x̄x̄ᵀ, C/T − x̄ȳᵀ, c0 = q/T − ‖ȳ‖²."""
         T = self.n_samples_seen_
