@@ -58,24 +58,9 @@ class _Plan:
 
 
 def _load_model(path: Path):
-    import onnx
-    from google.protobuf.message import DecodeError
+    from onnxprune.graph.io import load_model
 
-    if not path.exists():
-        raise ModelError(f"model file '{path}' does not exist.")
-    if path.is_dir():
-        raise ModelError(f"model path '{path}' is a folder, not an .onnx file.")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelError(
-            f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: {first}).",
-            note="the file may be truncated or not ONNX",
-        ) from None
-    if not model.graph.node:
-        raise ModelError(f"'{path}' holds no graph nodes; it is empty or not an ONNX model.")
-    return model
+    return load_model(path, check=False, external_data=False)
 
 
 def _external_files(model, folder: Path) -> list[Path]:

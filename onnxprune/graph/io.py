@@ -15,15 +15,15 @@ from onnxprune.errors import ModelError, UsageError
 _TWO_GB = 2**31 - 2**20  # protobuf's limit, with a margin
 
 
-def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model with its external data, raising ModelError with one line on any problem."""
+def load_model(path: str | os.PathLike, *, check: bool = True, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model (with its external data unless told not to); ModelError with one line on any problem."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file '{path}' does not exist.")
     if path.is_dir():
         raise ModelError(f"model path '{path}' is a folder, not an .onnx file.")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=external_data)
     except (DecodeError, RuntimeError, ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
         raise ModelError(
             f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: {_first_line(exc)}).",
