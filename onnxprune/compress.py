@@ -132,13 +132,13 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         with _stage(timings, "error-correct"):
             stages = consumer_stages(model, stats_consumers)
             with progress("re-fitting", len(stats_consumers)) as bar:
-                plan.kept, plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
-                                                          options.calibration, options.solver, bar.update)
+                plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
+                                               options.calibration, options.solver, bar.update)
             errors = refit_errors(plan.refits, analysis)
             for g in plan.groups:
                 if g.id in errors and g.after < g.before:
                     g.error = errors[g.id]
-            notes.append(f"error-correcting selection and re-fit in {len(stages)} stages")
+            notes.append(f"error-correcting re-fit in {len(stages)} stages")
     with _stage(timings, "rewrite"):
         pruned = apply_plan(model, analysis, plan)
     with _stage(timings, "verify"):
