@@ -39,19 +39,19 @@ def rank_channels(
     seed: int = 0,
     rho: float = 1.0,
     tau: float = 1e-3,
-    max_iter: int = 30,
+    max_iter: int = 50,
 ) -> np.ndarray:
     """Score every channel of a group (D,), higher = more important.
 
-    "entropic": w of :func:`fit_entropic` (at most ``max_iter`` rounds: the ranking settles long before
-    the loss does); "l1"/"l2": norm of the channel's weight columns, summed
+    "entropic": w of :func:`fit_entropic` (at most ``max_iter`` rounds: the ranking settles before the
+    loss does; 30 rounds at tol 1e-4 cost 0.8 points on the CIFAR tutorial CNN); "l1"/"l2": norm of the channel's weight columns, summed
     over consumers; "random": seeded uniform; "activation" (Wanda-like): Σ |W[:, col]|·RMS(x_col).
     ``weights[j]`` is consumer j's (M_j, p_j) weight matrix in the column order of its statistics.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown ranking method {method!r}; choose one of {METHODS}.")
     if method == "entropic":
-        return fit_entropic(problems, n_channels, rho=rho, tau=tau, max_iter=max_iter, tol=1e-4).w
+        return fit_entropic(problems, n_channels, rho=rho, tau=tau, max_iter=max_iter, tol=1e-6).w
     if method == "random":
         return np.random.default_rng(seed).random(n_channels)
     weights = _check_weights(problems, weights, method)
