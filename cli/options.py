@@ -26,17 +26,13 @@ def parse_fraction(text: str | None, option: str) -> float | None:
 
 
 def progress_factory(enabled: bool):
-    """A progress-bar factory for the library: click bars on stderr, or nothing."""
+    """A progress-bar factory for the library (click bars on stderr), or None for no bars."""
+    if not enabled:
+        return None
 
     @contextlib.contextmanager
     def factory(label: str, total: int) -> Iterator:
-        if not enabled or total <= 0:
-            class _Null:
-                def update(self, n: int) -> None:
-                    pass
-            yield _Null()
-            return
-        with click.progressbar(length=total, label=f"{label:<12}", file=sys.stderr, show_eta=True,
+        with click.progressbar(length=max(total, 1), label=f"{label:<12}", file=sys.stderr, show_eta=True,
                                show_pos=True) as bar:
             yield bar
 

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis, find_groups
 from onnxprune.calibration.collect import CalibrationSettings, collect_statistics
-from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
+from onnxprune.calibration.sources import ImageOptions, InputSpec, open_data
 from onnxprune.errors import UsageError
 from onnxprune.graph.io import check_output_path, load_model, model_inputs, save_model
 from onnxprune.graph.normalise import normalise, static_shapes
