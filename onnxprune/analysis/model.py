@@ -112,12 +112,6 @@ class Analysis:
         """Class id of each channel position of ``tensor`` (not expanded by repeat)."""
         return self.class_of_label[self.layouts[tensor].labels]
 
-    def group_of_class(self) -> np.ndarray:
-        out = np.full(self.n_classes, -1, dtype=np.int64)
-        for g in self.groups:
-            out[g.classes] = g.id
-        return out
-
     def mask(self, tensor: str, kept: np.ndarray) -> np.ndarray:
         """Kept mask over the channel axis of ``tensor`` (expanded by its repeat) for a kept-per-class array."""
         lay = self.layouts[tensor]

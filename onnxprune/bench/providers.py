@@ -29,7 +29,6 @@ PROVIDER_ALIASES = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-_SHORT = {v: k for k, v in PROVIDER_ALIASES.items()}
 
 GPU_INSTALL_NOTE = (
     "install the GPU build: pip uninstall onnxruntime && pip install 'onnxprune[gpu]' "
@@ -57,10 +56,6 @@ class ProviderSpec:
     @property
     def is_gpu(self) -> bool:
         return self.name != CPU
-
-    @property
-    def short(self) -> str:
-        return _SHORT.get(self.name, self.name)
 
     def to_dict(self) -> dict:
         return {
