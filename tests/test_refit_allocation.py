@@ -1,0 +1,110 @@
+"""Shrinkage re-fit, prior error curves, statistics subtraction, the exact cost model and the allocator."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxprune.allocate import GroupCurve, allocate, minimum_cost
+from onnxprune.analysis import find_groups
+from onnxprune.costs import CostModel
+from onnxprune.graph.io import load_model
+from onnxprune.graph.normalise import normalise
+from onnxprune.metrics import count_model
+from onnxprune.plan import PrunePlan
+from onnxprune.rewrite import apply_plan
+from onnxprune.solvers.shrinkage import prior_error_curve, refit_towards
+from onnxprune.solvers.statistics import LinearStatistics
+
+from conftest import SAMPLES
+
+
+def _stats(X, Y):
+    return LinearStatistics(X.shape[1], Y.shape[1]).partial_fit(X, Y)
+
+
+def test_refit_towards_keeps_original_weights_when_nothing_is_removed():
+    rng = np.random.default_rng(0)
+    W0 = rng.standard_normal((5, 12))
+    X = rng.standard_normal((400, 12)) + 2.0
+    Y = X @ W0.T + 0.7
+    fit, _ = refit_towards(_stats(X, Y).centred(), np.arange(12), W0)
+    np.testing.assert_allclose(fit.coef, W0, atol=1e-8)
+    np.testing.assert_allclose(fit.intercept, 0.7, atol=1e-8)
+    assert fit.error < 1e-12
+
+
+def test_cross_validation_shrinks_when_rows_are_scarce():
+    rng = np.random.default_rng(1)
+    p, n = 60, 40                                   # fewer rows than columns
+    W0 = rng.standard_normal((3, p))
+    X = rng.standard_normal((n, p))
+    Y = X @ W0.T + 2.0 * rng.standard_normal((n, 3))
+    full = _stats(X, Y)
+    odd = _stats(X[1::2], Y[1::2])
+    folds = ((full - odd).centred(), odd.centred())
+    kept = np.arange(p // 2)
+    fit, rel = refit_towards(full.centred(), kept, W0[:, kept], folds)
+    assert rel >= 1e-2                              # interpolation would be λ ≈ 0
+    assert np.all(np.isfinite(fit.coef))
+
+
+def test_statistics_subtract_a_shard():
+    rng = np.random.default_rng(2)
+    X, Y = rng.standard_normal((100, 4)), rng.standard_normal((100, 2))
+    whole, tail = _stats(X, Y), _stats(X[60:], Y[60:])
+    head = (whole - tail).centred()
+    direct = _stats(X[:60], Y[:60]).centred()
+    np.testing.assert_allclose(head.G, direct.G, atol=1e-10)
+    np.testing.assert_allclose(head.C, direct.C, atol=1e-10)
+    assert head.n_samples == 60
+
+
+def test_prior_error_curve_matches_direct_computation():
+    rng = np.random.default_rng(3)
+    D, k = 6, 4
+    X = rng.standard_normal((2000, D * k)) + 1.0
+    W = rng.standard_normal((3, D * k))
+    st = _stats(X, X @ W.T + 0.1 * rng.standard_normal((2000, 3))).centred()
+    cols = np.repeat(np.arange(D), k)
+    order = rng.permutation(D)
+    curve = prior_error_curve(st, cols, order, W)
+    assert curve[0] == pytest.approx(1.0)
+    for m in range(D + 1):
+        idx = np.flatnonzero(np.isin(cols, order[:m]))
+        w = W[:, idx]
+        G, C = st.G[np.ix_(idx, idx)], st.C[idx]
+        direct = (st.c0 - 2 * np.sum(w * C.T) + np.sum((w @ G) * w)) / st.c0
+        assert curve[m] == pytest.approx(direct, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["a_conv_bn_gap", "b_bias_add_sigmoid", "c_mlp_gemm", "d_cntk_matmul"])
+def test_cost_model_is_exact(name):
+    model = normalise(load_model(SAMPLES / "chains" / f"{name}.onnx"))
+    analysis = find_groups(model)
+    counts = count_model(model)
+    rng = np.random.default_rng(4)
+    kept = np.ones(analysis.n_classes, dtype=bool)
+    for g in analysis.groups:
+        if g.prunable:
+            drop = rng.choice(g.size, size=g.size // 2, replace=False)
+            kept[g.classes[drop]] = False
+    pruned = count_model(apply_plan(model, analysis, PrunePlan(kept, {}, [])))
+    for kind, actual in (("flops", pruned.flops), ("params", pruned.params)):
+        assert CostModel(model, analysis, counts, kind).evaluate(kept) == pytest.approx(actual)
+
+
+def test_allocate_meets_budget_and_prefers_cheap_error():
+    model = normalise(load_model(SAMPLES / "chains" / "a_conv_bn_gap.onnx"))
+    analysis = find_groups(model)
+    cost = CostModel(model, analysis, count_model(model), "flops")
+    groups = [g for g in analysis.groups if g.prunable]
+    # group 0's channels are cheap to lose, group 1's expensive
+    curves = [GroupCurve(g.classes, np.linspace(1, 0, g.size + 1) * (0.01 if i == 0 else 1.0), 1)
+              for i, g in enumerate(groups)]
+    budget = 0.6 * cost.before
+    assert minimum_cost(curves, cost, analysis.n_classes) < budget
+    kept = allocate(curves, cost, budget, analysis.n_classes)
+    achieved = cost.evaluate(kept)
+    assert achieved <= budget and achieved >= budget - 0.02 * cost.before
+    assert kept[groups[0].classes].sum() < groups[0].size
+    assert kept[groups[1].classes].sum() >= kept[groups[0].classes].sum()
