@@ -120,7 +120,7 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         stats = {}
         if not skip:
             with progress("calibrating", len(calib_idx)) as bar:
-                stats = collect_statistics(model, analysis, stats_consumers, data, calib_idx, options.calibration,
+                stats = collect_statistics(model, stats_consumers, data, calib_idx, options.calibration,
                                            bar.update, folds=not error_correct)
     with _stage(timings, "solve"):
         with progress("solving", len(analysis.groups)) as bar:

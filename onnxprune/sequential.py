@@ -17,12 +17,10 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.analysis.model import Analysis, Consumer
-from onnxprune.calibration.collect import CalibrationSettings, ConsumerStats, consumer_rows
+from onnxprune.calibration.collect import CalibrationSettings, collect_statistics
 from onnxprune.calibration.sources import CalibrationData
-from onnxprune.graph.probe import add_outputs
 from onnxprune.plan import PrunePlan, SolverSettings, consumer_weight_matrix
 from onnxprune.rewrite import apply_plan
-from onnxprune.runtime import create_session, fixed_batch
 from onnxprune.solvers import Refit, refit
 from onnxprune.solvers.shrinkage import refit_towards
 
@@ -42,32 +40,6 @@ def consumer_stages(model: onnx.ModelProto, consumers: Sequence[Consumer]) -> li
     return [stages[k] for k in sorted(stages)]
 
 
-class _Pass:
-    """One stage's pass: error-correcting statistics for the stage's consumers."""
-
-    def __init__(self, model, analysis, data, indices, settings, w_arrays, nodes, original, outputs):
-        self.model, self.analysis, self.data, self.indices = model, analysis, data, list(indices)
-        self.settings, self.w_arrays, self.nodes = settings, w_arrays, nodes
-        self.original, self.outputs = original, outputs
-
-    def collect(self, stage: list[Consumer], current: onnx.ModelProto) -> dict[str, ConsumerStats]:
-        inputs = list(dict.fromkeys(c.input for c in stage))
-        pruned = create_session(add_outputs(current, inputs), self.settings.provider)
-        rng = np.random.default_rng(self.settings.seed)
-        stats: dict[str, ConsumerStats] = {}
-        for idx, feed in self.data.batches(self.indices, fixed_batch(self.model) or self.settings.batch_size):
-            ys = dict(zip(self.outputs, self.original.run(self.outputs, feed)))
-            xs = dict(zip(inputs, pruned.run(inputs, feed)))
-            odd = np.asarray(idx) % 2 == 1
-            for c in stage:
-                X, Y = consumer_rows(self.nodes[c.node], c, xs[c.input], ys[c.output], self.w_arrays[c.weight].shape,
-                                     rng, self.settings.max_positions)
-                if c.node not in stats:
-                    stats[c.node] = ConsumerStats.for_rows(X, Y, len(self.indices))
-                stats[c.node].add(X, Y, odd)
-        return {k: v.flush() for k, v in stats.items()}
-
-
 def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan, consumers: Sequence[Consumer],
                      data: CalibrationData, indices: Sequence[int], settings: CalibrationSettings,
                      solver: SolverSettings = SolverSettings(),
@@ -76,12 +48,10 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
     w_arrays = {c.weight: numpy_helper.to_array(inits[c.weight]) for c in consumers}
-    outputs = list(dict.fromkeys(c.output for c in consumers))
-    original = create_session(add_outputs(model, outputs), settings.provider)
-    run = _Pass(model, analysis, data, indices, settings, w_arrays, nodes, original, outputs)
     refits: dict[str, Refit] = {}
     for stage in consumer_stages(model, consumers):
-        stats = run.collect(stage, apply_plan(model, analysis, PrunePlan(plan.kept, refits, [])))
+        current = apply_plan(model, analysis, PrunePlan(plan.kept, refits, []))
+        stats = collect_statistics(model, stage, data, indices, settings, inputs_model=current)
         for c in stage:
             kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
             w0 = consumer_weight_matrix(nodes[c.node], c, w_arrays)[:, kept_cols]

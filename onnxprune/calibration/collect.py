@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import onnx
 
-from onnxprune.analysis.model import Analysis, Consumer
+from onnxprune.analysis.model import Consumer
 from onnxprune.calibration.patches import conv_geometry, unfold
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError
@@ -101,11 +101,14 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
     return xs, ys
 
 
-def collect_statistics(model: onnx.ModelProto, analysis: Analysis, consumers: Sequence[Consumer], data: CalibrationData,
+def collect_statistics(model: onnx.ModelProto, consumers: Sequence[Consumer], data: CalibrationData,
                        indices: Iterable[int], settings: CalibrationSettings = CalibrationSettings(),
-                       progress: Callable[[int], None] | None = None, folds: bool = True) -> dict[str, ConsumerStats]:
+                       progress: Callable[[int], None] | None = None, folds: bool = True,
+                       inputs_model: onnx.ModelProto | None = None) -> dict[str, ConsumerStats]:
     """One pass over ``indices`` of ``data``; returns float64 sufficient statistics per consumer node name.
 
+    Targets Y are the consumers' outputs in ``model``; inputs X come from ``inputs_model`` when given
+    (the network as pruned so far, for error-correcting statistics), else from ``model`` too.
     ``folds`` keeps a second accumulator over the odd samples of layers with few rows per column
     (for cross-validating their re-fit); without it only the totals are kept.
 
@@ -116,14 +119,22 @@ def collect_statistics(model: onnx.ModelProto, analysis: Analysis, consumers: Se
         return {}
     nodes = {n.name: n for n in model.graph.node}
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    names = list(dict.fromkeys(t for c in consumers for t in (c.input, c.output)))
-    session = create_session(add_outputs(model, names), settings.provider)
+    inputs = list(dict.fromkeys(c.input for c in consumers))
+    outputs = list(dict.fromkeys(c.output for c in consumers))
+    if inputs_model is None:
+        names = list(dict.fromkeys(inputs + outputs))
+        sessions = [(create_session(add_outputs(model, names), settings.provider), names)]
+    else:
+        sessions = [(create_session(add_outputs(model, outputs), settings.provider), outputs),
+                    (create_session(add_outputs(inputs_model, inputs), settings.provider), inputs)]
     batch = fixed_batch(model) or settings.batch_size
     rng = np.random.default_rng(settings.seed)
     indices = list(indices)
     stats: dict[str, ConsumerStats] = {}
     for idx, feed in data.batches(indices, batch):
-        values = dict(zip(names, session.run(names, feed)))
+        values = {}
+        for session, names in sessions:
+            values.update(zip(names, session.run(names, feed)))
         odd = np.asarray(idx) % 2 == 1
         for cons in consumers:
             x, y = values[cons.input], values[cons.output]
