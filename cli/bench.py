@@ -1,44 +1,20 @@
 """``onnxprune bench``: latency, throughput and memory of one or more models, side by side."""
 from __future__ import annotations
 
-import os
-from typing import Sequence
-
 import click
 
-from onnxprune.cli.options import show_progress
+from onnxprune.cli.options import check_figure_output, cpu_cores, html_option, parse_batches, show_progress, split_list
 from onnxprune.errors import UsageError
 
 _PROVIDERS = ("cpu", "cuda", "tensorrt")
 
 
-def _cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _split(values: Sequence[str]) -> list[str]:
-    return [part.strip() for value in values for part in value.split(",") if part.strip()]
-
-
 def _providers(ctx, param, values) -> list[str]:
-    names = [v.lower() for v in _split(values)] or ["cpu"]
+    names = [v.lower() for v in split_list(values)] or ["cpu"]
     for name in names:
         if name not in _PROVIDERS:
             raise UsageError(f"unknown --provider '{name}'.", note=f"choose from {', '.join(_PROVIDERS)}")
     return list(dict.fromkeys(names))
-
-
-def _batches(ctx, param, values) -> list[int]:
-    parts = _split(values) or ["1"]
-    out = []
-    for part in parts:
-        if not part.isdigit() or int(part) < 1:
-            raise UsageError(f"--batch '{part}' is not a positive integer.", note="write batch sizes as --batch 1,8,64")
-        out.append(int(part))
-    return list(dict.fromkeys(out))
 
 
 def _at_least(minimum: float, what: str):
@@ -56,7 +32,7 @@ def _at_least(minimum: float, what: str):
 @click.option("--provider", "providers", multiple=True, callback=_providers, metavar="NAME",
               help="Execution provider: cpu, cuda or tensorrt. Repeat it or separate with commas to "
                    "measure several. [default: cpu]")
-@click.option("--batch", "batches", multiple=True, callback=_batches, metavar="N[,N...]",
+@click.option("--batch", "batches", multiple=True, default=["1"], callback=parse_batches, metavar="N[,N...]",
               help="Batch sizes (samples per run), e.g. 1,8,64. A model with a fixed batch dim is "
                    "reported as 'fixed batch N' for other sizes. [default: 1]")
 @click.option("--runs", type=int, default=None, callback=_at_least(1, ""), metavar="N",
@@ -84,9 +60,10 @@ def _at_least(minimum: float, what: str):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Also write all results to FILE as JSON (latencies in ms, throughput in samples/s, "
                    "sizes in bytes and MB); written atomically.")
+@html_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress or notes on stderr; only the table on stdout.")
 def bench(models, providers, batches, runs, seconds, warmup, threads, shapes, allow_fallback, trt_fp16,
-          trt_cache, trt_workspace, device_id, json_path, quiet) -> None:
+          trt_cache, trt_workspace, device_id, json_path, html_path, quiet) -> None:
     """Measure latency (p50/p90/p99 ms), throughput (samples/s) and peak memory of MODELs.
 
     Every (model, provider, batch) runs in a fresh process: WARMUP untimed runs, then RUNS timed runs of
@@ -100,7 +77,8 @@ def bench(models, providers, batches, runs, seconds, warmup, threads, shapes, al
         raise UsageError("give --runs or --seconds, not both.")
     if json_path is not None:
         check_json_path(json_path)
-    threads = _cpu_cores() if threads is None else threads
+    check_figure_output(html_path, "--html", "bench.html")
+    threads = cpu_cores() if threads is None else threads
 
     def say(text: str) -> None:
         if not quiet:
@@ -138,3 +116,9 @@ def bench(models, providers, batches, runs, seconds, warmup, threads, shapes, al
         }
         out = write_json(json_path, to_document(results, settings))
         say(f"onnxprune: wrote {out}")
+    if html_path is not None:
+        from onnxprune.atomic import write_text_atomic
+        from onnxprune.reporting.pages import bench_page
+
+        write_text_atomic(html_path, bench_page(results))
+        say(f"onnxprune: wrote {html_path}")

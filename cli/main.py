@@ -37,11 +37,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from onnxprune.cli import analyze, bench, compress
+    from onnxprune.cli import analyze, bench, compress, sweep
 
     cli.add_command(compress.compress)
     cli.add_command(analyze.analyze)
     cli.add_command(bench.bench)
+    cli.add_command(sweep.sweep)
 
 
 _register()

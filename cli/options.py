@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import click
 
+from onnxprune.calibration.sources import ImageOptions, parse_floats, parse_image_size
 from onnxprune.errors import UsageError
 
 
@@ -63,3 +65,107 @@ def _jsonable(value):
 def echo(text: str, quiet: bool = False) -> None:
     if not quiet:
         click.echo(text)
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (the default intra-op thread count of the benchmarks)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def split_list(values: Sequence[str]) -> list[str]:
+    """Items of a repeatable, comma-separated option: ('1,8', '64') → ['1', '8', '64']."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def parse_batches(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[int]:
+    """Callback of a repeatable batch-size list option (``--batch 1,8,64``); [] when not given."""
+    option = param.opts[-1]
+    out = []
+    for part in split_list(values):
+        if not part.isdigit() or int(part) < 1:
+            raise UsageError(f"{option} '{part}' is not a positive integer.",
+                             note=f"write batch sizes as {option} 1,8,64")
+        out.append(int(part))
+    return list(dict.fromkeys(out))
+
+
+def _stacked(*options: Callable) -> Callable:
+    """One decorator applying click ``options`` in the order listed, as if written one above the other."""
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+def _check_holdout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise UsageError(f"--holdout must be in [0, 1), got {value}.")
+    return value
+
+
+data_option = click.option(
+    "--data", "data", required=True, type=click.Path(),
+    help="Calibration data: an .npz file or folder of .npz (arrays keyed by input name, batch-first), "
+         "a folder of .npy (single-input models), or a folder of images (jpg/png/bmp, recursive; "
+         "class sub-folders give labels).")
+
+image_options = _stacked(
+    click.option("--image-size", metavar="H[,W]",
+                 help="Resize images to H x W pixels (default: the model's static size)."),
+    click.option("--raw-pixels", is_flag=True, help="Keep pixel values in 0..255 instead of scaling them to [0, 1]."),
+    click.option("--mean", metavar="R,G,B", help="Per-channel mean subtracted after scaling (one value or three)."),
+    click.option("--std", metavar="R,G,B", help="Per-channel standard deviation divided after the mean."),
+    click.option("--layout", type=click.Choice(["nchw", "nhwc"]),
+                 help="Image tensor layout (default: inferred from the input shape)."),
+    click.option("--bgr", is_flag=True, help="Feed images in BGR channel order."),
+)
+
+sampling_options = _stacked(
+    click.option("--num-samples", type=click.IntRange(min=1), metavar="N",
+                 help="Use at most N samples (default: all)."),
+    click.option("--holdout", type=float, default=0.1, show_default=True, callback=_check_holdout,
+                 help="Share of the samples kept out of calibration to measure fidelity (seeded, 0 disables)."),
+    click.option("--seed", type=int, default=0, show_default=True,
+                 help="Seed for the hold-out split, position sampling and random ranking."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                 help="Samples per ONNX Runtime call during calibration (a fixed model batch size wins)."),
+    click.option("--max-positions", type=click.IntRange(min=0), default=256, show_default=True,
+                 help="Spatial positions sampled at random per sample and layer for the statistics (0 = all)."),
+)
+
+bench_runs_option = click.option(
+    "--bench-runs", type=click.IntRange(min=1), metavar="N",
+    help="Timed runs per model and batch size of the latency measurement. [default: 50]")
+
+html_option = click.option(
+    "--html", "html_path", type=click.Path(dir_okay=False), metavar="FILE",
+    help="Also write a self-contained HTML report with plots (PNGs embedded; needs matplotlib: "
+         "pip install 'onnxprune[plot]').")
+
+
+def image_settings(image_size: str | None, raw_pixels: bool, mean: str | None, std: str | None, layout: str | None,
+                   bgr: bool) -> ImageOptions:
+    """The values of ``image_options`` as the library's ImageOptions."""
+    return ImageOptions(
+        size=parse_image_size(image_size) if image_size else None,
+        raw_pixels=raw_pixels,
+        mean=parse_floats(mean, "--mean") if mean else None,
+        std=parse_floats(std, "--std") if std else None,
+        layout=layout,
+        bgr=bgr,
+    )
+
+
+def check_figure_output(path: str | None, option: str, example: str) -> None:
+    """Before any work: a figure or HTML output needs matplotlib and an existing, writable folder."""
+    if path is None:
+        return
+    from onnxprune.atomic import check_destination
+    from onnxprune.reporting.plots import require_matplotlib
+
+    require_matplotlib(option)
+    check_destination(path, option, example)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the destination folder, moved into place only on success."""
+"""Output files: atomic writes (a temporary file in the destination folder, moved into place only on success),
+destination checks before any work, and removal of outputs when a later step fails."""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from onnxprune.errors import UsageError
 
 
 @contextlib.contextmanager
@@ -25,6 +28,31 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def removed_on_error(*paths: str | os.PathLike) -> Iterator[None]:
+    """Delete ``paths`` (those that exist) when the block raises: a failed later step leaves no output behind."""
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                Path(path).unlink()
+        raise
+
+
+def check_destination(path: str | os.PathLike, option: str, example: str) -> Path:
+    """Reject an output file whose folder is missing or not writable, before any work; UsageError names ``option``."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{option} '{out}' is a folder.", note=f"give a file name, e.g. {option} {example}")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"the folder of {option} '{out}' does not exist.", note=f"create '{folder}' first")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write to the folder of {option} '{out}'.")
+    return out
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -11,11 +11,14 @@ from typing import Callable, Iterator, Protocol
 import onnx
 
 from onnxprune.analysis import Analysis, find_groups
+from onnxprune.atomic import removed_on_error
+from onnxprune.bench.compare import BenchSettings, compare_models
 from onnxprune.calibration.collect import CalibrationSettings, collect_statistics
 from onnxprune.calibration.sources import ImageOptions, InputSpec, open_data
 from onnxprune.errors import UsageError
 from onnxprune.graph.io import check_output_path, load_model, model_inputs, save_model
 from onnxprune.graph.normalise import normalise, static_shapes
+from onnxprune.graph.precision import refuse_quantised, restore_float16, to_float32
 from onnxprune.graph.probe import onnx_to_numpy_dtype
 from onnxprune.metrics import count_model
 from onnxprune.plan import PrunePlan, SolverSettings, Target, check_target, solve
@@ -43,6 +46,7 @@ class CompressOptions:
     num_samples: int | None = None
     holdout: float = 0.1
     independent: bool = False     # paper's layer-by-layer statistics from the original network only
+    bench: BenchSettings | None = None  # measure original and pruned latency on the calibration provider
 
 
 @dataclass
@@ -89,8 +93,10 @@ def _no_progress(label: str, total: int) -> Iterator[ProgressBar]:
 
 def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, options: CompressOptions = CompressOptions(), *,
              output: str | os.PathLike | None = None, force: bool = False,
-             progress: ProgressFactory | None = None) -> CompressResult:
+             progress: ProgressFactory | None = None, write_unchanged: bool = False) -> CompressResult:
     """Prune ``model_path`` with calibration data at ``data_path``; write to ``output`` when given.
+
+    A model without any prunable channel group is written only with ``write_unchanged``.
 
     Raises an :class:`onnxprune.errors.OnnxPruneError` subclass on bad input; nothing is written then.
     """
@@ -98,10 +104,14 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     if options.target is not None and not 0.0 < options.target.fraction <= 1.0:
         raise UsageError(f"target {options.target.fraction:g} is outside (0, 1].")
     out_path = check_output_path(output, model_path, force=force) if output is not None else None
+    if options.bench is not None and out_path is None:
+        raise UsageError("benchmarking needs the pruned model on disk: give an output path.")
     timings: dict[str, float] = {}
     with _stage(timings, "load"):
         original = load_model(model_path)
-        model = normalise(original)
+        refuse_quantised(original)
+        reference = normalise(original)
+        model = to_float32(reference)  # float16 models are analysed and calibrated in float32
         specs = input_specs(model)
         data = open_data(data_path, specs, image_options=options.image, num_samples=options.num_samples)
         calib_idx, hold_idx = data.split(options.holdout, seed=options.calibration.seed)
@@ -110,7 +120,11 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     with _stage(timings, "analyse"):
         analysis = find_groups(model, shapes)
         counts = count_model(model)
-    skip = options.target is not None and options.target.fraction >= 1.0
+    prunable = any(g.prunable for g in analysis.groups)
+    if not prunable and not write_unchanged:
+        out_path = None  # nothing to prune: write nothing unless asked
+    skip = not prunable or (options.target is not None and options.target.fraction >= 1.0)
+    solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
     if options.target is not None and not skip:
         check_target(model, analysis, options.target, counts)
     stats_consumers = [c for g in analysis.groups if g.prunable for c in g.consumers]
@@ -124,8 +138,8 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
                                            bar.update, folds=not error_correct)
     with _stage(timings, "solve"):
         with progress("solving", len(analysis.groups)) as bar:
-            plan = solve(model, analysis, stats, target=options.target, counts=counts, settings=options.solver,
-                         fit_consumers=not error_correct, progress=bar.update)
+            plan = solve(model, analysis, stats, target=solve_target, counts=counts,
+                         settings=options.solver, fit_consumers=not error_correct, progress=bar.update)
     del stats  # the error-correcting pass collects its own; free the first pass's Gram matrices
     if error_correct and not plan.kept.all():
         with _stage(timings, "error-correct"):
@@ -139,10 +153,13 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
                     g.error = errors[g.id]
             notes.append(f"error-correcting re-fit in {len(stages)} stages")
     with _stage(timings, "rewrite"):
-        pruned = apply_plan(model, analysis, plan)
+        pruned = restore_float16(apply_plan(model, analysis, plan), reference)
     with _stage(timings, "verify"):
         check_pruned(original, pruned)
-        fidelity = measure_fidelity(original, pruned, data, hold_idx, batch_size=options.calibration.batch_size,
+        held = data
+        if input_specs(original) != specs:  # float16 inputs: read the held-out samples as the original takes them
+            held = open_data(data_path, input_specs(original), image_options=options.image, num_samples=options.num_samples)
+        fidelity = measure_fidelity(original, pruned, held, hold_idx, batch_size=options.calibration.batch_size,
                                     provider=options.calibration.provider)
     after = count_model(pruned)
     size_after = None
@@ -150,13 +167,21 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         with _stage(timings, "save"):
             save_model(pruned, out_path)
             size_after = _file_size(out_path)
+    bench = None
+    if options.bench is not None and out_path is not None:
+        written = (out_path, out_path.with_name(out_path.name + ".data"))
+        with _stage(timings, "bench"), removed_on_error(*written):
+            with progress("benchmarking", 2 * len(options.bench.batches)) as bar:
+                bench = compare_models(model_path, out_path, provider=options.calibration.provider,
+                                       settings=options.bench, progress=lambda _line: bar.update(1))
     report = PruneReport(
         model=str(model_path), output=None if out_path is None else str(out_path), target=options.target,
         method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),
         file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
         timings=timings, calibration_samples=len(calib_idx), blocked=analysis.blocked, notes=notes,
+        bench=bench,
     )
-    if not any(g.prunable for g in analysis.groups):
+    if not prunable:
         report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")
     return CompressResult(pruned, report, plan, analysis)
 

@@ -36,23 +36,30 @@ def analyze_model(path: str | os.PathLike) -> dict:
 
 
 def render_groups(summary: dict, *, verbose: bool = False) -> str:
-    """A readable tree of the groups."""
+    """A table of the groups (channels, frozen channels, share of MACs, state) with their members and reasons below each row."""
     groups = summary["groups"]
     prunable = [g for g in groups if g["prunable"]]
-    lines = [f"{summary['model']}: {len(groups)} channel groups, {len(prunable)} prunable; "
-             f"{summary['params']:,} parameters, {summary['flops']:,} multiply-adds"]
+    lines = [(f"{summary['model']}: {len(groups)} channel groups, {len(prunable)} prunable; "
+              f"{summary['params']:,} parameters, {summary['flops']:,} multiply-adds"),
+             "",
+             f"{'id':>4}  {'channels':>8}  {'frozen':>6}  {'% of MACs':>9}  {'state':<8}  group"]
     for g in groups:
-        state = "prunable" if g["prunable"] else "frozen"
-        if g["prunable"] and g["frozen_channels"]:
-            state = f"prunable, {g['frozen_channels']} frozen"
-        lines.append(f"[{g['id']}] {g['name']}  {g['channels']} channels  {g['flops_share']:.1%} of MACs  ({state})")
-        members = g["producers"] if verbose else g["producers"][:3] + (["..."] if len(g["producers"]) > 3 else [])
-        lines.append(f"    writes: {', '.join(members) or '-'}")
-        readers = g["consumers"] if verbose else g["consumers"][:3] + (["..."] if len(g["consumers"]) > 3 else [])
-        lines.append(f"    read by: {', '.join(readers) or '-'}")
-        if verbose and g["members"]:
-            lines.append(f"    follows: {', '.join(g['members'])}")
-        for r in g["reasons"]:
-            lines.append(f"    frozen: {r}")
+        lines.append(f"{g['id']:>4}  {g['channels']:>8}  {g['frozen_channels']:>6}  {g['flops_share']:>9.1%}  "
+                     f"{_state(g):<8}  {g['name']}")
+        for label, key in (("writes", "producers"), ("read by", "consumers"), ("follows", "members")):
+            if g[key]:
+                lines.append(f"{'':6}{label + ':':<9} {_listing(g[key], verbose)}")
+        lines.extend(f"{'':6}{'frozen:':<9} {r}" for r in g["reasons"])
     return "\n".join(lines)
 
+
+def _state(group: dict) -> str:
+    if group["frozen_channels"] == group["channels"]:
+        return "frozen"
+    return "prunable" if group["prunable"] else "kept"
+
+
+def _listing(names: list[str], verbose: bool, limit: int = 3) -> str:
+    if verbose or len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])}, ... (+{len(names) - limit})"

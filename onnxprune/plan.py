@@ -77,6 +77,8 @@ def consumer_weight_matrix(node: onnx.NodeProto, consumer: Consumer, weights: Ma
     w = weights[consumer.weight]
     if consumer.op == "Conv":
         return w.reshape(w.shape[0], -1)
+    if consumer.op == "ConvTranspose":  # the equivalent Conv's kernel: transposed, spatially flipped
+        return np.flip(w, tuple(range(2, w.ndim))).swapaxes(0, 1).reshape(w.shape[1], -1)
     if consumer.op == "Gemm":
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         return w if trans_b else w.T

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from onnxprune.bench.compare import Comparison
 from onnxprune.plan import GroupOutcome, Target
 from onnxprune.verify import Fidelity
 
@@ -24,6 +25,7 @@ class PruneReport:
     calibration_samples: int
     blocked: list[tuple[str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    bench: Comparison | None = None   # original vs pruned latency (compress --bench)
 
     def achieved(self, kind: str) -> float:
         before, after = self.params if kind == "params" else self.flops
@@ -46,6 +48,7 @@ class PruneReport:
             "timings_unit": "seconds",
             "calibration_samples": self.calibration_samples,
             "notes": self.notes,
+            "bench": None if self.bench is None else self.bench.to_dict(),
         }
 
 
@@ -83,6 +86,8 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
     lines.append(f"{'':<18} {'before':>10} {'after':>10} {'kept':>7}")
     for label, before, after in rows:
         lines.append(f"{label:<18} {_human(before):>10} {_human(after) if after is not None else '-':>10} {_ratio(before, after):>7}")
+    if report.bench is not None:
+        lines.extend(_bench_lines(report.bench))
     if report.target is not None:
         lines.append(f"target: keep {report.target.fraction:.1%} of {report.target.kind}; achieved {report.achieved(report.target.kind):.1%}")
     fid = report.fidelity
@@ -99,3 +104,21 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines)
+
+
+def _bench_lines(bench: Comparison) -> list[str]:
+    """p50 latency rows under the size rows of the summary, and how they were measured."""
+    lines = []
+    for row in bench.ratios():
+        before, after = row["p50_ms_before"], row["p50_ms_after"]
+        label = f"p50 ms, batch {row['batch']}"
+        if before is None:
+            lines.append(f"{label:<18} {'n/a':>10} {'n/a':>10}  ({row['note']})")
+        else:
+            after_text = "-" if after is None else f"{after:.3f}"
+            lines.append(f"{label:<18} {before:>10.3f} {after_text:>10} {_ratio(before, after):>7}")
+    s = bench.settings
+    threads = f"{s.threads} threads" if s.threads else "onnxruntime's default threads"
+    lines.append(f"latency: session.run on {bench.provider}, {s.runs} timed runs after {s.warmup} warm-up runs, "
+                 f"{threads} (onnxprune bench)")
+    return lines

@@ -70,6 +70,7 @@ def _collect(p: Propagation) -> Analysis:
         join(class_of_label[np.asarray(labs, dtype=np.int64)])
 
     group_root = np.array([find(c) for c in range(n_classes)], dtype=np.int64)
+    kept_one = _keep_one_per_tensor(p, class_of_label, group_root, frozen)
     order = _class_order(p, class_of_label, n_classes)
     groups: list[ChannelGroup] = []
     for root in dict.fromkeys(group_root[order].tolist()):
@@ -80,10 +81,38 @@ def _collect(p: Propagation) -> Analysis:
                        key=_node_index(p))
         members = [n for n, labs in p.members.items() if int(class_of_label[labs[0]]) in cls_set]
         why = list(dict.fromkeys(r for c in classes.tolist() for r in reasons.get(c, [])))
-        if not consumers:
-            why.append("no Conv/Gemm/MatMul reads these channels, so there is nothing to re-fit")
+        if not consumers and not frozen[classes].all():
+            why.append("no Conv/ConvTranspose/Gemm/MatMul reads these channels, so there is nothing to re-fit")
+        if kept_one[classes].any():
+            why.append(f"{int(kept_one[classes].sum())} channel(s) always kept so that no Split/Concat part "
+                       "or producer is left without channels")
         groups.append(ChannelGroup(len(groups), classes, frozen[classes].copy(), prods, consumers, members, why))
     return Analysis(p.layouts, class_of_label, n_classes, groups, p.consumers, p.edits, p.shapes, p.blocked)
+
+
+def _keep_one_per_tensor(p: Propagation, class_of_label: np.ndarray, group_root: np.ndarray,
+                         frozen: np.ndarray) -> np.ndarray:
+    """Freeze (in place) one class of every tensor that holds only part of its groups, so none loses every channel.
+
+    A group always keeps at least one class, which covers tensors holding a whole group; a Split
+    part, a Concat input or one producer's share of a shared group needs a kept class of its own.
+    Returns the classes frozen here.
+    """
+    real = np.zeros(len(frozen), dtype=bool)     # classes with a channel that is not zero padding
+    real[class_of_label[~np.asarray(p.zero_label, dtype=bool)]] = True
+    size = np.bincount(group_root[real], minlength=len(group_root))
+    added = np.zeros(len(frozen), dtype=bool)
+    parts = []
+    for lay in p.layouts.values():
+        classes = np.unique(class_of_label[lay.labels])
+        classes = classes[real[classes]]
+        roots, counts = np.unique(group_root[classes], return_counts=True)
+        if len(classes) and not (counts == size[roots]).any():
+            parts.append(classes)
+    for classes in sorted(parts, key=len):
+        if not frozen[classes].any():
+            frozen[classes[0]] = added[classes[0]] = True
+    return added
 
 
 def _class_order(p: Propagation, class_of_label: np.ndarray, n_classes: int) -> np.ndarray:

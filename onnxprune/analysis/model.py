@@ -21,7 +21,7 @@ class Layout:
 
 @dataclass(frozen=True)
 class Consumer:
-    """A Conv/Gemm/MatMul whose input channels can be removed and whose weights are re-fitted."""
+    """A Conv/ConvTranspose/Gemm/MatMul whose input channels can be removed and whose weights are re-fitted."""
 
     node: str
     op: str
@@ -59,15 +59,17 @@ class ChannelRange:
 
 
 @dataclass(frozen=True)
-class ReshapeDim:
-    """A Reshape whose shape constant bakes in the channel count at ``dim`` of its output."""
+class ShapeDim:
+    """A shape constant (Reshape ``shape``, Resize ``sizes``) at ``input_index`` that bakes in the channel count
+    of ``tensor`` at position ``dim``."""
 
     node: str
+    input_index: int
     dim: int
     tensor: str
 
 
-Edit = SliceInitializer | SetGroup | ChannelRange | ReshapeDim
+Edit = SliceInitializer | SetGroup | ChannelRange | ShapeDim
 
 
 @dataclass

@@ -1,10 +1,14 @@
 """Follow channel axes through an ONNX graph (DepGraph-style, on ONNX) and collect what must change together.
 
-Every output channel of a producer (Conv with group=1, Gemm, MatMul with constant weights) gets a
-label. Labels flow forward through channel-preserving ops; ops that combine tensors element-wise
-(residual Add, SE Mul) unify the labels they align; Concat/Split/Slice/Pad/Reshape/Flatten map
-channel positions. Union-find classes of labels are the units that are kept or removed. Anything
-that cannot be proven safe freezes the channels it touches, with the node and the reason.
+Every output channel of a producer (Conv, ConvTranspose, Gemm, MatMul with constant weights) gets a
+label; channel j of every group of a grouped Conv shares one class, so groups shrink equally. Labels
+flow forward through channel-preserving ops (depthwise Conv, per-channel normalisation, Resize,
+Gather and LayerNormalization off the channel axis, ...); ops that combine tensors element-wise
+(residual Add, SE Mul) unify the labels they align; Concat/Split/Slice/Pad/Reshape/Flatten/Transpose
+map channel positions. Union-find classes of labels are the units that are kept or removed. Anything
+that cannot be proven safe (normalising across channels, a grouped Conv's inputs, a Reshape that
+mixes channels with other axes, custom domains, graph outputs) freezes the channels it touches,
+with the node and the reason.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import onnx
 from onnx import helper
 
 from onnxprune.analysis.model import (
-    ChannelRange, Consumer, Edit, Layout, ReshapeDim, SetGroup, SliceInitializer,
+    ChannelRange, Consumer, Edit, Layout, SetGroup, ShapeDim, SliceInitializer,
 )
 
 UNARY = {
@@ -228,32 +232,80 @@ def _conv(p: Propagation, node: onnx.NodeProto) -> None:
         p.opaque(node, "convolution weights are not constant")
         return
     group = int(attr(node, "group", 1))
-    c_out = w.shape[0]
-    c_in = w.shape[1] * group
-    bias = len(node.input) > 2 and bool(node.input[2])
-    if group == 1:
-        if lay is not None:
-            if lay.axis != 1 or lay.repeat != 1 or w.ndim not in (3, 4):
-                p.freeze(lay, node, "input channels are not on axis 1 of a 1-D/2-D convolution")
-            else:
-                p.consumers.append(Consumer(node.name, "Conv", node.input[0], node.output[0], node.input[1],
-                                            int(np.prod(w.shape[2:]))))
-                p.edits.append(SliceInitializer(node.name, 1, 1, node.input[0]))
-        p.layouts[node.output[0]] = Layout(1, p.fresh(c_out, node.name))
-        p.edits.append(SliceInitializer(node.name, 1, 0, node.output[0]))
-        if bias:
-            p.edits.append(SliceInitializer(node.name, 2, 0, node.output[0]))
-        return
-    if lay is not None and group == c_in == c_out and w.shape[1] == 1 and lay.axis == 1 and lay.repeat == 1:
+    if lay is not None and (lay.axis != 1 or lay.repeat != 1 or w.ndim not in (3, 4)):
+        p.freeze(lay, node, "input channels are not on axis 1 of a 1-D/2-D convolution")
+        lay = None
+    if lay is not None and group > 1 and group == w.shape[0] == len(lay.labels) and w.shape[1] == 1:
         # depthwise: input channel c is output channel c, so the group passes through and prunes its filters
         p.layouts[node.output[0]] = lay
-        p.edits.append(SliceInitializer(node.name, 1, 0, node.output[0]))
-        if bias:
-            p.edits.append(SliceInitializer(node.name, 2, 0, node.output[0]))
+        _slice_outputs(p, node, 0)
         p.edits.append(SetGroup(node.name, node.output[0]))
         p.member(node, lay)
         return
-    p.freeze(lay, node, f"grouped convolution (group={group}) is not pruned yet")
+    if lay is not None and group == 1:
+        p.consumers.append(Consumer(node.name, "Conv", node.input[0], node.output[0], node.input[1],
+                                    int(np.prod(w.shape[2:]))))
+        p.edits.append(SliceInitializer(node.name, 1, 1, node.input[0]))
+    elif lay is not None:
+        p.freeze(lay, node, f"grouped convolution (group={group}) keeps its input channels: "
+                            "a re-fit that stays within each group is not supported")
+    p.layouts[node.output[0]] = Layout(1, _grouped_labels(p, w.shape[0], group, node.name))
+    _slice_outputs(p, node, 0)
+
+
+def _conv_transpose(p: Propagation, node: onnx.NodeProto) -> None:
+    """ConvTranspose, weight [C_in, C_out/group, k...]: a consumer on axis 0, a producer on axis 1."""
+    w = p.const(node.input[1])
+    lay = p.layouts.get(node.input[0])
+    group = int(attr(node, "group", 1))
+    if w is None or group != 1:
+        p.opaque(node, "ConvTranspose with computed weights or group > 1 is not supported")
+        return
+    if lay is not None:
+        why = _transpose_geometry(p, node, w.shape[2:])
+        if lay.axis != 1 or lay.repeat != 1 or w.ndim not in (3, 4):
+            p.freeze(lay, node, "input channels are not on axis 1 of a 1-D/2-D transposed convolution")
+        elif why:
+            p.freeze(lay, node, why)
+        else:
+            p.consumers.append(Consumer(node.name, "ConvTranspose", node.input[0], node.output[0], node.input[1],
+                                        int(np.prod(w.shape[2:]))))
+            p.edits.append(SliceInitializer(node.name, 1, 0, node.input[0]))
+    p.layouts[node.output[0]] = Layout(1, p.fresh(w.shape[1], node.name))
+    _slice_outputs(p, node, 1)
+
+
+def _transpose_geometry(p: Propagation, node: onnx.NodeProto, kernel: tuple[int, ...]) -> str | None:
+    """Why a ConvTranspose cannot be re-fitted as the equivalent Conv, or None when it can (explicit pads)."""
+    if attr(node, "auto_pad", "NOTSET") != "NOTSET" or attr(node, "output_shape") is not None:
+        return "ConvTranspose with auto_pad or output_shape is not re-fitted"
+    src, dst = p.shapes.get(node.input[0]), p.shapes.get(node.output[0])
+    if src is None or dst is None:
+        return "ConvTranspose with unknown shapes"
+    nd = len(kernel)
+    strides = attr(node, "strides", [1] * nd)
+    dilations = attr(node, "dilations", [1] * nd)
+    pads = attr(node, "pads", [0] * 2 * nd)
+    extra = attr(node, "output_padding", [0] * nd)
+    size = [s * (i - 1) + e + (k - 1) * d + 1 - pads[j] - pads[nd + j]
+            for j, (s, i, e, k, d) in enumerate(zip(strides, src[2:], extra, kernel, dilations))]
+    return None if tuple(size) == tuple(dst[2:]) else "ConvTranspose output size does not follow from its pads"
+
+
+def _grouped_labels(p: Propagation, n: int, group: int, producer: str) -> np.ndarray:
+    """Fresh labels for ``n`` output channels; with groups, channel j of every group shares a class (equal pruning)."""
+    labels = p.fresh(n, producer)
+    per_group = labels.reshape(group, n // group)
+    for row in per_group[1:]:
+        p.unify(per_group[0], row)
+    return labels
+
+
+def _slice_outputs(p: Propagation, node: onnx.NodeProto, weight_axis: int) -> None:
+    """Output channels of a Conv/ConvTranspose follow its output's mask: weight ``weight_axis`` and bias."""
+    p.edits.append(SliceInitializer(node.name, 1, weight_axis, node.output[0]))
+    if len(node.input) > 2 and node.input[2]:
+        p.edits.append(SliceInitializer(node.name, 2, 0, node.output[0]))
 
 
 def _gemm(p: Propagation, node: onnx.NodeProto) -> None:
@@ -300,6 +352,48 @@ def _matmul(p: Propagation, node: onnx.NodeProto) -> None:
     p.edits.append(SliceInitializer(node.name, 1, 1, node.output[0]))
 
 
+def _layer_norm(p: Propagation, node: onnx.NodeProto) -> None:
+    """LayerNormalization over axes [axis, rank): channel-preserving unless the channel axis is normalised."""
+    lay = p.layouts.get(node.input[0])
+    rank = p.rank(node.input[0])
+    if lay is None or rank is None:
+        if lay is not None:
+            p.freeze(lay, node, "input rank unknown")
+        return
+    if lay.axis >= int(attr(node, "axis", -1)) % rank:
+        p.freeze(lay, node, "normalises across the channel axis: removing a channel changes the mean and "
+                            "variance seen by every other channel")
+    p.layouts[node.output[0]] = lay
+
+
+def _group_norm(p: Propagation, node: onnx.NodeProto) -> None:
+    lay = p.layouts.get(node.input[0])
+    if lay is None:
+        return
+    p.freeze(lay, node, "normalises over groups of channels: removing a channel changes its group's statistics")
+    p.layouts[node.output[0]] = lay
+
+
+def _gather(p: Propagation, node: onnx.NodeProto) -> None:
+    """Gather along a non-channel axis keeps the channels (the axis moves by the indices' rank minus one)."""
+    lay = p.layouts.get(node.input[0])
+    if node.input[1] in p.layouts:
+        p.opaque(node, "Gather indices carry channels")
+        return
+    if lay is None:
+        return
+    rank, index_shape = p.rank(node.input[0]), p.shapes.get(node.input[1])
+    if rank is None or index_shape is None:
+        p.freeze(lay, node, "shapes unknown")
+        return
+    axis = int(attr(node, "axis", 0)) % rank
+    if axis == lay.axis:
+        p.freeze(lay, node, "Gather selects along the channel axis")
+        return
+    new = lay.axis if lay.axis < axis else lay.axis + len(index_shape) - 1
+    p.layouts[node.output[0]] = Layout(new, lay.labels, lay.repeat)
+
+
 def _flatten(p: Propagation, node: onnx.NodeProto) -> None:
     lay = p.layouts.get(node.input[0])
     shape = p.shapes.get(node.input[0])
@@ -338,10 +432,12 @@ def _reshape(p: Propagation, node: onnx.NodeProto) -> None:
             if value is None or (computed and value != -1) or (value == 0 and b != lay.axis):
                 break  # a computed or copied dimension at the channel position cannot be rewritten
             if value > 0:
-                p.edits.append(ReshapeDim(node.name, b, node.output[0]))
+                p.edits.append(ShapeDim(node.name, 1, b, node.output[0]))
             p.layouts[node.output[0]] = Layout(b, lay.labels, dst[b] // n)
             return
-    p.freeze(lay, node, f"Reshape {list(src)} -> {list(dst)} mixes channels with other axes")
+    grouped = any(int(np.prod(dst[:b])) == outer and 1 < dst[b] < n and n % dst[b] == 0 for b in range(len(dst)))
+    hint = " (splits the channels into groups: a GroupNorm or channel-shuffle pattern)" if grouped else ""
+    p.freeze(lay, node, f"Reshape {list(src)} -> {list(dst)} mixes channels with other axes{hint}")
 
 
 def _concat_pieces(p: Propagation, name: str) -> list[int | None] | None:
@@ -581,11 +677,14 @@ def _resize(p: Propagation, node: onnx.NodeProto) -> None:
     if src is None or dst is None or src[lay.axis] != dst[lay.axis]:
         p.freeze(lay, node, "resizes the channel axis")
         return
-    for t in node.input[1:]:
-        if t and p.const(t) is not None and p.const(t).size == len(src) and node.op_type == "Resize" \
-                and p.const(t).dtype.kind == "i":
-            p.freeze(lay, node, "Resize with explicit sizes bakes in the channel count")
+    sizes = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 else ""
+    if sizes:
+        axes = [int(a) % len(src) for a in attr(node, "axes", range(len(src)))]
+        if p.const(sizes) is None:
+            p.freeze(lay, node, "Resize sizes are computed and may bake in the channel count")
             return
+        if lay.axis in axes:
+            p.edits.append(ShapeDim(node.name, 3, axes.index(lay.axis), node.output[0]))
     p.layouts[node.output[0]] = lay
 
 
@@ -607,6 +706,10 @@ def _shape(p: Propagation, node: onnx.NodeProto) -> None:
 
 RULES: dict[str, Callable[[Propagation, onnx.NodeProto], None]] = {
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "LayerNormalization": _layer_norm,
+    "GroupNormalization": _group_norm,
+    "Gather": _gather,
     "Gemm": _gemm,
     "MatMul": _matmul,
     "BatchNormalization": _norm,

@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from onnxprune.errors import UsageError
-
 __all__ = [
     "LatencyStats",
     "MemoryStats",
@@ -136,6 +134,11 @@ class RunResult:
         return self.status == "ok"
 
     @property
+    def p50_ms(self) -> Optional[float]:
+        """Median latency in ms; None when the configuration was skipped."""
+        return self.latency.p50_ms if self.ok and self.latency else None
+
+    @property
     def throughput(self) -> Optional[float]:
         """Samples per second: batch / mean latency."""
         if self.latency is None or self.latency.mean_ms <= 0:
@@ -220,15 +223,9 @@ def to_document(results: Sequence[BenchResult], settings: Optional[Dict[str, Any
 
 def check_json_path(path: "str | os.PathLike") -> Path:
     """Reject an output path whose folder does not exist or is not writable, before any work is done."""
-    out = Path(path)
-    if out.is_dir():
-        raise UsageError(f"--json '{out}' is a folder.", note="give a file name, e.g. --json results.json")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"the folder of --json '{out}' does not exist.", note=f"create '{folder}' first")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"cannot write to the folder of --json '{out}'.")
-    return out
+    from onnxprune.atomic import check_destination
+
+    return check_destination(path, "--json", "results.json")
 
 
 def write_json(path: "str | os.PathLike", document: dict) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.model import Consumer
-from onnxprune.calibration.patches import conv_geometry, unfold
+from onnxprune.calibration.patches import conv_geometry, transposed_as_conv, unfold
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError
 from onnxprune.graph.probe import add_outputs
@@ -84,9 +84,12 @@ FOLD_ROWS_PER_COLUMN = 20
 def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np.ndarray, weight_shape: tuple[int, ...],
                   rng: np.random.Generator, max_positions: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Regression rows of one batch, per sample: (N, P, p) unfolded input patches and (N, P, M) outputs."""
-    if consumer.op == "Conv":
+    if consumer.op in ("Conv", "ConvTranspose"):
         kernel = tuple(weight_shape[2:])
-        pads, strides, dilations = conv_geometry(node, x.shape, kernel)
+        if consumer.op == "ConvTranspose":
+            x, pads, strides, dilations = transposed_as_conv(node, x, kernel)
+        else:
+            pads, strides, dilations = conv_geometry(node, x.shape, kernel)
         xs = unfold(x, kernel, pads, strides, dilations)              # (N, P, p)
         ys = y.reshape(y.shape[0], y.shape[1], -1).transpose(0, 2, 1)  # (N, P, M)
     else:

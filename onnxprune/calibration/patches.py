@@ -50,3 +50,26 @@ def unfold(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: lis
             window = xp[:, :, r0:r0 + strides[0] * (ho - 1) + 1:strides[0], c0:c0 + strides[1] * (wo - 1) + 1:strides[1]]
             cols[:, :, :, :, i * kw + j] = window.transpose(0, 2, 3, 1)
     return cols.reshape(n, ho * wo, c * kh * kw)
+
+
+def transposed_as_conv(node: onnx.NodeProto, x: np.ndarray,
+                       kernel: tuple[int, ...]) -> tuple[np.ndarray, list[int], list[int], list[int]]:
+    """A ConvTranspose input as the input of the equivalent Conv, with that Conv's (pads, strides, dilations).
+
+    Zeros go between the input pixels (stride), then every side is padded by ``d*(k-1)`` minus the
+    node's pads (cropped where negative), plus ``output_padding`` at the end; a stride-1 Conv with
+    the flipped, transposed kernel then gives the ConvTranspose output (explicit pads only).
+    """
+    nd = len(kernel)
+    strides = list(attr(node, "strides", [1] * nd))
+    dilations = list(attr(node, "dilations", [1] * nd))
+    pads = list(attr(node, "pads", [0] * (2 * nd)))
+    extra = list(attr(node, "output_padding", [0] * nd))
+    n, c, *size = x.shape
+    z = np.zeros((n, c, *[s * (i - 1) + 1 for s, i in zip(strides, size)]), dtype=x.dtype)
+    z[(slice(None), slice(None), *[slice(None, None, s) for s in strides])] = x
+    widths = [(d * (k - 1) - pads[j], d * (k - 1) - pads[nd + j] + extra[j])
+              for j, (k, d) in enumerate(zip(kernel, dilations))]
+    z = np.pad(z, [(0, 0), (0, 0)] + [(max(a, 0), max(b, 0)) for a, b in widths])
+    crop = [slice(max(-a, 0), z.shape[2 + j] - max(-b, 0)) for j, (a, b) in enumerate(widths)]
+    return z[(slice(None), slice(None), *crop)], [0] * (2 * nd), [1] * nd, dilations

@@ -35,7 +35,7 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     if opset < _MIN_OPSET:
         raise ModelError(f"the model uses opset {opset}; onnxprune supports opset {_MIN_OPSET} and later.",
                          note="convert it with onnx.version_converter first")
-    graph = gs.import_onnx(model)
+    graph = gs.import_onnx(_with_inferred_shapes(model))
     logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
     try:
@@ -44,6 +44,14 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
         logging.getLogger(__name__).debug("constant folding skipped: %s", exc)
     folded = gs.export_onnx(graph, do_type_check=False)
     return _restore_model_fields(folded, model)
+
+
+def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with inferred value_info, so folding resolves Shape reads of static dims (TorchScript chunk)."""
+    try:
+        return shape_inference.infer_shapes(model)
+    except Exception:  # inference is a help for folding, not a requirement
+        return model
 
 
 def _restore_model_fields(folded: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:

@@ -18,7 +18,7 @@ def add_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto
     """A copy of ``model`` whose graph also outputs the given tensors (existing outputs stay first)."""
     out = copy.deepcopy(model)
     have = {o.name for o in out.graph.output}
-    types = _element_types(out)
+    types = element_types(out)
     for name in names:
         if name not in have:
             out.graph.output.append(helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
@@ -26,7 +26,8 @@ def add_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto
     return out
 
 
-def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+def element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every value shape inference can type (inputs, outputs, intermediates)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.analysis.model import Analysis, ChannelRange, ReshapeDim, SetGroup, SliceInitializer
+from onnxprune.analysis.model import Analysis, ChannelRange, SetGroup, ShapeDim, SliceInitializer
 from onnxprune.analysis.propagate import attr
 from onnxprune.graph.io import model_inputs
 from onnxprune.graph.normalise import opset_of, set_graph_inputs
@@ -61,8 +61,8 @@ class _Rewriter:
         for e in self.analysis.edits:
             if isinstance(e, SetGroup):
                 self.set_attr(self.nodes[e.node], "group", int(self.mask(e.tensor).sum()))
-            elif isinstance(e, ReshapeDim):
-                self.reshape_dim(self.nodes[e.node], e)
+            elif isinstance(e, ShapeDim):
+                self.shape_dim(self.nodes[e.node], e)
             elif isinstance(e, ChannelRange):
                 {"Split": self.split, "Slice": self.slice, "Pad": self.pad}[self.nodes[e.node].op_type](self.nodes[e.node], e.axis)
         self.finish()
@@ -87,6 +87,8 @@ class _Rewriter:
         coef, bias = fit.coef, fit.intercept
         if cons.op == "Conv":
             new_w = coef.reshape(w.shape[0], -1, *w.shape[2:])
+        elif cons.op == "ConvTranspose":  # back from the equivalent Conv's kernel (see consumer_weight_matrix)
+            new_w = np.flip(coef.reshape(w.shape[1], -1, *w.shape[2:]), tuple(range(2, w.ndim))).swapaxes(0, 1)
         elif cons.op == "Gemm":
             alpha = float(attr(node, "alpha", 1.0))
             new_w = coef / alpha if int(attr(node, "transB", 0)) else (coef / alpha).T
@@ -138,13 +140,13 @@ class _Rewriter:
                 break
         node.attribute.append(helper.make_attribute(name, float(value) if float_ else value))
 
-    def reshape_dim(self, node: onnx.NodeProto, e: ReshapeDim) -> None:
+    def shape_dim(self, node: onnx.NodeProto, e: ShapeDim) -> None:
         m = self.mask(e.tensor)
         if m.all():
             return
-        shape = self.array(node.input[1]).copy()
+        shape = self.array(node.input[e.input_index]).copy()
         shape[e.dim] = int(m.sum())
-        self.put(node, 1, shape)
+        self.put(node, e.input_index, shape)
 
     def split(self, node: onnx.NodeProto, axis: int) -> None:
         sizes = np.array([int(self.mask(o).sum()) for o in node.output], dtype=np.int64)
