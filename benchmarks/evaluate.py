@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,36 @@ def write_mnist_npz(path: Path, first: int | None = None, skip: int = 0, input_n
     x, y = mnist(first, skip)
     np.savez(path, **{input_name: x, "label": y})
     return path
+
+
+def write_image_npz(model_path: str | Path, folder: str | Path, dest: str | Path, *, mean=None, std=None,
+                    num_samples: int | None = None) -> Path:
+    """Decode an image folder once, as onnxprune's loader feeds the model, into an .npz (input name + label)."""
+    import onnx
+
+    from onnxprune.calibration.sources import ImageOptions, open_data
+    from onnxprune.compress import input_specs
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    data = open_data(folder, input_specs(model), image_options=ImageOptions(mean=mean, std=std),
+                     num_samples=num_samples)
+    arrays = data.load(range(len(data)))
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp.npz")
+    np.savez(tmp, **arrays, label=data.labels)
+    tmp.replace(dest)
+    return dest
+
+
+def compress_cli(model: str | Path, data: str | Path, out: str | Path,
+                 args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    """Run ``onnxprune compress`` in a fresh process; (wall-clock seconds, finished process)."""
+    cmd = [sys.executable, "-m", "onnxprune.cli.main", "compress", str(model), "--data", str(data), "-o", str(out),
+           "--force", "-q", *args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return time.perf_counter() - start, proc
 
 
 def accuracy(model_path: str | Path, data_path: str | Path, *, mean=None, std=None, batch: int = 256) -> float:

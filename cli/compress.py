@@ -6,13 +6,13 @@ import click
 from onnxprune.atomic import check_destination, write_text_atomic
 from onnxprune.bench.compare import BenchSettings
 from onnxprune.bench.measure import DEFAULT_RUNS
-from onnxprune.calibration.collect import CalibrationSettings
-from onnxprune.cli.options import (bench_runs_option, check_figure_output, cpu_cores, data_option, echo, html_option,
-                                   image_options, image_settings, parse_batches, parse_fraction, progress_factory,
-                                   sampling_options, show_progress, write_json)
+from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, cpu_cores, data_option,
+                                   echo, expand_paths, html_option, image_options, image_settings, parse_batches,
+                                   parse_fraction, progress_factory, provider_option, sampling_options, show_progress,
+                                   write_json)
 from onnxprune.compress import CompressOptions, compress as run_compress, default_output
 from onnxprune.errors import UsageError
-from onnxprune.plan import METHODS, SolverSettings, Target
+from onnxprune.plan import METHODS, AllocationSettings, SolverSettings, Target
 from onnxprune.report import render_summary
 from onnxprune.reporting.pages import compress_page
 
@@ -30,6 +30,9 @@ from onnxprune.reporting.pages import compress_page
                    "0 < F <= 1, e.g. 0.5 or 50%. Reached within 2 % (from below).")
 @click.option("--target-params", metavar="F",
               help="Fraction of the original float parameters to keep, 0 < F <= 1, e.g. 0.5 or 50%.")
+@click.option("--target-fidelity", type=float, metavar="A",
+              help="Instead of a budget: prune as far as the held-out top-1 agreement with the original stays >= A "
+                   "(0 < A <= 1), by bisection over the FLOPs budget (about 7 re-fits; slower). Needs --holdout > 0.")
 @click.option("--method", type=click.Choice(METHODS), default="entropic", show_default=True,
               help="How channels are ranked: entropic regression, L1/L2 weight norm, random, or activation "
                    "(weight norm x input activation RMS, as in Wanda).")
@@ -47,10 +50,24 @@ from onnxprune.reporting.pages import compress_page
 @click.option("--independent", is_flag=True,
               help="Take every layer's statistics from the original network (the paper's mode) instead of the "
                    "default error-correcting re-fit (inputs from the pruned network, targets from the original).")
+@click.option("--min-keep", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, metavar="F",
+              help="Keep at least this share of every group's channels (0..1); a group never drops to zero.")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Keep a multiple of N channels in every group whose size is a multiple of N "
+                   "(e.g. 8 for Tensor Cores and TensorRT); the target is still met within 2 %.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave alone every channel group that a node whose name matches PATTERN (shell-style, e.g. "
+                   "'/layer1/*') writes or reads. Repeatable.")
 @image_options
 @sampling_options
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
-              help="ONNX Runtime execution provider used for calibration and verification.")
+@provider_option
+@click.option("--stats", "stats_files", multiple=True, callback=expand_paths, metavar="FILE",
+              help="Sum these statistics files of 'onnxprune calibrate --shard K/N' (repeat it, or give a glob such "
+                   "as 'stats_*.npz') instead of the first calibration pass. The error-correcting re-fit still "
+                   "reads --data; with --independent the files replace all calibration.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Keep the first-pass statistics in DIR, keyed by model, data, split and calibration options, "
+                   "so that another run (e.g. another target) skips the calibration pass.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON to this file.")
 @click.option("--bench", is_flag=True,
               help="After compressing, measure the latency of the original and the pruned model on --provider "
@@ -61,9 +78,9 @@ from onnxprune.reporting.pages import compress_page
 @html_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary (errors still go to stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="List every group in the summary, with why untouched ones were left alone.")
-def compress(model, data, output, force, write_unchanged, target_flops, target_params, method, rho, tau, threshold, ridge, no_refit,
-             independent, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
-             provider, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose) -> None:
+def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_fidelity, method, rho, tau, threshold, ridge, no_refit,
+             independent, min_keep, round_to, exclude, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
+             provider, stats_files, cache_dir, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
 
     Example: onnxprune compress model.onnx --data calib/ --target-flops 0.5 -o model.pruned.onnx
@@ -87,12 +104,17 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
     options = CompressOptions(
         target=target,
         solver=SolverSettings(method=method, rho=rho, tau=tau, theta=threshold, delta=delta, refit=not no_refit, seed=seed),
-        calibration=CalibrationSettings(batch_size=batch_size, max_positions=max_positions or None, seed=seed, provider=provider),
+        calibration=calibration_settings(batch_size, max_positions, seed, provider),
         image=image,
         num_samples=num_samples,
         holdout=holdout,
         independent=independent,
         bench=bench_settings,
+        stats_files=stats_files,
+        cache_dir=cache_dir,
+        allocation=AllocationSettings(min_keep=min_keep, round_to=round_to),
+        exclude=tuple(exclude),
+        target_fidelity=target_fidelity,
     )
     out = output or str(default_output(model))
     result = run_compress(model, data, options, output=out, force=force, progress=progress_factory(show_progress(quiet)),

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from typing import Callable
 
 import click
 
 from onnxprune import __version__
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OnnxPruneWarning
 
 
 class _Group(click.Group):
@@ -14,7 +16,9 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warnings(warnings.showwarning)
+                return super().invoke(ctx)
         except OnnxPruneError as exc:
             click.echo(f"onnxprune: error: {exc.one_line()}", err=True)
             sys.exit(exc.exit_code)
@@ -24,6 +28,16 @@ class _Group(click.Group):
         except MemoryError:
             click.echo("onnxprune: error: out of memory. Note: lower --batch-size or --max-positions.", err=True)
             sys.exit(6)
+
+
+def _one_line_warnings(show: Callable) -> Callable:
+    """A ``warnings.showwarning`` printing onnxprune's own warnings as one line on stderr, others with ``show``."""
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, OnnxPruneWarning):
+            click.echo(f"onnxprune: warning: {message}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -37,9 +51,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from onnxprune.cli import analyze, bench, compress, sweep
+    from onnxprune.cli import analyze, bench, calibrate, compress, sweep
 
     cli.add_command(compress.compress)
+    cli.add_command(calibrate.calibrate)
     cli.add_command(analyze.analyze)
     cli.add_command(bench.bench)
     cli.add_command(sweep.sweep)

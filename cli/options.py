@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import sys
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import click
 
 from onnxprune.calibration.sources import ImageOptions, parse_floats, parse_image_size
 from onnxprune.errors import UsageError
+
+if TYPE_CHECKING:
+    from onnxprune.calibration.collect import CalibrationSettings
 
 
 def parse_fraction(text: str | None, option: str) -> float | None:
@@ -137,6 +141,10 @@ sampling_options = _stacked(
                  help="Spatial positions sampled at random per sample and layer for the statistics (0 = all)."),
 )
 
+provider_option = click.option(
+    "--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+    help="ONNX Runtime execution provider used for calibration and verification.")
+
 bench_runs_option = click.option(
     "--bench-runs", type=click.IntRange(min=1), metavar="N",
     help="Timed runs per model and batch size of the latency measurement. [default: 50]")
@@ -145,6 +153,27 @@ html_option = click.option(
     "--html", "html_path", type=click.Path(dir_okay=False), metavar="FILE",
     help="Also write a self-contained HTML report with plots (PNGs embedded; needs matplotlib: "
          "pip install 'onnxprune[plot]').")
+
+
+def calibration_settings(batch_size: int, max_positions: int, seed: int, provider: str = "cpu") -> CalibrationSettings:
+    """The values of ``sampling_options`` and ``provider_option`` as the library's CalibrationSettings."""
+    from onnxprune.calibration.collect import CalibrationSettings
+
+    return CalibrationSettings(batch_size=batch_size, max_positions=max_positions or None, seed=seed, provider=provider)
+
+
+def expand_paths(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> tuple[str, ...]:
+    """Callback of a repeatable file option whose values may be glob patterns (quoted, or where the shell
+    left them unexpanded); UsageError for a pattern matching nothing or a file that does not exist."""
+    option = param.opts[-1]
+    paths: list[str] = []
+    for value in values:
+        pattern = not os.path.exists(value) and any(c in value for c in "*?[")
+        found = sorted(glob.glob(value)) if pattern else [value]
+        if not found or not all(os.path.isfile(f) for f in found):
+            raise UsageError(f"{option} '{value}' {'matches no file' if pattern else 'is not a file'}.")
+        paths.extend(found)
+    return tuple(dict.fromkeys(paths))
 
 
 def image_settings(image_size: str | None, raw_pixels: bool, mean: str | None, std: str | None, layout: str | None,

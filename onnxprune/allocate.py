@@ -15,6 +15,7 @@ class GroupCurve:
     order: np.ndarray       # class ids, most important first (frozen classes first)
     curve: np.ndarray       # (D+1,) error when keeping the first k of ``order``
     min_keep: int           # never keep fewer (frozen classes, and at least one)
+    step: int = 1           # channels are removed and restored this many at a time (--round-to)
 
 
 class _Allocation:
@@ -24,49 +25,62 @@ class _Allocation:
         self.k = [len(c.order) for c in curves]
         cost.reset()
 
+    def _next_removal(self, g: int) -> np.ndarray:
+        c = self.curves[g]
+        return c.order[max(self.k[g] - c.step, 0):self.k[g]]
+
+    def _next_restore(self, g: int) -> np.ndarray:
+        c = self.curves[g]
+        return c.order[self.k[g]:self.k[g] + c.step]
+
     def removal_score(self, g: int) -> float:
         c = self.curves[g]
-        if self.k[g] <= c.min_keep:
+        if self.k[g] - c.step < c.min_keep:
             return np.inf
-        saving = self.cost.saving(int(c.order[self.k[g] - 1]))
+        saving = self.cost.saving(self._next_removal(g))
         if saving <= 0:
             return np.inf
-        return max(c.curve[self.k[g] - 1] - c.curve[self.k[g]], 0.0) / saving
+        return max(c.curve[self.k[g] - c.step] - c.curve[self.k[g]], 0.0) / saving
+
+    def can_restore(self, g: int) -> bool:
+        return self.k[g] < len(self.curves[g].order)
+
+    def restore_cost(self, g: int) -> float:
+        return self.cost.restore_cost(self._next_restore(g))
 
     def restore_gain(self, g: int) -> float:
-        c = self.curves[g]
-        if self.k[g] >= len(c.order):
+        if not self.can_restore(g):
             return -np.inf
-        extra = self.cost.restore_cost(int(c.order[self.k[g]]))
-        return (c.curve[self.k[g]] - c.curve[self.k[g] + 1]) / max(extra, 1e-12)
+        c, k = self.curves[g], self.k[g]
+        return (c.curve[k] - c.curve[min(k + c.step, len(c.order))]) / max(self.restore_cost(g), 1e-12)
 
     def remove(self, g: int) -> None:
-        cls = int(self.curves[g].order[self.k[g] - 1])
-        self.cost.remove(cls)
-        self.kept[cls] = False
-        self.k[g] -= 1
+        for cls in self._next_removal(g).tolist():
+            self.cost.remove(cls)
+            self.kept[cls] = False
+            self.k[g] -= 1
 
     def restore(self, g: int) -> None:
-        cls = int(self.curves[g].order[self.k[g]])
-        self.cost.restore(cls)
-        self.kept[cls] = True
-        self.k[g] += 1
+        for cls in self._next_restore(g).tolist():
+            self.cost.restore(cls)
+            self.kept[cls] = True
+            self.k[g] += 1
 
     def trim(self, budget: float, exclude: int | None = None) -> bool:
         """Remove least-error-per-cost classes until under budget; False if that is impossible."""
         while self.cost.cost() > budget:
             scores = [np.inf if g == exclude else self.removal_score(g) for g in range(len(self.curves))]
-            g = int(np.argmin(scores))
-            if not np.isfinite(scores[g]):
+            if not scores or not np.isfinite(min(scores)):
                 return False
+            g = int(np.argmin(scores))
             self.remove(g)
         return True
 
     def refill(self, budget: float) -> None:
         """Restore the classes that still fit, best error reduction per unit cost first."""
         while True:
-            fits = [g for g in range(len(self.curves)) if self.k[g] < len(self.curves[g].order)
-                    and self.cost.cost() + self.cost.restore_cost(int(self.curves[g].order[self.k[g]])) <= budget]
+            fits = [g for g in range(len(self.curves))
+                    if self.can_restore(g) and self.cost.cost() + self.restore_cost(g) <= budget]
             if not fits:
                 return
             self.restore(max(fits, key=self.restore_gain))
@@ -98,7 +112,7 @@ def allocate(curves: list[GroupCurve], cost: CostModel, budget: float, n_classes
             break
         improved = False
         for g in sorted(range(len(curves)), key=state.restore_gain, reverse=True):
-            if state.k[g] >= len(curves[g].order):
+            if not state.can_restore(g):
                 continue
             snap = state.snapshot()
             state.restore(g)

@@ -6,26 +6,32 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, NamedTuple, Protocol
 
+import numpy as np
 import onnx
 
-from onnxprune.analysis import Analysis, find_groups
+from onnxprune.analysis import Analysis, Consumer, exclude_nodes, find_groups
 from onnxprune.atomic import removed_on_error
 from onnxprune.bench.compare import BenchSettings, compare_models
+from onnxprune.calibration.cache import StatsCache
 from onnxprune.calibration.collect import CalibrationSettings, collect_statistics
-from onnxprune.calibration.sources import ImageOptions, InputSpec, open_data
+from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
+from onnxprune.calibration.store import FirstPass, sum_shards
 from onnxprune.errors import UsageError
 from onnxprune.graph.io import check_output_path, load_model, model_inputs, save_model
 from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.graph.precision import refuse_quantised, restore_float16, to_float32
 from onnxprune.graph.probe import onnx_to_numpy_dtype
 from onnxprune.metrics import count_model
-from onnxprune.plan import PrunePlan, SolverSettings, Target, check_target, solve
+from onnxprune.plan import (AllocationSettings, PrunePlan, SolverSettings, Target, check_method, check_target,
+                            minimum_fraction, rank_groups, solve)
 from onnxprune.report import PruneReport
+from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
 from onnxprune.sequential import consumer_stages, refit_errors, sequential_refit
-from onnxprune.verify import check_pruned, measure_fidelity
+from onnxprune.search import search_budget
+from onnxprune.verify import Fidelity, check_pruned, measure_fidelity
 
 
 class ProgressBar(Protocol):
@@ -47,6 +53,16 @@ class CompressOptions:
     holdout: float = 0.1
     independent: bool = False     # paper's layer-by-layer statistics from the original network only
     bench: BenchSettings | None = None  # measure original and pruned latency on the calibration provider
+    stats_files: tuple[str | os.PathLike, ...] = ()  # `onnxprune calibrate` shards summed instead of the first pass
+    cache_dir: str | os.PathLike | None = None       # first-pass statistics kept between runs
+    allocation: AllocationSettings = field(default_factory=AllocationSettings)  # --min-keep, --round-to
+    target_fidelity: float | None = None  # prune as far as the held-out top-1 agreement stays at least this
+    exclude: tuple[str, ...] = ()     # node-name patterns whose groups are left alone
+
+    @property
+    def error_correcting(self) -> bool:
+        """Whether consumers are re-fitted stage by stage on statistics of the network pruned so far."""
+        return not self.independent and self.solver.refit
 
 
 @dataclass
@@ -67,6 +83,39 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None) for d in tt.shape.dim)
         specs.append(InputSpec(inp.name, onnx_to_numpy_dtype(tt.elem_type), dims))
     return specs
+
+
+class Loaded(NamedTuple):
+    """The load stage: the original model, its normalised form, the float32 model that is analysed and
+    calibrated, its input specs, the data with its calibration and held-out indices, and static shapes."""
+
+    original: onnx.ModelProto
+    reference: onnx.ModelProto
+    model: onnx.ModelProto
+    specs: list[InputSpec]
+    data: CalibrationData
+    calib_idx: np.ndarray
+    hold_idx: np.ndarray
+    shapes: dict
+
+
+def load_inputs(model_path: str | os.PathLike, data_path: str | os.PathLike, options: CompressOptions) -> Loaded:
+    """Load and normalise the model, open the data and split it (seeded) as every compress run does."""
+    original = load_model(model_path)
+    refuse_quantised(original)
+    reference = normalise(original)
+    model = to_float32(reference)  # float16 models are analysed and calibrated in float32
+    specs = input_specs(model)
+    data = open_data(data_path, specs, image_options=options.image, num_samples=options.num_samples)
+    calib_idx, hold_idx = data.split(options.holdout, seed=options.calibration.seed)
+    sample = data.load([int(calib_idx[0])])
+    shapes = static_shapes(model, {k: (1, *v.shape[1:]) for k, v in sample.items()})
+    return Loaded(original, reference, model, specs, data, calib_idx, hold_idx, shapes)
+
+
+def calibrated_consumers(analysis: Analysis) -> list[Consumer]:
+    """The consumers whose statistics the first calibration pass collects: those of the prunable groups."""
+    return [c for g in analysis.groups if g.prunable for c in g.consumers]
 
 
 def default_output(model_path: str | os.PathLike) -> Path:
@@ -103,22 +152,27 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     progress = progress or _no_progress
     if options.target is not None and not 0.0 < options.target.fraction <= 1.0:
         raise UsageError(f"target {options.target.fraction:g} is outside (0, 1].")
+    if options.target_fidelity is not None:
+        if options.target is not None:
+            raise UsageError("give either --target-fidelity or a --target-flops/--target-params budget, not both.")
+        if not 0.0 < options.target_fidelity <= 1.0:
+            raise UsageError(f"--target-fidelity {options.target_fidelity:g} is outside (0, 1].")
+        if options.holdout <= 0:
+            raise UsageError("--target-fidelity needs held-out samples: use --holdout > 0.")
+    check_method(options.solver, options.target is not None or options.target_fidelity is not None)
     out_path = check_output_path(output, model_path, force=force) if output is not None else None
     if options.bench is not None and out_path is None:
         raise UsageError("benchmarking needs the pruned model on disk: give an output path.")
     timings: dict[str, float] = {}
+    if options.stats_files and options.cache_dir is not None:
+        raise UsageError("give --stats or --cache, not both: --stats already replaces the first calibration pass.")
+    cache = StatsCache(options.cache_dir) if options.cache_dir is not None else None
     with _stage(timings, "load"):
-        original = load_model(model_path)
-        refuse_quantised(original)
-        reference = normalise(original)
-        model = to_float32(reference)  # float16 models are analysed and calibrated in float32
-        specs = input_specs(model)
-        data = open_data(data_path, specs, image_options=options.image, num_samples=options.num_samples)
-        calib_idx, hold_idx = data.split(options.holdout, seed=options.calibration.seed)
-        sample = data.load([int(calib_idx[0])])
-        shapes = static_shapes(model, {k: (1, *v.shape[1:]) for k, v in sample.items()})
+        original, reference, model, specs, data, calib_idx, hold_idx, shapes = load_inputs(model_path, data_path,
+                                                                                            options)
     with _stage(timings, "analyse"):
         analysis = find_groups(model, shapes)
+        excluded = exclude_nodes(analysis, options.exclude)
         counts = count_model(model)
     prunable = any(g.prunable for g in analysis.groups)
     if not prunable and not write_unchanged:
@@ -126,41 +180,69 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     skip = not prunable or (options.target is not None and options.target.fraction >= 1.0)
     solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
     if options.target is not None and not skip:
-        check_target(model, analysis, options.target, counts)
-    stats_consumers = [c for g in analysis.groups if g.prunable for c in g.consumers]
-    notes: list[str] = []
-    error_correct = not options.independent and options.solver.refit
+        check_target(model, analysis, options.target, counts, options.allocation)
+    stats_consumers = calibrated_consumers(analysis)
+    landings = residual_landings(model, analysis, stats_consumers)
+    notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
+    error_correct = options.error_correcting
+    first = FirstPass(model, stats_consumers, data, calib_idx, options.calibration, folds=not error_correct)
+    stats = {}
+    if not skip and (options.stats_files or cache is not None):
+        with _stage(timings, "read statistics"):
+            stats = (sum_shards(options.stats_files, first) if options.stats_files else cache.get(first)) or {}
+        if stats:
+            source = f"{len(options.stats_files)} --stats file(s)" if options.stats_files else "the cache"
+            notes.append(f"no calibration pass: first-pass statistics from {source}")
     with _stage(timings, "calibrate"):
-        stats = {}
-        if not skip:
+        if not skip and not stats:
             with progress("calibrating", len(calib_idx)) as bar:
                 stats = collect_statistics(model, stats_consumers, data, calib_idx, options.calibration,
-                                           bar.update, folds=not error_correct)
+                                           bar.update, folds=not error_correct, landings=landings)
+            if cache is not None:
+                cache.put(first, stats)
     with _stage(timings, "solve"):
         with progress("solving", len(analysis.groups)) as bar:
-            plan = solve(model, analysis, stats, target=solve_target, counts=counts,
-                         settings=options.solver, fit_consumers=not error_correct, progress=bar.update)
-    del stats  # the error-correcting pass collects its own; free the first pass's Gram matrices
+            ranked = rank_groups(model, analysis, stats, options.solver, bar.update) if not skip else []
+    if error_correct:
+        del stats  # the error-correcting pass collects its own; free the first pass's Gram matrices
+        stats = {}
+    held = data
+    if input_specs(original) != specs:  # float16 inputs: read the held-out samples as the original takes them
+        held = open_data(data_path, input_specs(original), image_options=options.image, num_samples=options.num_samples)
+
+    def prune(target: Target | None) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
+        """Allocate for ``target``, re-fit, rewrite and measure the held-out fidelity."""
+        with _stage(timings, "solve"):
+            plan = solve(model, analysis, stats, target=target, counts=counts, settings=options.solver,
+                         fit_consumers=not error_correct, allocation=options.allocation, ranked=ranked)
+        if error_correct and not plan.kept.all():
+            with _stage(timings, "error-correct"):
+                with progress("re-fitting", len(stats_consumers)) as bar:
+                    plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
+                                                   options.calibration, options.solver, bar.update, landings)
+                errors = refit_errors(plan.refits, analysis)
+                for g in plan.groups:
+                    if g.id in errors and g.after < g.before:
+                        g.error = errors[g.id]
+        with _stage(timings, "rewrite"):
+            pruned = restore_float16(apply_plan(model, analysis, plan), reference)
+        with _stage(timings, "verify"):
+            check_pruned(original, pruned)
+            fidelity = measure_fidelity(original, pruned, held, hold_idx, batch_size=options.calibration.batch_size,
+                                        provider=options.calibration.provider)
+        return plan, pruned, fidelity
+
+    if options.target_fidelity is None or skip:
+        plan, pruned, fidelity = prune(solve_target)
+    else:
+        floor = minimum_fraction(model, analysis, "flops", counts, options.allocation)
+        fraction, (plan, pruned, fidelity) = search_budget(
+            lambda f: prune(Target("flops", f)), lambda result: _agreement(result[2]) >= options.target_fidelity,
+            floor)
+        notes.append(f"--target-fidelity {options.target_fidelity:g}: searched the FLOPs budget down to "
+                     f"{fraction:.3f} of the original (agreement measured on the held-out samples)")
     if error_correct and not plan.kept.all():
-        with _stage(timings, "error-correct"):
-            stages = consumer_stages(model, stats_consumers)
-            with progress("re-fitting", len(stats_consumers)) as bar:
-                plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
-                                               options.calibration, options.solver, bar.update)
-            errors = refit_errors(plan.refits, analysis)
-            for g in plan.groups:
-                if g.id in errors and g.after < g.before:
-                    g.error = errors[g.id]
-            notes.append(f"error-correcting re-fit in {len(stages)} stages")
-    with _stage(timings, "rewrite"):
-        pruned = restore_float16(apply_plan(model, analysis, plan), reference)
-    with _stage(timings, "verify"):
-        check_pruned(original, pruned)
-        held = data
-        if input_specs(original) != specs:  # float16 inputs: read the held-out samples as the original takes them
-            held = open_data(data_path, input_specs(original), image_options=options.image, num_samples=options.num_samples)
-        fidelity = measure_fidelity(original, pruned, held, hold_idx, batch_size=options.calibration.batch_size,
-                                    provider=options.calibration.provider)
+        notes.append(f"error-correcting re-fit in {len(consumer_stages(model, stats_consumers))} stages")
     after = count_model(pruned)
     size_after = None
     if out_path is not None:
@@ -184,6 +266,15 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     if not prunable:
         report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")
     return CompressResult(pruned, report, plan, analysis)
+
+
+def _agreement(fidelity: Fidelity | None) -> float:
+    """Held-out top-1 agreement (1 − relative error when the output is not a classification)."""
+    if fidelity is None:
+        raise UsageError("--target-fidelity needs held-out samples: use --holdout > 0.")
+    if fidelity.top1_agreement is None:
+        return 1.0 - fidelity.relative_error
+    return fidelity.top1_agreement
 
 
 def _file_size(path: Path) -> int:

@@ -1,6 +1,8 @@
 """Parameters and multiply-adds of a model as a function of which channel classes are kept."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import onnx
 
@@ -55,13 +57,13 @@ class CostModel:
         now = sum(c * float(np.prod(d)) for c, d in self.terms)
         return self.before - self._sliced_total + now
 
-    def saving(self, cls: int) -> float:
-        """How much the cost drops if ``cls`` is removed now."""
-        return -self._delta(cls, -1.0)
+    def saving(self, classes: int | Sequence[int]) -> float:
+        """How much the cost drops if ``classes`` (one class id or several) are removed now."""
+        return -self._delta(classes, -1.0)
 
-    def restore_cost(self, cls: int) -> float:
-        """How much the cost rises if the removed ``cls`` is restored now."""
-        return self._delta(cls, +1.0)
+    def restore_cost(self, classes: int | Sequence[int]) -> float:
+        """How much the cost rises if the removed ``classes`` are restored now."""
+        return self._delta(classes, +1.0)
 
     def remove(self, cls: int) -> None:
         self._apply(cls, -1.0)
@@ -79,11 +81,12 @@ class CostModel:
             self.remove(cls)
         return self.cost()
 
-    def _delta(self, cls: int, sign: float) -> float:
+    def _delta(self, classes: int | Sequence[int], sign: float) -> float:
         changes: dict[int, list[float]] = {}
-        for t, a, n in self.touches.get(cls, ()):
-            dims = changes.setdefault(t, list(self.terms[t][1]))
-            dims[a] += sign * n
+        for cls in np.atleast_1d(classes).tolist():
+            for t, a, n in self.touches.get(cls, ()):
+                dims = changes.setdefault(t, list(self.terms[t][1]))
+                dims[a] += sign * n
         return sum(self.terms[t][0] * (float(np.prod(d)) - float(np.prod(self.terms[t][1]))) for t, d in changes.items())
 
     def _apply(self, cls: int, sign: float) -> None:

@@ -44,3 +44,7 @@ class ProviderError(OnnxPruneError):
     """A requested ONNX Runtime execution provider is not available."""
 
     exit_code = 5
+
+
+class OnnxPruneWarning(UserWarning):
+    """A problem worked around (e.g. an unreadable cache entry); the CLI prints it as one line."""

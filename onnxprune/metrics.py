@@ -185,7 +185,7 @@ def _fix_dynamic_dims(value_info: onnx.ValueInfoProto) -> None:
             dim.dim_value = 1
 
 
-def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy for shape inference: dynamic input dims = 1, large float weights replaced by typed inputs."""
     graph = model.graph
     init_names = {init.name for init in graph.initializer}
@@ -253,7 +253,7 @@ def _shapes_for_counting(model: onnx.ModelProto) -> dict[str, Shape]:
     constant sub-graphs and Shape/Size of statically shaped tensors are folded with onnx.reference and
     inference is repeated.
     """
-    light = _light_copy(model)
+    light = light_copy(model)
     constants = _constant_shapes(model.graph)
     needed = _needed_tensors(model.graph)
     shapes: dict[str, Shape] = {}

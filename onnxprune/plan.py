@@ -13,6 +13,7 @@ from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
 from onnxprune.costs import CostModel
 from onnxprune.errors import UsageError
 from onnxprune.graph.normalise import initializer_arrays
+from onnxprune.residual import landing_gains
 from onnxprune.solvers import ConsumerProblem, Refit, error_curve, rank_channels, refit
 from onnxprune.solvers.shrinkage import effective_rows_factor, prior_error_curve, refit_towards
 from onnxprune.calibration.collect import ConsumerStats
@@ -41,6 +42,21 @@ class SolverSettings:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class AllocationSettings:
+    """Constraints on the global allocation: keep at least ``min_keep`` (a share) of every group's
+    channels, and keep multiples of ``round_to`` channels in every group whose size is one."""
+
+    min_keep: float = 0.0
+    round_to: int = 1
+
+    def curve(self, group: ChannelGroup, order: np.ndarray, errors: np.ndarray) -> GroupCurve:
+        """The group's allocation curve under these constraints (``order`` in local indices)."""
+        step = self.round_to if self.round_to > 1 and group.size % self.round_to == 0 else 1
+        floor = max(int(group.frozen.sum()), int(np.ceil(self.min_keep * group.size - 1e-9)), 1)
+        return GroupCurve(group.classes[order], errors, min(-(-floor // step) * step, group.size), step)
+
+
 @dataclass
 class GroupOutcome:
     """What happened to one channel group."""
@@ -65,7 +81,7 @@ class PrunePlan:
 
 
 @dataclass
-class _Ranked:
+class RankedGroup:
     group: ChannelGroup
     scores: np.ndarray
     order: np.ndarray                   # local indices, most important first, frozen first
@@ -87,25 +103,20 @@ def consumer_weight_matrix(node: onnx.NodeProto, consumer: Consumer, weights: Ma
 
 def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats], *,
           target: Target | None, counts, settings: SolverSettings = SolverSettings(), fit_consumers: bool = True,
-          progress: Callable[[int], None] | None = None) -> PrunePlan:
+          progress: Callable[[int], None] | None = None,
+          allocation: AllocationSettings = AllocationSettings(),
+          ranked: list[RankedGroup] | None = None) -> PrunePlan:
     """Rank channels per group, choose the kept set (threshold or global budget) and re-fit consumers.
 
-    ``fit_consumers=False`` leaves the re-fits to a later stage (the error-correcting pass).
+    ``fit_consumers=False`` leaves the re-fits to a later stage (the error-correcting pass);
+    ``ranked`` reuses :func:`rank_groups` of the same statistics.
     """
-    if settings.method not in METHODS:
-        raise UsageError(f"unknown method '{settings.method}'; choose one of {', '.join(METHODS)}.")
-    if target is None and settings.method != "entropic":
-        raise UsageError(f"--method {settings.method} needs a target (--target-flops or --target-params).")
+    check_method(settings, target is not None)
     kept = np.ones(analysis.n_classes, dtype=bool)
     if target is not None and target.fraction >= 1.0:
         return PrunePlan(kept, {}, [_outcome(g, kept, None) for g in analysis.groups])
-    ctx = _Context(initializer_arrays(model), {n.name: n for n in model.graph.node}, stats, settings)
-    ranked = []
-    for g in analysis.groups:
-        if g.prunable and all(c.node in stats for c in g.consumers):
-            ranked.append(_rank(g, analysis, ctx))
-        if progress:
-            progress(1)
+    if ranked is None:
+        ranked = rank_groups(model, analysis, stats, settings, progress)
     if target is None:
         for r in ranked:
             local = r.scores * r.group.size >= settings.theta
@@ -114,9 +125,41 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
                 local[r.order[0]] = True
             kept[r.group.classes[~local]] = False
     else:
-        kept = _allocate(model, analysis, ranked, target, counts)
-    refits, errors = _refit_groups(ranked, kept, analysis, ctx) if fit_consumers else ({}, {})
+        kept = _allocate(model, analysis, ranked, target, counts, allocation)
+    refits, errors = ({}, {})
+    if fit_consumers:
+        refits, errors = _refit_groups(ranked, kept, analysis, _context(model, analysis, stats, settings))
     return PrunePlan(kept, refits if settings.refit else {}, [_outcome(g, kept, errors.get(g.id)) for g in analysis.groups])
+
+
+def check_method(settings: SolverSettings, budget: bool) -> None:
+    """UsageError for an unknown method, or a ranking-only method without a budget to allocate."""
+    if settings.method not in METHODS:
+        raise UsageError(f"unknown method '{settings.method}'; choose one of {', '.join(METHODS)}.")
+    if not budget and settings.method != "entropic":
+        raise UsageError(f"--method {settings.method} needs a target (--target-flops, --target-params or "
+                         "--target-fidelity).")
+
+
+def rank_groups(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
+                settings: SolverSettings = SolverSettings(),
+                progress: Callable[[int], None] | None = None) -> list[RankedGroup]:
+    """Channel order and error curve of every prunable group with statistics (the target-independent part of
+    :func:`solve`, so that several targets can share it)."""
+    ctx = _context(model, analysis, stats, settings)
+    ranked = []
+    for g in analysis.groups:
+        if g.prunable and all(c.node in stats for c in g.consumers):
+            ranked.append(_rank(g, analysis, ctx))
+        if progress:
+            progress(1)
+    return ranked
+
+
+def _context(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
+             settings: SolverSettings) -> "_Context":
+    gains = landing_gains(analysis, {node: s.gain for node, s in stats.items() if s.gain is not None})
+    return _Context(initializer_arrays(model), {n.name: n for n in model.graph.node}, stats, settings, gains)
 
 
 @dataclass
@@ -125,9 +168,10 @@ class _Context:
     nodes: Mapping[str, onnx.NodeProto]
     stats: Mapping[str, ConsumerStats]
     settings: SolverSettings
+    gains: Mapping[str, float]
 
 
-def _refit_groups(ranked: list[_Ranked], kept: np.ndarray, analysis: Analysis,
+def _refit_groups(ranked: list[RankedGroup], kept: np.ndarray, analysis: Analysis,
                   ctx: _Context) -> tuple[dict[str, Refit], dict[int, float]]:
     """Re-fit every consumer that lost input columns; mean relative re-fit error per group.
 
@@ -156,7 +200,10 @@ def _refit_groups(ranked: list[_Ranked], kept: np.ndarray, analysis: Analysis,
     return refits, errors
 
 
-def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context) -> _Ranked:
+def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context) -> RankedGroup:
+    """Channel order by score, and the group's error curve: over its consumers, the sum of each one's
+    relative error times its gain (1, or c0/E(sum) for a consumer whose error lands in a residual sum),
+    so that each consumer's error is measured against the tensor it perturbs."""
     stats, weights, nodes, settings = ctx.stats, ctx.weights, ctx.nodes, ctx.settings
     problems = [ConsumerProblem(stats[c.node].full.centred(), consumer_columns(analysis, group, c)) for c in group.consumers]
     mats = [consumer_weight_matrix(nodes[c.node], c, weights) for c in group.consumers]
@@ -165,7 +212,7 @@ def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context) -> _Ranked:
     # frozen channels first, then by decreasing score (stable for ties)
     order = np.lexsort((-scores, ~group.frozen))
     curve = np.zeros(group.size + 1)
-    for prob, w0 in zip(problems, mats):
+    for cons, prob, w0 in zip(group.consumers, problems, mats):
         # best of the two ends of the shrinkage path: the exact re-fit's in-sample error inflated by GCV
         # for the columns it fits (honest when rows are few), and the original weights with a new bias
         per_channel = np.bincount(prob.channel_of_column, minlength=group.size)
@@ -173,13 +220,15 @@ def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context) -> _Ranked:
         raw = error_curve(prob.stats, prob.channel_of_column, order, settings.delta or 1e-6)
         with np.errstate(invalid="ignore"):
             refit_estimate = np.nan_to_num(raw * effective_rows_factor(prob.stats.n_samples, columns), nan=np.inf)
-        curve += np.minimum(refit_estimate, prior_error_curve(prob.stats, prob.channel_of_column, order, w0))
-    return _Ranked(group, scores, order, curve / len(problems))
+        best = np.minimum(refit_estimate, prior_error_curve(prob.stats, prob.channel_of_column, order, w0))
+        curve += ctx.gains.get(cons.node, 1.0) * best
+    return RankedGroup(group, scores, order, curve)
 
 
-def _allocate(model, analysis: Analysis, ranked: list[_Ranked], target: Target, counts) -> np.ndarray:
+def _allocate(model, analysis: Analysis, ranked: list[RankedGroup], target: Target, counts,
+              allocation: AllocationSettings) -> np.ndarray:
     cost = CostModel(model, analysis, counts, target.kind)
-    curves = [GroupCurve(r.group.classes[r.order], r.curve, max(int(r.group.frozen.sum()), 1)) for r in ranked]
+    curves = [allocation.curve(r.group, r.order, r.curve) for r in ranked]
     return allocate(curves, cost, target.fraction * cost.before, analysis.n_classes)
 
 
@@ -188,15 +237,22 @@ def _outcome(g: ChannelGroup, kept: np.ndarray, error: float | None) -> GroupOut
                         [c.node for c in g.consumers], list(g.producers), list(g.reasons))
 
 
-def check_target(model, analysis: Analysis, target: Target, counts) -> None:
+def check_target(model, analysis: Analysis, target: Target, counts,
+                 allocation: AllocationSettings = AllocationSettings()) -> None:
     """Raise UsageError before any calibration when the target is below what the prunable groups allow."""
-    cost = CostModel(model, analysis, counts, target.kind)
-    curves = [GroupCurve(g.classes[np.lexsort((np.arange(g.size), ~g.frozen))], np.zeros(g.size + 1),
-                         max(int(g.frozen.sum()), 1))
-              for g in analysis.groups if g.prunable]
-    floor = minimum_cost(curves, cost, analysis.n_classes)
-    if floor > target.fraction * cost.before:
+    floor = minimum_fraction(model, analysis, target.kind, counts, allocation)
+    if floor > target.fraction:
         raise UsageError(
             f"--target-{target.kind} {target.fraction:g} cannot be reached: the prunable groups allow at best "
-            f"{floor / cost.before:.3f} of the original {target.kind}.",
-            note="run 'onnxprune analyze' to see which channels are frozen and why")
+            f"{floor:.3f} of the original {target.kind}.",
+            note="frozen channels, --min-keep, --round-to and --exclude set this floor; "
+                 "'onnxprune analyze' shows what is frozen and why")
+
+
+def minimum_fraction(model, analysis: Analysis, kind: str, counts,
+                     allocation: AllocationSettings = AllocationSettings()) -> float:
+    """The smallest share of the original cost ('flops' or 'params') that the prunable groups can reach."""
+    cost = CostModel(model, analysis, counts, kind)
+    curves = [allocation.curve(g, np.lexsort((np.arange(g.size), ~g.frozen)), np.zeros(g.size + 1))
+              for g in analysis.groups if g.prunable]
+    return minimum_cost(curves, cost, analysis.n_classes) / cost.before

@@ -6,11 +6,19 @@ import onnxruntime as ort
 
 
 def create_session(model: onnx.ModelProto, provider: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
-    """A session on the named provider ('cpu', 'cuda', 'tensorrt'); ProviderError if it is not really active."""
+    """A session on the named provider ('cpu', 'cuda', 'tensorrt'); ProviderError if it is not really active.
+
+    Its idle threads sleep instead of spinning: calibration alternates ONNX Runtime calls with numpy
+    work that needs the same cores.
+    """
     from onnxprune.bench.providers import make_session, resolve_providers
+    from onnxprune.graph.io import is_large, temporary_file
 
     spec = resolve_providers([provider], allow_fallback=False)[0]
-    return make_session(model.SerializeToString(), spec, threads)
+    if is_large(model):  # over protobuf's 2 GB limit: onnxruntime reads it from a file with external data
+        with temporary_file(model) as path:
+            return make_session(path, spec, threads, spinning=False)
+    return make_session(model.SerializeToString(), spec, threads, spinning=False)
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:

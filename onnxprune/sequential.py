@@ -20,38 +20,55 @@ from onnxprune.analysis.model import Analysis, Consumer
 from onnxprune.calibration.collect import CalibrationSettings, collect_statistics
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.plan import PrunePlan, SolverSettings, consumer_weight_matrix
+from onnxprune.residual import Landing
 from onnxprune.rewrite import apply_plan
 from onnxprune.solvers import Refit, refit
 from onnxprune.solvers.shrinkage import refit_towards
 
 
-def consumer_stages(model: onnx.ModelProto, consumers: Sequence[Consumer]) -> list[list[Consumer]]:
-    """Consumers grouped so that no consumer depends on the output of another in its own or a later stage."""
-    producer = {t: n for n in model.graph.node for t in n.output}
+def _levels(model: onnx.ModelProto, consumers: Sequence[Consumer]) -> dict[str, int]:
+    """Per tensor, how many consumers lie on the longest path from the inputs up to and including it."""
     names = {c.node for c in consumers}
     level: dict[str, int] = {}
     for node in model.graph.node:  # nodes are topologically sorted
-        up = [level[producer[t].name] for t in node.input if t in producer and producer[t].name in level]
-        base = max(up, default=0)
-        level[node.name] = base + 1 if node.name in names else base
+        base = max((level.get(t, 0) for t in node.input), default=0)
+        for t in node.output:
+            level[t] = base + 1 if node.name in names else base
+    return level
+
+
+def consumer_stages(model: onnx.ModelProto, consumers: Sequence[Consumer]) -> list[list[Consumer]]:
+    """Consumers grouped so that no consumer depends on the output of another in its own or a later stage."""
+    level = _levels(model, consumers)
     stages: dict[int, list[Consumer]] = {}
     for c in consumers:
-        stages.setdefault(level[c.node], []).append(c)
+        stages.setdefault(level[c.output], []).append(c)
     return [stages[k] for k in sorted(stages)]
 
 
 def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan, consumers: Sequence[Consumer],
                      data: CalibrationData, indices: Sequence[int], settings: CalibrationSettings,
                      solver: SolverSettings = SolverSettings(),
-                     progress: Callable[[int], None] | None = None) -> dict[str, Refit]:
-    """Re-fit ``consumers`` stage by stage on error-correcting statistics; returns the re-fits."""
+                     progress: Callable[[int], None] | None = None,
+                     landings: Mapping[str, Landing] | None = None) -> dict[str, Refit]:
+    """Re-fit ``consumers`` stage by stage on error-correcting statistics; returns the re-fits.
+
+    A consumer in ``landings`` (it writes into a residual sum) targets the original sum minus the
+    pruned network's other branch once that branch is final (its consumers are in earlier stages).
+    """
+    level = _levels(model, consumers)
+    landings = landings or {}
     nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
     w_arrays = {c.weight: numpy_helper.to_array(inits[c.weight]) for c in consumers}
     refits: dict[str, Refit] = {}
     for stage in consumer_stages(model, consumers):
         current = apply_plan(model, analysis, PrunePlan(plan.kept, refits, []))
-        stats = collect_statistics(model, stage, data, indices, settings, inputs_model=current)
+        final = {c.node: landings[c.node] for c in stage
+                 if c.node in landings and level[landings[c.node].other] < level[c.output]}
+        masks = {c.node: analysis.mask(c.output, plan.kept) for c in stage if c.node in final}
+        stats = collect_statistics(model, stage, data, indices, settings, inputs_model=current,
+                                   landings=final, output_masks=masks)
         for c in stage:
             kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
             w0 = consumer_weight_matrix(nodes[c.node], c, w_arrays)[:, kept_cols]

@@ -15,6 +15,9 @@ then jittered, so every channel is alive (roughly half of its pre-ReLU values
 are positive) and the activations neither explode nor vanish across the 13
 layers; the logits have a standard deviation of order 1 on N(0, 1) inputs.
 
+``build_vgg16_imagenet`` builds the ImageNet variant the same way (224x224 inputs, classifier
+25088 -> 4096 -> 4096 -> 1000, 138 M parameters) for benchmarks/vgg16_imagenet.py.
+
 The .onnx file (~56 MiB) is NOT committed; regenerate it with::
 
     python sample_models/vgg16_cifar.py [output.onnx] [--seed 0] [--batch N]
@@ -74,8 +77,28 @@ def build_vgg16_cifar(seed: int = 0, batch: Union[int, str] = "N",
     (default ``"N"``) or a fixed int.  ``calib_batch`` random images are used
     to set the BatchNormalization statistics.
     """
+    model = build_vgg16(seed, batch, calib_batch)
+    model.doc_string = ("VGG-16 for CIFAR-10 (Table 11 of 'Towards Generalized Entropic "
+                        f"Sparsification for CNNs'), random weights, seed={seed}")
+    return model
+
+
+def build_vgg16_imagenet(seed: int = 0, batch: Union[int, str] = "N", calib_batch: int = 2) -> onnx.ModelProto:
+    """VGG-16 (with BatchNormalization) for ImageNet: 224x224 inputs, classifier 25088 -> 4096 -> 4096 -> 1000
+    (138 M parameters), with seeded random weights set up as :func:`build_vgg16_cifar`'s."""
+    model = build_vgg16(seed, batch, calib_batch, image_size=224, hidden=(4096, 4096), num_classes=1000,
+                        name="vgg16_imagenet")
+    model.doc_string = f"VGG-16 (BN) for ImageNet, random weights, seed={seed}"
+    return model
+
+
+def build_vgg16(seed: int = 0, batch: Union[int, str] = "N", calib_batch: int = 8, *, image_size: int = 32,
+                hidden: tuple[int, ...] = (), num_classes: int = NUM_CLASSES,
+                name: str = "vgg16_cifar10") -> onnx.ModelProto:
+    """The 13 conv layers of ``CFG`` on ``image_size`` inputs, then Flatten and a Gemm (+ Relu) per ``hidden``
+    width and a last Gemm to ``num_classes`` logits; see :func:`build_vgg16_cifar`."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((calib_batch, 3, 32, 32)).astype(np.float32)
+    x = rng.standard_normal((calib_batch, 3, image_size, image_size)).astype(np.float32)
 
     inits: List[onnx.TensorProto] = []
     nodes: List[onnx.NodeProto] = []
@@ -134,25 +157,30 @@ def build_vgg16_cifar(seed: int = 0, batch: Union[int, str] = "N",
         cin = cout
 
     nodes.append(helper.make_node("Flatten", [cur], ["flatten"], name="flatten", axis=1))
-    fw = (rng.standard_normal((NUM_CLASSES, cin)) * np.sqrt(1.0 / cin)).astype(np.float32)
-    fb = (rng.standard_normal(NUM_CLASSES) * 0.01).astype(np.float32)
+    cur, cin = "flatten", cin * (image_size // 32) ** 2
+    for i, width in enumerate(hidden, 1):
+        add_init(f"fc{i}.weight", rng.standard_normal((width, cin)) * np.sqrt(2.0 / cin))
+        add_init(f"fc{i}.bias", rng.standard_normal(width) * 0.01)
+        nodes.append(helper.make_node("Gemm", [cur, f"fc{i}.weight", f"fc{i}.bias"], [f"fc{i}_out"],
+                                      name=f"fc{i}", transB=1))
+        nodes.append(helper.make_node("Relu", [f"fc{i}_out"], [f"fc{i}_relu"], name=f"fc{i}_relu"))
+        cur, cin = f"fc{i}_relu", width
+    fw = (rng.standard_normal((num_classes, cin)) * np.sqrt(1.0 / cin)).astype(np.float32)
+    fb = (rng.standard_normal(num_classes) * 0.01).astype(np.float32)
     add_init("fc.weight", fw)
     add_init("fc.bias", fb)
-    nodes.append(helper.make_node("Gemm", ["flatten", "fc.weight", "fc.bias"], ["logits"],
+    nodes.append(helper.make_node("Gemm", [cur, "fc.weight", "fc.bias"], ["logits"],
                                   name="fc", alpha=1.0, beta=1.0, transB=1))
 
     graph = helper.make_graph(
-        nodes, "vgg16_cifar10",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, NUM_CLASSES])],
+        nodes, name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, image_size, image_size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, num_classes])],
         initializer=inits,
     )
-    model = helper.make_model_gen_version(
+    return helper.make_model_gen_version(
         graph, producer_name="onnxprune-sample-models",
         opset_imports=[helper.make_opsetid("", OPSET)])
-    model.doc_string = ("VGG-16 for CIFAR-10 (Table 11 of 'Towards Generalized Entropic "
-                        f"Sparsification for CNNs'), random weights, seed={seed}")
-    return model
 
 
 def main(argv=None) -> int:

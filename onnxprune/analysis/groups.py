@@ -1,13 +1,15 @@
 """Turn propagated channel labels into channel groups: what must be pruned together, and what cannot be."""
 from __future__ import annotations
 
-from typing import Mapping
+import fnmatch
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
 from onnxprune.analysis.propagate import Propagation
+from onnxprune.errors import UsageError
 from onnxprune.graph.normalise import initializer_arrays, static_shapes
 
 
@@ -141,3 +143,24 @@ def consumer_columns(analysis: Analysis, group: ChannelGroup, consumer: Consumer
     lay = analysis.layouts[consumer.input]
     per_position = local[analysis.class_of_label[lay.labels]]
     return np.repeat(per_position, lay.repeat * consumer.kernel)
+
+
+def exclude_nodes(analysis: Analysis, patterns: Sequence[str]) -> list[str]:
+    """Freeze every group that a node matching one of the shell-style ``patterns`` writes or reads.
+
+    Returns the matched node names; raises UsageError for a pattern that matches no producer or consumer.
+    """
+    matched: list[str] = []
+    for pattern in patterns:
+        hits = []
+        for g in analysis.groups:
+            names = [n for n in [*g.producers, *(c.node for c in g.consumers)] if fnmatch.fnmatchcase(n, pattern)]
+            if names:
+                g.frozen[:] = True
+                g.reasons.append(f"excluded by --exclude '{pattern}' ({names[0]})")
+                hits.extend(names)
+        if not hits:
+            raise UsageError(f"--exclude '{pattern}' matches no Conv/Gemm/MatMul node of a channel group.",
+                             note="'onnxprune analyze -v' lists the node names")
+        matched.extend(dict.fromkeys(hits))
+    return matched

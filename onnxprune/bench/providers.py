@@ -167,10 +167,12 @@ def resolve_providers(
     return specs
 
 
-def _session_options(threads: Optional[int]):
+def _session_options(threads: Optional[int], spinning: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not spinning:  # the caller does numpy work between runs: idle ORT threads must not hold the cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
@@ -185,17 +187,19 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def make_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers: ProviderSpec, threads: Optional[int] = None):
+def make_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers: ProviderSpec, threads: Optional[int] = None,
+                 spinning: bool = True):
     """Create an ``InferenceSession`` on ``providers`` and check it really runs there.
 
     With ``providers.allow_fallback``, a session that could not get the provider is re-created on CPU;
     read the provider used from ``session.get_providers()[0]``. Otherwise raises ProviderError.
     Raises ModelError when onnxruntime cannot load the model even on CPU.
     """
-    return open_session(model_path_or_bytes, providers, threads)[0]
+    return open_session(model_path_or_bytes, providers, threads, spinning)[0]
 
 
-def open_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers: ProviderSpec, threads: Optional[int] = None):
+def open_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers: ProviderSpec, threads: Optional[int] = None,
+                 spinning: bool = True):
     """Like ``make_session``, returning ``(session, fallback_reason)``; the reason is None when no fallback happened."""
     import onnxruntime as ort
 
@@ -206,7 +210,7 @@ def open_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers:
 
     def cpu_session():
         try:
-            return ort.InferenceSession(model, sess_options=_session_options(threads), providers=[CPU])
+            return ort.InferenceSession(model, sess_options=_session_options(threads, spinning), providers=[CPU])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several pybind types
             label = "the model" if isinstance(model, bytes) else f"'{model}'"
             raise ModelError(
@@ -220,7 +224,7 @@ def open_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers:
     failure: Optional[str] = None
     session = None
     try:
-        session = ort.InferenceSession(model, sess_options=_session_options(threads), providers=names, provider_options=options)
+        session = ort.InferenceSession(model, sess_options=_session_options(threads, spinning), providers=names, provider_options=options)
     except Exception as exc:  # noqa: BLE001
         failure = _first_line(exc)
     if session is not None and spec.name in session.get_providers():

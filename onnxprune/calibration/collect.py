@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from onnxprune.analysis.model import Consumer
-from onnxprune.calibration.patches import conv_geometry, transposed_as_conv, unfold
+from onnxprune.calibration.patches import conv_geometry, transposed_as_conv, unfold, unfold_at
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError
-from onnxprune.graph.probe import add_outputs
+from onnxprune.graph.probe import probe_model
+from onnxprune.residual import Landing
 from onnxprune.runtime import create_session, fixed_batch
 from onnxprune.solvers.statistics import LinearStatistics
 
@@ -40,6 +41,14 @@ class ConsumerStats:
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._rows = 0
         self._block = max(2 * n_features, 4096)
+        self.energy: np.ndarray | None = None  # [E(output), E(residual sum)] for a consumer that writes into one
+
+    @property
+    def gain(self) -> float | None:
+        """E(output)/E(residual sum): how strongly this consumer's error shows in the stream it writes into."""
+        if self.energy is None:
+            return None
+        return float(self.energy[0] / self.energy[1]) if self.energy[1] > 0 else 1.0
 
     def add(self, X: np.ndarray, Y: np.ndarray, odd: np.ndarray) -> None:
         """Add per-sample rows X (N, P, p), Y (N, P, M); ``odd`` marks the samples of the second fold."""
@@ -68,7 +77,14 @@ class ConsumerStats:
         self.flush()
         if self.odd is None or self.odd.n_samples_seen_ in (0, self.full.n_samples_seen_):
             return None
-        return (self.full - self.odd).centred(), self.odd.centred()
+        return (self.full - self.odd).centred_in_place(), self.odd.centred()
+
+    @classmethod
+    def of(cls, full: LinearStatistics, odd: LinearStatistics | None = None) -> "ConsumerStats":
+        """Statistics accumulated elsewhere (e.g. read from a file), with the odd fold when kept."""
+        stats = cls(full.n_features, full.n_targets, folds=False)
+        stats.full, stats.odd = full, odd
+        return stats
 
     @classmethod
     def for_rows(cls, X: np.ndarray, Y: np.ndarray, n_samples: int) -> "ConsumerStats":
@@ -81,6 +97,17 @@ class ConsumerStats:
 FOLD_ROWS_PER_COLUMN = 20
 
 
+def calibration_batch(model: onnx.ModelProto, settings: CalibrationSettings) -> int:
+    """Samples per ONNX Runtime call: the model's fixed batch size, else ``settings.batch_size``."""
+    return fixed_batch(model) or settings.batch_size
+
+
+def _positions(consumer: Consumer, y: np.ndarray) -> int:
+    """Regression rows per sample of a consumer whose output is ``y`` (before subsampling)."""
+    channels = y.shape[1] if consumer.op in ("Conv", "ConvTranspose") else y.shape[-1]
+    return y.size // max(y.shape[0] * channels, 1)
+
+
 def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np.ndarray, weight_shape: tuple[int, ...],
                   rng: np.random.Generator, max_positions: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Regression rows of one batch, per sample: (N, P, p) unfolded input patches and (N, P, M) outputs."""
@@ -90,30 +117,52 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
             x, pads, strides, dilations = transposed_as_conv(node, x, kernel)
         else:
             pads, strides, dilations = conv_geometry(node, x.shape, kernel)
-        xs = unfold(x, kernel, pads, strides, dilations)              # (N, P, p)
         ys = y.reshape(y.shape[0], y.shape[1], -1).transpose(0, 2, 1)  # (N, P, M)
+        pick = _sampled_positions(rng, ys.shape[0], ys.shape[1], max_positions)
+        # only the sampled patches are gathered: a large feature map unfolded whole would take gigabytes
+        xs = unfold(x, kernel, pads, strides, dilations) if pick is None else unfold_at(x, kernel, pads, strides,
+                                                                                        dilations, pick)
     else:
         k, m = x.shape[-1], y.shape[-1]
         xs = x.reshape(x.shape[0], -1, k)
         ys = y.reshape(y.shape[0], -1, m)
-    n, positions = xs.shape[0], xs.shape[1]
-    if max_positions is not None and positions > max_positions:
-        pick = np.argsort(rng.random((n, positions)), axis=1)[:, :max_positions]
-        xs = np.take_along_axis(xs, pick[:, :, None], axis=1)
+        pick = _sampled_positions(rng, ys.shape[0], ys.shape[1], max_positions)
+        if pick is not None:
+            xs = np.take_along_axis(xs, pick[:, :, None], axis=1)
+    if pick is not None:
         ys = np.take_along_axis(ys, pick[:, :, None], axis=1)
     return xs, ys
+
+
+def _sampled_positions(rng: np.random.Generator, n: int, positions: int, max_positions: int | None) -> np.ndarray | None:
+    """A seeded random set of ``max_positions`` of each sample's positions (N, k), or None to keep them all."""
+    if max_positions is None or positions <= max_positions:
+        return None
+    return np.argsort(rng.random((n, positions)), axis=1)[:, :max_positions]
 
 
 def collect_statistics(model: onnx.ModelProto, consumers: Sequence[Consumer], data: CalibrationData,
                        indices: Iterable[int], settings: CalibrationSettings = CalibrationSettings(),
                        progress: Callable[[int], None] | None = None, folds: bool = True,
-                       inputs_model: onnx.ModelProto | None = None) -> dict[str, ConsumerStats]:
+                       inputs_model: onnx.ModelProto | None = None, *, offset: int = 0,
+                       fold_samples: int | None = None, landings: Mapping[str, Landing] | None = None,
+                       output_masks: Mapping[str, np.ndarray] | None = None) -> dict[str, ConsumerStats]:
     """One pass over ``indices`` of ``data``; returns float64 sufficient statistics per consumer node name.
 
     Targets Y are the consumers' outputs in ``model``; inputs X come from ``inputs_model`` when given
     (the network as pruned so far, for error-correcting statistics), else from ``model`` too.
     ``folds`` keeps a second accumulator over the odd samples of layers with few rows per column
     (for cross-validating their re-fit); without it only the totals are kept.
+
+    A shard of a larger calibration set passes ``offset``, the number of samples before ``indices``
+    (whole batches), and ``fold_samples``, the size of the whole set: it then samples the same
+    positions and keeps the same folds as one pass over the whole set would (samples must have one
+    shape, so every sample takes the same number of random draws).
+
+    ``landings`` names the consumers that write into a residual sum. From the original network alone,
+    each one's gain E(output)/E(sum) is measured (``ConsumerStats.gain``); with ``inputs_model`` its
+    target becomes the original sum minus the pruned network's other branch, on the kept output
+    channels given by ``output_masks`` (the others keep the original sum; they are dropped anyway).
 
     Only the statistics are kept: each batch's activations are unfolded, subsampled (a seeded random
     subset of ``max_positions`` positions per sample) and discarded.
@@ -122,32 +171,63 @@ def collect_statistics(model: onnx.ModelProto, consumers: Sequence[Consumer], da
         return {}
     nodes = {n.name: n for n in model.graph.node}
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    inputs = list(dict.fromkeys(c.input for c in consumers))
-    outputs = list(dict.fromkeys(c.output for c in consumers))
+    landings = {c.node: landings[c.node] for c in consumers if c.node in landings} if landings else {}
+    inputs = list(dict.fromkeys([c.input for c in consumers] + [r.other for r in landings.values()]))
+    outputs = list(dict.fromkeys([c.output for c in consumers] + [r.total for r in landings.values()]))
     if inputs_model is None:
         names = list(dict.fromkeys(inputs + outputs))
-        sessions = [(create_session(add_outputs(model, names), settings.provider), names)]
+        sessions = [(create_session(probe_model(model, names), settings.provider), names, True, True)]
     else:
-        sessions = [(create_session(add_outputs(model, outputs), settings.provider), outputs),
-                    (create_session(add_outputs(inputs_model, inputs), settings.provider), inputs)]
-    batch = fixed_batch(model) or settings.batch_size
+        sessions = [(create_session(probe_model(model, outputs), settings.provider), outputs, True, False),
+                    (create_session(probe_model(inputs_model, inputs), settings.provider), inputs, False, True)]
+    energy = {node: np.zeros(2) for node in landings} if inputs_model is None else {}
+    batch = calibration_batch(model, settings)
     rng = np.random.default_rng(settings.seed)
     indices = list(indices)
+    fold_samples = len(indices) if fold_samples is None else fold_samples
     stats: dict[str, ConsumerStats] = {}
     for idx, feed in data.batches(indices, batch):
-        values = {}
-        for session, names in sessions:
-            values.update(zip(names, session.run(names, feed)))
+        values, sources = {}, {}   # original network's tensors; inputs from the pruned network
+        for session, names, original, source in sessions:
+            got = dict(zip(names, session.run(names, feed)))
+            if original:
+                values.update(got)
+            if source:
+                sources.update(got)
+        if offset and settings.max_positions is not None:  # skip the position draws of the samples before the shard
+            draws = sum(p for c in consumers if (p := _positions(c, values[c.output])) > settings.max_positions)
+            rng.bit_generator.advance(offset * draws)
+        offset = 0
         odd = np.asarray(idx) % 2 == 1
         for cons in consumers:
-            x, y = values[cons.input], values[cons.output]
+            x, y = sources[cons.input], values[cons.output]
+            if cons.node in energy:
+                energy[cons.node] += (_energy(y), _energy(values[landings[cons.node].total]))
+            elif cons.node in landings:
+                y = _residual_target(values[landings[cons.node].total], sources[landings[cons.node].other],
+                                     output_masks[cons.node])
             X, Y = consumer_rows(nodes[cons.node], cons, x, y, weights[cons.weight], rng, settings.max_positions)
             if not (np.isfinite(X).all() and np.isfinite(Y).all()):
                 raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration data.",
                                 note="check the preprocessing (--mean/--std, --raw-pixels)")
             if cons.node not in stats:
-                stats[cons.node] = ConsumerStats.for_rows(X, Y, len(indices) if folds else 0)
+                stats[cons.node] = ConsumerStats.for_rows(X, Y, fold_samples if folds else 0)
             stats[cons.node].add(X, Y, odd)
         if progress:
             progress(len(idx))
+    for node, value in energy.items():
+        stats[node].energy = value
     return {k: v.flush() for k, v in stats.items()}
+
+
+def _energy(t: np.ndarray) -> float:
+    """Energy of a batch of (N, C, ...) activations about their per-channel mean."""
+    flat = np.moveaxis(t, 1, 0).reshape(t.shape[1], -1).astype(np.float64)
+    return float(np.sum((flat - flat.mean(axis=1, keepdims=True)) ** 2))
+
+
+def _residual_target(total: np.ndarray, other: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Original sum minus the pruned network's other branch on the kept channels (the channel axis is 1)."""
+    y = total.copy()
+    y[:, kept] -= other
+    return y

@@ -35,14 +35,8 @@ def unfold(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: lis
     ``x`` is (N, C, *spatial); returns (N, P, C*prod(kernel)) where P is the number of output
     positions in row-major order and column ``c*K + k`` is channel c at kernel offset k (K = prod(kernel)).
     """
-    if x.ndim == 3:
-        x = x[:, :, None, :]
-        kernel, pads, strides, dilations = (1, *kernel), [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
-    n, c, h, w = x.shape
-    kh, kw = kernel
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    ho = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    wo = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    xp, (kh, kw), strides, dilations, (ho, wo) = _padded_2d(x, kernel, pads, strides, dilations)
+    n, c = xp.shape[:2]
     cols = np.empty((n, ho, wo, c, kh * kw), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -50,6 +44,33 @@ def unfold(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: lis
             window = xp[:, :, r0:r0 + strides[0] * (ho - 1) + 1:strides[0], c0:c0 + strides[1] * (wo - 1) + 1:strides[1]]
             cols[:, :, :, :, i * kw + j] = window.transpose(0, 2, 3, 1)
     return cols.reshape(n, ho * wo, c * kh * kw)
+
+
+def unfold_at(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: list[int], dilations: list[int],
+              positions: np.ndarray) -> np.ndarray:
+    """The rows of :func:`unfold` at the output ``positions`` (N, k) only: (N, k, C*prod(kernel)).
+
+    Gathers just those patches, so a large feature map is never unfolded whole.
+    """
+    xp, (kh, kw), strides, dilations, (_, wo) = _padded_2d(x, kernel, pads, strides, dilations)
+    n, c = xp.shape[:2]
+    rows = (positions // wo)[:, :, None, None] * strides[0] + (np.arange(kh) * dilations[0])[:, None]
+    cols = (positions % wo)[:, :, None, None] * strides[1] + (np.arange(kw) * dilations[1])[None, :]
+    patches = xp[np.arange(n)[:, None, None, None], :, rows, cols]  # (N, k, kh, kw, C)
+    return patches.transpose(0, 1, 4, 2, 3).reshape(n, positions.shape[1], c * kh * kw)
+
+
+def _padded_2d(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: list[int], dilations: list[int]):
+    """A 1-D or 2-D conv input as padded (N, C, H, W), with 2-D kernel, strides, dilations and output size."""
+    if x.ndim == 3:
+        x = x[:, :, None, :]
+        kernel, pads, strides, dilations = (1, *kernel), [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
+    h, w = x.shape[2:]
+    kh, kw = kernel
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    ho = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    return xp, (kh, kw), strides, dilations, (ho, wo)
 
 
 def transposed_as_conv(node: onnx.NodeProto, x: np.ndarray,

@@ -1,18 +1,21 @@
 """Read and write ONNX models safely: clear errors, external data, atomic writes."""
 from __future__ import annotations
 
-import copy
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from onnxprune.atomic import atomic_path
 from onnxprune.errors import ModelError, UsageError
 
 _TWO_GB = 2**31 - 2**20  # protobuf's limit, with a margin
+_EXTERNAL_THRESHOLD = 1024  # bytes: smaller tensors stay inside the .onnx file
 
 
 def load_model(path: str | os.PathLike, *, check: bool = True, external_data: bool = True) -> onnx.ModelProto:
@@ -39,10 +42,13 @@ def load_model(path: str | os.PathLike, *, check: bool = True, external_data: bo
 def check_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> None:
     """Run onnx.checker (full check with shape inference) and raise ModelError on failure."""
     try:
-        if model.ByteSize() > _TWO_GB and path is not None:
+        if not is_large(model):
+            onnx.checker.check_model(model, full_check=True)
+        elif path is not None:
             onnx.checker.check_model(str(path), full_check=True)
         else:
-            onnx.checker.check_model(model, full_check=True)
+            with temporary_file(model) as tmp:
+                onnx.checker.check_model(str(tmp), full_check=True)
     except Exception as exc:  # the checker raises several exception types
         where = f"'{path}'" if path else "the model"
         raise ModelError(f"{where} fails onnx.checker: {_first_line(exc)}") from None
@@ -70,44 +76,72 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike, 
 def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_data: bool | None = None) -> None:
     """Write a model atomically; models over 2 GB (or when asked) get their weights in 'OUT.data' beside it."""
     out = Path(output)
-    model = copy.deepcopy(model)  # saving with external data rewrites the tensors in place
     if external_data is None:
-        external_data = model.ByteSize() > _TWO_GB if _small_enough_to_size(model) else True
+        external_data = is_large(model)
     with atomic_path(out) as tmp:
         if external_data:
             data_name = out.name + ".data"
             with atomic_path(out.parent / data_name) as tmp_data:
-                onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                                location=tmp_data.name, size_threshold=1024)
-                # the proto names the temporary data file: re-point it at the final name
-                _rename_external_location(tmp, tmp_data.name, data_name)
+                onnx.save_model(_with_external_data(model, tmp_data, data_name), str(tmp))
         else:
             onnx.save_model(model, str(tmp))
 
 
-def _small_enough_to_size(model: onnx.ModelProto) -> bool:
+@contextlib.contextmanager
+def temporary_file(model: onnx.ModelProto) -> Iterator[Path]:
+    """The model written to a temporary folder (weights as external data when it is large), for tools that
+    need a file; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="onnxprune-") as folder:
+        path = Path(folder) / "model.onnx"
+        save_model(model, path)
+        yield path
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    """Whether a model is over protobuf's 2 GB limit: it cannot be serialised whole (nor, with upb, even sized)."""
     try:
-        model.ByteSize()
-        return True
+        return model.ByteSize() > _TWO_GB
     except Exception:  # protobuf refuses to size messages over 2 GB on some builds
-        return False
+        return True
 
 
-def _rename_external_location(model_path: Path, old: str, new: str) -> None:
-    proto = onnx.load(str(model_path), load_external_data=False)
-    for tensor in _all_tensors(proto):
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new
-    onnx.save_model(proto, str(model_path))
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """The size of a tensor's values in bytes, from its dims and type (without reading the data)."""
+    return int(np.prod(tensor.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
-def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
+def _with_external_data(model: onnx.ModelProto, data_path: Path, location: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers of 1 KiB or more (with raw data) are written to ``data_path`` and
+    referenced as ``location``; their bytes go to the file, never into a second in-memory model."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    with open(data_path, "wb") as data:
+        for init in model.graph.initializer:
+            if not init.HasField("raw_data") or tensor_bytes(init) < _EXTERNAL_THRESHOLD:
+                light.graph.initializer.append(init)
+                continue
+            tensor = light.graph.initializer.add()
+            _copy_fields(init, tensor, skip="raw_data")
+            offset = data.tell()
+            data.write(init.raw_data)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", offset), ("length", data.tell() - offset)):
+                tensor.external_data.add(key=key, value=str(value))
+    return light
+
+
+def _copy_fields(source: Message, target: Message, skip: str) -> None:
+    """Copy every field set in ``source`` except ``skip`` (which is never copied) into ``target``."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if isinstance(value, Message):
+            getattr(target, field.name).CopyFrom(value)
+        elif isinstance(value, (str, bytes, int, float)):
+            setattr(target, field.name, value)
+        else:
+            getattr(target, field.name).extend(value)
 
 
 def _first_line(exc: BaseException) -> str:

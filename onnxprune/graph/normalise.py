@@ -11,7 +11,8 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper, shape_inference
 
 from onnxprune.errors import ModelError
-from onnxprune.graph.io import model_inputs
+from onnxprune.graph.io import model_inputs, tensor_bytes
+from onnxprune.metrics import light_copy
 
 _MIN_OPSET = 7
 
@@ -35,6 +36,7 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     if opset < _MIN_OPSET:
         raise ModelError(f"the model uses opset {opset}; onnxprune supports opset {_MIN_OPSET} and later.",
                          note="convert it with onnx.version_converter first")
+    _refuse_huge_tensors(model)
     graph = gs.import_onnx(_with_inferred_shapes(model))
     logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
@@ -44,6 +46,16 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
         logging.getLogger(__name__).debug("constant folding skipped: %s", exc)
     folded = gs.export_onnx(graph, do_type_check=False)
     return _restore_model_fields(folded, model)
+
+
+def _refuse_huge_tensors(model: onnx.ModelProto) -> None:
+    """ModelError for an initializer over 2 GB: protobuf cannot copy one message that large."""
+    for init in model.graph.initializer:
+        size = tensor_bytes(init)
+        if size >= 2**31:
+            raise ModelError(f"initializer '{init.name}' holds {size / 2**30:.1f} GiB: onnxprune cannot process one "
+                             "tensor over 2 GiB (protobuf's message limit; models over 2 GB in total are fine).",
+                             note="split the layer into smaller ones, e.g. two Gemms joined by a Concat")
 
 
 def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -96,14 +108,14 @@ def name_nodes(model: onnx.ModelProto) -> None:
 def static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
     """Infer a concrete shape for every tensor, with symbolic input dims set from ``input_shapes`` or to 1.
 
-    Shapes come from onnx shape inference on a copy; tensors it cannot resolve are measured by
-    running the copy in ONNX Runtime once on zeros (only when inference leaves gaps).
+    Shapes come from onnx shape inference on a light copy (large weights as typed inputs, so models
+    over 2 GB work too); tensors it cannot resolve are measured by running the model in ONNX Runtime
+    once on zeros (only when inference leaves gaps).
     """
-    probe = copy.deepcopy(model)
+    probe = light_copy(model)
     concrete = _concrete_input_shapes(model, input_shapes or {})
-    for inp in model_inputs(probe):
-        dims = inp.type.tensor_type.shape.dim
-        for d, value in zip(dims, concrete[inp.name]):
+    for inp in probe.graph.input:
+        for d, value in zip(inp.type.tensor_type.shape.dim, concrete.get(inp.name, ())):
             d.Clear()
             d.dim_value = value
     del probe.graph.value_info[:]
@@ -120,7 +132,7 @@ def static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
         shapes[init.name] = tuple(init.dims)
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
     if missing:
-        shapes.update(_measured_shapes(probe, concrete, missing))
+        shapes.update(_measured_shapes(model, concrete, missing))
     return shapes
 
 
@@ -135,15 +147,13 @@ def _concrete_input_shapes(model: onnx.ModelProto, given: Mapping[str, tuple[int
     return out
 
 
-def _measured_shapes(probe: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]], names: list[str]) -> dict[str, tuple[int, ...]]:
-    import onnxruntime as ort
-
+def _measured_shapes(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]], names: list[str]) -> dict[str, tuple[int, ...]]:
     from onnxprune.graph.probe import add_outputs, onnx_to_numpy_dtype
+    from onnxprune.runtime import create_session
 
-    m = add_outputs(probe, names)
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = create_session(add_outputs(model, names))
     feed = {i.name: np.zeros(inputs[i.name], dtype=onnx_to_numpy_dtype(i.type.tensor_type.elem_type))
-            for i in model_inputs(probe)}
+            for i in model_inputs(model)}
     values = sess.run(names, feed)
     return {n: tuple(v.shape) for n, v in zip(names, values)}
 

@@ -26,6 +26,39 @@ def add_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto
     return out
 
 
+def probe_model(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that outputs exactly ``names`` and keeps only the nodes they depend on.
+
+    ONNX Runtime runs every node of a session whatever outputs are asked for, so a pass that needs
+    tensors near the input should not pay for the rest of the network.
+    """
+    names = list(dict.fromkeys(names))
+    needed = set(names)
+    keep = []
+    for node in reversed(model.graph.node):
+        if needed.intersection(node.output):
+            keep.append(node)
+            needed.update(_node_reads(node))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(reversed(keep))
+    del out.graph.output[:]
+    types = element_types(model)
+    out.graph.output.extend(helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in names)
+    return out
+
+
+def _node_reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor a node reads, including outer-scope names used inside its subgraphs (If, Loop, Scan)."""
+    reads = {i for i in node.input if i}
+    for attr in node.attribute:
+        for graph in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            for inner in graph.node:
+                reads |= _node_reads(inner)
+    return reads
+
+
 def element_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every value shape inference can type (inputs, outputs, intermediates)."""
     try:

@@ -23,6 +23,8 @@ from onnxprune.solvers.statistics import CentredStatistics
 
 _GRID = np.logspace(-4, 1, 6)
 _SMALL = 1e-6
+_WHOLE = 8192  # columns up to which (W0ᵀW0) ∘ G is formed whole (512 MB)
+_BLOCK_ELEMENTS = 2**24
 
 
 def refit_towards(stats: CentredStatistics, columns: np.ndarray, prior: np.ndarray,
@@ -91,7 +93,12 @@ def prior_error_curve(stats: CentredStatistics, channel_of_column: np.ndarray, o
     E = np.zeros((len(channel_of_column), D))
     E[np.arange(len(channel_of_column)), channel_of_column] = 1.0
     a = E.T @ np.einsum("im,mi->i", stats.C, W0)
-    B = E.T @ ((W0.T @ W0) * stats.G) @ E
+    p = len(channel_of_column)
+    step = p if p <= _WHOLE else max(1, _BLOCK_ELEMENTS // p)  # rows of (W0ᵀW0) ∘ G at a time: no p×p temporaries
+    B = np.zeros((D, D))
+    for start in range(0, p, step):
+        rows = slice(start, start + step)
+        B += E[rows].T @ ((W0[:, rows].T @ W0) * stats.G[rows]) @ E
     a, B = a[order], B[np.ix_(order, order)]
     # quadratic part of prefix k: sum of the leading k×k block of B
     quad = np.concatenate([[0.0], np.cumsum(np.diag(B) + 2.0 * np.array([B[k, :k].sum() for k in range(D)]))])

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 _ARRAY_KEYS = ("T", "sx", "sy", "G", "C", "q")
+_BLOCK = 2048  # rows or columns per block of the Gram-sized updates done in place
+_WHOLE_GRAM = 8192  # up to this many columns (512 MB) a batch's Gram matrix is added whole
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,23 @@ def _as_batch(name: str, a: np.ndarray, width: int) -> np.ndarray:
     return a
 
 
+def _subtract_outer(A: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+    """A −= u vᵀ in place, a block of rows at a time."""
+    step = max(1, _BLOCK * _BLOCK // max(A.shape[1], 1))
+    for start in range(0, A.shape[0], step):
+        A[start:start + step] -= np.outer(u[start:start + step], v)
+
+
+def _symmetrise(A: np.ndarray) -> None:
+    """A ← (A + Aᵀ)/2 in place, block by block (each element is the same (a_ij + a_ji)/2 as done whole)."""
+    n = A.shape[0]
+    for i in range(0, n, _BLOCK):
+        for j in range(i, n, _BLOCK):
+            block = 0.5 * (A[i:i + _BLOCK, j:j + _BLOCK] + A[j:j + _BLOCK, i:i + _BLOCK].T)
+            A[i:i + _BLOCK, j:j + _BLOCK] = block
+            A[j:j + _BLOCK, i:i + _BLOCK] = block.T
+
+
 class LinearStatistics:
     """Streaming float64 sufficient statistics for y ≈ W x + b (sklearn partial_fit style; additive)."""
 
@@ -63,7 +82,11 @@ class LinearStatistics:
         self.n_samples_seen_ += X.shape[0]
         self.sum_x_ += X.sum(axis=0)
         self.sum_y_ += Y.sum(axis=0)
-        self.gram_ += X.T @ X
+        if self.n_features <= _WHOLE_GRAM:
+            self.gram_ += X.T @ X
+        else:  # a block of columns at a time: no second Gram-sized array (5 GB for 25 088 columns)
+            for start in range(0, self.n_features, _BLOCK):
+                self.gram_[:, start:start + _BLOCK] += X.T @ X[:, start:start + _BLOCK]
         self.cross_ += X.T @ Y
         self.sum_sq_y_ += float(np.einsum("ij,ij->", Y, Y))
         return self
@@ -100,26 +123,40 @@ class LinearStatistics:
         return out
 
     def centred(self) -> CentredStatistics:
-        """Centre the sums: G/T − x̄x̄ᵀ, C/T − x̄ȳᵀ, c0 = q/T − ‖ȳ‖²."""
+        """Centre the sums: G/T − x̄x̄ᵀ, C/T − x̄ȳᵀ, c0 = q/T − ‖ȳ‖² (new arrays; no other Gram-sized temporaries)."""
+        return self._centre(self.gram_.copy(), self.cross_.copy())
+
+    def centred_in_place(self) -> CentredStatistics:
+        """:meth:`centred` computed in the memory of the sums, which are used up: for temporaries such as
+        ``full - odd``, it saves a Gram-sized copy. The object must not be used afterwards."""
+        G, C = self.gram_, self.cross_
+        self.gram_ = self.cross_ = None
+        return self._centre(G, C)
+
+    def _centre(self, G: np.ndarray, C: np.ndarray) -> CentredStatistics:
+        """Centre the sums G = Σxxᵀ and C = Σxyᵀ in place (arrays the caller gives up)."""
         T = self.n_samples_seen_
         if T == 0:
             raise ValueError("No samples seen; call partial_fit with calibration data first.")
         x_mean = self.sum_x_ / T
         y_mean = self.sum_y_ / T
-        G = self.gram_ / T - np.outer(x_mean, x_mean)
-        G = 0.5 * (G + G.T)
-        C = self.cross_ / T - np.outer(x_mean, y_mean)
+        G /= T
+        _subtract_outer(G, x_mean, x_mean)
+        _symmetrise(G)
+        C /= T
+        _subtract_outer(C, x_mean, y_mean)
         c0 = max(self.sum_sq_y_ / T - float(y_mean @ y_mean), 0.0)
         return CentredStatistics(G=G, C=C, c0=c0, x_mean=x_mean, y_mean=y_mean, n_samples=T)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Raw (uncentred) sums keyed T, sx, sy, G, C, q, e.g. for ``np.savez``."""
+        """Raw (uncentred) sums keyed T, sx, sy, G, C, q, e.g. for ``np.savez``: the accumulators themselves,
+        not copies (a Gram matrix can take gigabytes), so copy them before changing them."""
         return {
             "T": np.asarray(self.n_samples_seen_, dtype=np.int64),
-            "sx": self.sum_x_.copy(),
-            "sy": self.sum_y_.copy(),
-            "G": self.gram_.copy(),
-            "C": self.cross_.copy(),
+            "sx": self.sum_x_,
+            "sy": self.sum_y_,
+            "G": self.gram_,
+            "C": self.cross_,
             "q": np.asarray(self.sum_sq_y_, dtype=np.float64),
         }
 

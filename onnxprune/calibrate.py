@@ -1,0 +1,43 @@
+"""Compress's first calibration pass on its own, over one shard of the calibration set: ``onnxprune calibrate``.
+
+Run shard K of N on N machines (or one after another), then ``compress --stats`` sums the N files instead of
+calibrating: statistics add, and each shard samples the same positions a single pass would.
+"""
+from __future__ import annotations
+
+import os
+
+from onnxprune.analysis import find_groups
+from onnxprune.calibration.store import FirstPass, StatsHeader, write_statistics
+from onnxprune.compress import CompressOptions, ProgressFactory, calibrated_consumers, load_inputs
+from onnxprune.errors import UsageError
+from onnxprune.graph.io import check_output_path
+from onnxprune.residual import residual_landings
+
+
+def calibrate(model_path: str | os.PathLike, data_path: str | os.PathLike, output: str | os.PathLike,
+              options: CompressOptions = CompressOptions(), *, shard: tuple[int, int] = (1, 1), force: bool = False,
+              progress: ProgressFactory | None = None) -> StatsHeader:
+    """Write the first-pass statistics of shard ``shard = (K, N)`` of compress's calibration samples to ``output``.
+
+    ``options`` are those of the compress run the statistics are for (data, split and calibration options;
+    ``independent`` keeps the folds its re-fits need). Returns the file's header; nothing is written on error.
+    """
+    out = check_output_path(output, model_path, force=force)
+    loaded = load_inputs(model_path, data_path, options)
+    analysis = find_groups(loaded.model, loaded.shapes)
+    consumers = calibrated_consumers(analysis)
+    if not consumers:
+        raise UsageError(f"nothing to calibrate in '{model_path}': every channel group is frozen.",
+                         note="'onnxprune analyze' shows why")
+    first = FirstPass(loaded.model, consumers, loaded.data, loaded.calib_idx, options.calibration,
+                      folds=not options.error_correcting, landings=residual_landings(loaded.model, analysis, consumers))
+    k, n = shard
+    if progress is None:
+        stats = first.collect(k, n)
+    else:
+        with progress("calibrating", len(first.shard(k, n)[0])) as bar:
+            stats = first.collect(k, n, bar.update)
+    header = first.header(stats, k, n)
+    write_statistics(out, header, stats)
+    return header

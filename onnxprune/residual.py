@@ -1,0 +1,65 @@
+"""Where a consumer's error lands: residual sums (entropic-regression.md §8, measurements.md).
+
+A consumer whose output is added to another branch (a ResNet block's last conv) perturbs the
+residual stream, not just its own output. Two things follow:
+
+- its error-correcting target is the original sum minus what the pruned network's other branch
+  already contributes, so the re-fit also cancels the error accumulated in the stream;
+- its error is judged relative to the stream's energy, not its own output's (the gain c0/E(sum)),
+  so the allocation compares blocks by how much they disturb what they write into.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import onnx
+
+from onnxprune.analysis.model import Analysis, Consumer
+
+
+@dataclass(frozen=True)
+class Landing:
+    """A consumer output added to another branch: ``total`` = output + ``other``."""
+
+    total: str
+    other: str
+
+
+def residual_landings(model: onnx.ModelProto, analysis: Analysis, consumers: Sequence[Consumer]) -> dict[str, Landing]:
+    """Consumers whose output feeds only a two-branch Add of equal shapes, by node name."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in set(node.input):
+            readers.setdefault(name, []).append(node)
+    constants = {i.name for i in model.graph.initializer}
+    out: dict[str, Landing] = {}
+    for c in consumers:
+        nodes = readers.get(c.output, [])
+        if len(nodes) != 1 or nodes[0].op_type != "Add" or len(nodes[0].input) != 2:
+            continue
+        add = nodes[0]
+        other = add.input[1] if add.input[0] == c.output else add.input[0]
+        if other == c.output or other in constants or c.output in {o.name for o in model.graph.output}:
+            continue
+        if analysis.shapes.get(other) != analysis.shapes.get(c.output) or other not in analysis.layouts:
+            continue
+        out[c.node] = Landing(add.output[0], other)
+    return out
+
+
+def landing_gains(analysis: Analysis, direct: Mapping[str, float]) -> dict[str, float]:
+    """Gain c0/E(landing) per consumer node: measured for direct writers into a residual sum,
+    inherited by a consumer whose output channels are read only by such writers (the first conv
+    of a block, through the second), 1 otherwise."""
+    gains: dict[str, float] = {}
+    for g in analysis.groups:
+        for c in g.consumers:
+            gains[c.node] = direct.get(c.node, 1.0)
+    for g in analysis.groups:
+        downstream = [direct[c.node] for c in g.consumers if c.node in direct]
+        if downstream and len(downstream) == len(g.consumers):
+            for producer in g.producers:
+                if producer in gains and producer not in direct:
+                    gains[producer] = sum(downstream) / len(downstream)
+    return gains

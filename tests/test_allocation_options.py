@@ -1,0 +1,126 @@
+"""--round-to, --min-keep and --exclude, and the residual-sum handling of the error-correcting pass."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.analysis import find_groups
+from onnxprune.calibration.collect import CalibrationSettings, collect_statistics
+from onnxprune.calibration.sources import open_data
+from onnxprune.compress import CompressOptions, compress, input_specs
+from onnxprune.errors import UsageError
+from onnxprune.graph.io import load_model
+from onnxprune.graph.normalise import normalise, static_shapes
+from onnxprune.metrics import count_model
+from onnxprune.plan import AllocationSettings, Target
+from onnxprune.residual import residual_landings
+
+from conftest import SAMPLES
+
+ZOO = SAMPLES / "zoo"
+RESNET = ZOO / "resnet_basic.ts.onnx"
+VGG = ZOO / "vgg_bn.ts.onnx"
+
+
+def _compress(model: Path, **options) -> tuple:
+    result = compress(model, model.with_name(model.name.split(".")[0] + ".npz"),
+                      CompressOptions(num_samples=32, **options))
+    return result, count_model(result.model).flops / count_model(load_model(model)).flops
+
+
+def test_round_to_keeps_multiples_and_meets_the_target():
+    result, kept = _compress(VGG, target=Target("flops", 0.5), allocation=AllocationSettings(round_to=4))
+    assert 0.48 <= kept <= 0.5
+    touched = [g for g in result.plan.groups if g.after < g.before]
+    assert touched
+    for g in result.plan.groups:
+        if g.before % 4 == 0:
+            assert g.after % 4 == 0, (g.name, g.before, g.after)
+
+
+def test_min_keep_is_a_floor_for_every_group():
+    result, kept = _compress(VGG, target=Target("flops", 0.5), allocation=AllocationSettings(min_keep=0.4))
+    assert kept <= 0.5
+    for g in result.plan.groups:
+        assert g.after >= np.ceil(0.4 * g.before), (g.name, g.before, g.after)
+
+
+def test_exclude_leaves_matching_groups_alone():
+    result, _ = _compress(VGG, target=Target("flops", 0.6), exclude=("/0/*",))
+    excluded = [g for g in result.plan.groups if any("excluded by --exclude" in r for r in g.reasons)]
+    assert excluded and all(g.after == g.before for g in excluded)
+    assert any("--exclude" in n for n in result.report.notes)
+
+
+def test_exclude_pattern_matching_nothing_is_refused():
+    with pytest.raises(UsageError, match="matches no"):
+        _compress(VGG, target=Target("flops", 0.6), exclude=("no-such-node",))
+
+
+def _resnet():
+    model = normalise(load_model(RESNET))
+    data = open_data(ZOO / "resnet_basic.npz", input_specs(model))
+    shapes = static_shapes(model, {k: (1, *v.shape[1:]) for k, v in data.load([0]).items()})
+    return model, data, find_groups(model, shapes)
+
+
+def test_residual_landings_are_the_block_outputs():
+    model, _, analysis = _resnet()
+    consumers = [c for g in analysis.groups for c in g.consumers]
+    landings = residual_landings(model, analysis, consumers)
+    adds = {n.output[0] for n in model.graph.node if n.op_type == "Add"}
+    assert landings and all(l.total in adds for l in landings.values())
+    for node, landing in landings.items():
+        assert analysis.shapes[landing.other] == analysis.shapes[landing.total]
+
+
+def test_residual_target_is_the_original_sum_minus_the_pruned_other_branch():
+    model, data, analysis = _resnet()
+    consumers = [c for g in analysis.groups for c in g.consumers]
+    landings = residual_landings(model, analysis, consumers)
+    node, landing = next(iter(landings.items()))
+    cons = next(c for c in consumers if c.node == node)
+    indices = np.arange(16)
+    settings = CalibrationSettings(max_positions=None)
+    # keep-all "pruned" network: the target is the original sum minus the same shortcut = the conv output
+    mask = {node: np.ones(analysis.shapes[cons.output][1], dtype=bool)}
+    plain = collect_statistics(model, [cons], data, indices, settings, folds=False)[node].full.centred()
+    residual = collect_statistics(model, [cons], data, indices, settings, folds=False, inputs_model=model,
+                                  landings=landings, output_masks=mask)[node].full.centred()
+    np.testing.assert_allclose(residual.C, plain.C, rtol=1e-4, atol=1e-6 * np.abs(plain.C).max())
+    np.testing.assert_allclose(residual.c0, plain.c0, rtol=1e-4)
+    # the first pass measures how much of the stream each writer carries
+    gains = collect_statistics(model, [cons], data, indices, settings, folds=False, landings=landings)[node]
+    assert gains.gain is not None and 0.0 < gains.gain
+
+
+def test_residual_stream_and_inner_channels_are_pruned_and_valid():
+    result, kept = _compress(RESNET, target=Target("flops", 0.5))
+    assert kept <= 0.5
+    onnx.checker.check_model(result.model, full_check=True)
+    assert any("stages" in n for n in result.report.notes)
+
+
+def test_search_budget_finds_the_smallest_good_fraction():
+    from onnxprune.search import search_budget
+
+    seen = []
+    fraction, value = search_budget(lambda f: seen.append(f) or f, lambda v: v >= 0.3, floor=0.1, steps=8)
+    assert 0.3 <= fraction < 0.3 + 0.9 / 2 ** 8 + 1e-12 and value == fraction
+    assert seen[0] == 0.1                    # the floor is tried first
+    assert search_budget(lambda f: f, lambda v: v >= 0.05, floor=0.1)[0] == 0.1
+
+
+def test_target_fidelity_prunes_while_agreement_holds():
+    result, kept = _compress(VGG, target_fidelity=0.8, holdout=0.25)
+    assert result.report.fidelity.top1_agreement >= 0.8
+    assert kept < 1.0
+    assert any("--target-fidelity" in n for n in result.report.notes)
+
+
+def test_target_fidelity_and_a_budget_are_exclusive():
+    with pytest.raises(UsageError, match="either"):
+        _compress(VGG, target_fidelity=0.9, target=Target("flops", 0.5))

@@ -1,0 +1,205 @@
+"""Reusable first-pass statistics: ``calibrate --shard K/N``, ``compress --stats`` and ``compress --cache``."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnxprune.analysis import find_groups
+from onnxprune.calibration.collect import CalibrationSettings
+from onnxprune.calibration.store import FirstPass
+from onnxprune.cli.main import cli
+from onnxprune.compress import CompressOptions, calibrated_consumers, compress, load_inputs
+from onnxprune.errors import OnnxPruneWarning
+from onnxprune.plan import Target
+
+from conftest import SAMPLES, write_calibration
+
+LENET = SAMPLES / "lenet5_digits.onnx"
+DIGITS = SAMPLES / "digits_calib.npz"
+CHAIN_A = SAMPLES / "chains" / "a_conv_bn_gap.onnx"
+LENET_ARGS = ["--holdout", "0.3"]
+
+
+def run(args: list):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def calibrate_shards(model: Path, data: Path, folder: Path, n: int, extra: list) -> list[Path]:
+    paths = [folder / f"stats_{k}.npz" for k in range(1, n + 1)]
+    for k, path in enumerate(paths, 1):
+        result = run(["calibrate", model, "--data", data, "--shard", f"{k}/{n}", "-o", path, "-q", *extra])
+        assert result.exit_code == 0, result.output
+    return paths
+
+
+@pytest.mark.parametrize("model,n,extra", [
+    (LENET, 2, LENET_ARGS),
+    # positions subsampled: each shard skips the random draws of the samples before it
+    (CHAIN_A, 3, ["--max-positions", "5", "--batch-size", "8"]),
+], ids=["lenet-2-shards", "chain-3-shards-subsampled"])
+def test_summed_shards_give_the_single_pass_model(tmp_path, model, n, extra):
+    data = DIGITS if model == LENET else write_calibration(model, tmp_path, n=60)
+    paths = calibrate_shards(model, data, tmp_path, n, [*extra, "--independent"])
+    common = [model, "--data", data, "--independent", "--target-flops", "0.5", "-q", *extra]
+    summed = run(["compress", *common, "--stats", tmp_path / "stats_*.npz", "-o", tmp_path / "summed.onnx",
+                  "--report", tmp_path / "summed.json"])
+    assert summed.exit_code == 0, summed.output
+    single = run(["compress", *common, "-o", tmp_path / "single.onnx"])
+    assert single.exit_code == 0, single.output
+    assert (tmp_path / "summed.onnx").read_bytes() == (tmp_path / "single.onnx").read_bytes()
+    assert f"from {n} --stats file(s)" in (tmp_path / "summed.json").read_text()
+    assert not list(tmp_path.glob("*.tmp")) and len(paths) == n
+
+
+def test_shards_add_up_to_the_single_pass_statistics():
+    """Same rows and folds: the sums agree to rounding (float64 additions grouped differently)."""
+    options = CompressOptions(calibration=CalibrationSettings(batch_size=16, max_positions=8), independent=True)
+    loaded = load_inputs(LENET, DIGITS, options)
+    consumers = calibrated_consumers(find_groups(loaded.model, loaded.shapes))
+    first = FirstPass(loaded.model, consumers, loaded.data, loaded.calib_idx, options.calibration, folds=True)
+    single = first.collect()
+    shards = [first.collect(k, 3) for k in (1, 2, 3)]
+    assert sum(len(first.shard(k, 3)[0]) for k in (1, 2, 3)) == len(loaded.calib_idx)
+    for node, entry in single.items():
+        for part in ("full", "odd"):
+            expected = getattr(entry, part)
+            if expected is None:
+                assert all(getattr(s[node], part) is None for s in shards)
+                continue
+            total = getattr(shards[0][node], part) + getattr(shards[1][node], part) + getattr(shards[2][node], part)
+            assert total.n_samples_seen_ == expected.n_samples_seen_
+            for key, value in expected.to_arrays().items():
+                np.testing.assert_allclose(total.to_arrays()[key], value, rtol=1e-12, atol=1e-12 * np.abs(value).max())
+
+
+def test_error_correcting_mode_sums_the_first_pass_and_still_reads_the_data(tmp_path):
+    calibrate_shards(LENET, DIGITS, tmp_path, 2, LENET_ARGS)
+    common = [LENET, "--data", DIGITS, "--target-flops", "0.25", "-q", *LENET_ARGS]
+    summed = run(["compress", *common, "--stats", tmp_path / "stats_1.npz", "--stats", tmp_path / "stats_2.npz",
+                  "-o", tmp_path / "summed.onnx", "--report", tmp_path / "r.json"])
+    assert summed.exit_code == 0, summed.output
+    assert "error-correcting re-fit" in (tmp_path / "r.json").read_text()
+    single = run(["compress", *common, "-o", tmp_path / "single.onnx"])
+    assert single.exit_code == 0, single.output
+    assert (tmp_path / "summed.onnx").read_bytes() == (tmp_path / "single.onnx").read_bytes()
+
+
+def _other_data(tmp_path: Path) -> Path:
+    arrays = dict(np.load(DIGITS))
+    arrays["input"] = arrays["input"] + np.float32(0.01)
+    np.savez(tmp_path / "other.npz", **arrays)
+    return tmp_path / "other.npz"
+
+
+@pytest.fixture(scope="module")
+def lenet_shards(tmp_path_factory) -> list[Path]:
+    """Both shards of LeNet's calibration set, with folds (for --independent)."""
+    return calibrate_shards(LENET, DIGITS, tmp_path_factory.mktemp("shards"), 2, [*LENET_ARGS, "--independent"])
+
+
+@pytest.mark.parametrize("case,code,text", [
+    ("missing shard", 4, "lacks shard 2 of 2"),
+    ("other sharding", 4, "different shardings"),
+    ("other model", 3, "statistics of another model"),
+    ("other seed", 4, "computed with --seed 0; this run uses --seed 1"),
+    ("other split", 4, "another calibration split"),
+    ("other data", 3, "other calibration samples"),
+    ("no folds", 4, "lacks the fold statistics"),
+    ("not statistics", 3, "cannot read"),
+    ("with cache", 4, "not both"),
+])
+def test_mismatched_statistics_are_refused_with_one_line(tmp_path, lenet_shards, case, code, text):
+    model, data, args = LENET, DIGITS, [*LENET_ARGS, "--independent"]
+    stats = shards = lenet_shards
+    if case == "missing shard":
+        stats = shards[:1]
+    elif case == "other sharding":
+        stats = [tmp_path / "third.npz", shards[1]]
+        assert run(["calibrate", LENET, "--data", DIGITS, *args, "--shard", "1/3", "-o", stats[0]]).exit_code == 0
+    elif case == "other model":
+        model = shutil.copy(CHAIN_A, tmp_path)
+        data = write_calibration(CHAIN_A, tmp_path)
+        stats = shards[:1]
+    elif case == "other seed":
+        args = [*args, "--seed", "1"]
+    elif case == "other split":
+        args = ["--holdout", "0.2", "--independent"]
+    elif case == "other data":
+        data = _other_data(tmp_path)
+    elif case == "no folds":
+        (tmp_path / "nofolds").mkdir()
+        stats = calibrate_shards(LENET, DIGITS, tmp_path / "nofolds", 2, LENET_ARGS)
+    elif case == "not statistics":
+        np.savez(tmp_path / "stats_2.npz", header=np.array("{}"))
+        stats = [shards[0], tmp_path / "stats_2.npz"]
+    elif case == "with cache":
+        args = [*args, "--cache", tmp_path / "cache"]
+    result = run(["compress", model, "--data", data, *args, "--target-flops", "0.5", "-o", tmp_path / "out.onnx",
+                  *[a for path in stats for a in ("--stats", path)]])
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("onnxprune: error:") and text in lines[0], result.stderr
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_calibrate_refuses_more_shards_than_batches(tmp_path):
+    result = run(["calibrate", LENET, "--data", DIGITS, "--batch-size", "256", "--shard", "4/4",
+                  "-o", tmp_path / "s.npz"])
+    assert result.exit_code == 4 and "4 shards are too many" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _cached(tmp_path: Path, target: float, cache: Path | None, name: str):
+    """Compress chain A (random calibration data in tmp_path) at ``target`` with ``cache``."""
+    data = tmp_path / f"{CHAIN_A.stem}_calib.npz"
+    if not data.exists():
+        write_calibration(CHAIN_A, tmp_path)
+    options = CompressOptions(target=Target("flops", target), cache_dir=cache)
+    return compress(CHAIN_A, data, options, output=tmp_path / name)
+
+
+def test_cache_skips_calibration_on_the_second_run(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = _cached(tmp_path, 0.7, cache, "a.onnx")
+    assert not any("no calibration pass" in n for n in first.report.notes)
+    assert len(list(cache.glob("*.npz"))) == 1
+    _cached(tmp_path, 0.5, None, "fresh.onnx")
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("the first calibration pass ran despite the cache")
+
+    monkeypatch.setattr("onnxprune.compress.collect_statistics", no_calibration)
+    cached = _cached(tmp_path, 0.5, cache, "cached.onnx")
+    assert "no calibration pass: first-pass statistics from the cache" in cached.report.notes
+    assert "error-correcting re-fit" in " ".join(cached.report.notes)
+    assert (tmp_path / "cached.onnx").read_bytes() == (tmp_path / "fresh.onnx").read_bytes()
+
+
+def test_corrupt_cache_entry_is_ignored_with_a_warning(tmp_path):
+    cache = tmp_path / "cache"
+    _cached(tmp_path, 0.5, cache, "a.onnx")
+    (entry,) = cache.glob("*.npz")
+    entry.write_bytes(entry.read_bytes()[:1000])  # truncated
+    with pytest.warns(OnnxPruneWarning, match="Ignored: the cache entry is computed again"):
+        again = _cached(tmp_path, 0.5, cache, "b.onnx")
+    assert not any("no calibration pass" in n for n in again.report.notes)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    result = run(["compress", CHAIN_A, "--data", tmp_path / f"{CHAIN_A.stem}_calib.npz", "--target-flops", "0.5",
+                  "--cache", cache, "-o", tmp_path / "c.onnx", "--report", tmp_path / "c.json", "-q"])
+    assert result.exit_code == 0 and result.stderr == "", result.stderr  # the entry was rewritten
+    assert "from the cache" in (tmp_path / "c.json").read_text()
+
+
+def test_unreadable_cache_entry_warns_on_the_command_line_in_one_line(tmp_path):
+    cache = tmp_path / "cache"
+    _cached(tmp_path, 0.5, cache, "a.onnx")
+    (entry,) = cache.glob("*.npz")
+    entry.write_bytes(b"not a zip file")
+    result = run(["compress", CHAIN_A, "--data", tmp_path / f"{CHAIN_A.stem}_calib.npz", "--target-flops", "0.5",
+                  "--cache", cache, "-o", tmp_path / "b.onnx", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("onnxprune: warning: cannot read") and result.stderr.count("\n") == 1
