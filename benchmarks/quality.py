@@ -193,7 +193,8 @@ def kept(model_path: Path, base) -> tuple[float, float]:
 def stamp() -> dict:
     """Where, when and on which onnxprune source a cell was measured."""
     return {"machine": machine()["short"], "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "source": source_revision()}
+            "source": source_revision(), "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+            "load1": round(os.getloadavg()[0], 2)}
 
 
 def source_revision() -> str:
@@ -369,7 +370,8 @@ def seconds(value: float) -> str:
 def model_section(spec: ModelSpec, doc: dict, fractions: list[float]) -> str:
     orig = doc["originals"].get(spec.key)
     split = ("calibration: first 1 000 MNIST test digits; score: the other 9 000" if spec.is_mnist else
-             "calibration: `train-subset/ --num-samples 1000`; score: the 10 000 images of `test/`")
+             "calibration: `train-subset/ --num-samples 1000`, i.e. the first 1 000 images in sorted path order: "
+             "the 500 airplanes and 500 automobiles; score: the 10 000 images of `test/`")
     head = f"### {spec.title} (`{spec.file}`)\n\n"
     head += f"Original top-1 **{100 * orig['top1']:.2f} %**, {orig['flops']:,} MACs, {orig['params']:,} parameters; " \
         if orig else "Original not measured yet; "
@@ -418,6 +420,13 @@ def render(doc: dict, command: str) -> str:
     parts += [model_section(s, doc, fractions) for s in specs]
     parts.append("## Machine and versions\n")
     parts.append(f"- measured on: {'; '.join(machines_seen(doc)) or '—'}")
+    loads = [c["load1"] for c in doc["cells"].values() if "load1" in c]
+    if loads:
+        parts.append(f"- 1-minute load average after each cell: {min(loads):.1f} to {max(loads):.1f} "
+                     f"(on {machine()['cores']} cores; above the core count, other jobs shared the machine and the "
+                     "seconds are inflated)")
+    parts.append(f"- OPENBLAS_NUM_THREADS of the cells: "
+                 f"{', '.join(sorted({str(c.get('openblas_threads', '?')) for c in doc['cells'].values()}))}")
     parts.append(f"- onnxprune source of the cells: {', '.join(sorted({c.get('source', '?') for c in doc['cells'].values()}))} "
                  "(+dirty: uncommitted changes in onnxprune/ or cli/ at the time)")
     parts.append(f"- rendered on: {mach['cpu']}, {mach['cores']} cores, OPENBLAS_NUM_THREADS={mach['openblas_threads']}, "

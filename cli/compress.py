@@ -50,6 +50,10 @@ from onnxprune.reporting.pages import compress_page
 @click.option("--independent", is_flag=True,
               help="Take every layer's statistics from the original network (the paper's mode) instead of the "
                    "default error-correcting re-fit (inputs from the pruned network, targets from the original).")
+@click.option("--residual-power", type=click.FloatRange(min=0.0), default=2.0, show_default=True, metavar="P",
+              help="Allocation, expert: a layer that writes into a residual sum has its error weighted by "
+                   "(its output energy / the sum's energy)**P. 0 ignores residual structure; lower values prune "
+                   "the residual stream more readily.")
 @click.option("--min-keep", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, metavar="F",
               help="Keep at least this share of every group's channels (0..1); a group never drops to zero.")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -79,7 +83,7 @@ from onnxprune.reporting.pages import compress_page
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary (errors still go to stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="List every group in the summary, with why untouched ones were left alone.")
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_fidelity, method, rho, tau, threshold, ridge, no_refit,
-             independent, min_keep, round_to, exclude, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
+             independent, residual_power, min_keep, round_to, exclude, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
              provider, stats_files, cache_dir, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
 
@@ -103,7 +107,8 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
                                        threads=cpu_cores())
     options = CompressOptions(
         target=target,
-        solver=SolverSettings(method=method, rho=rho, tau=tau, theta=threshold, delta=delta, refit=not no_refit, seed=seed),
+        solver=SolverSettings(method=method, rho=rho, tau=tau, theta=threshold, delta=delta, refit=not no_refit, seed=seed,
+                              residual_power=residual_power),
         calibration=calibration_settings(batch_size, max_positions, seed, provider),
         image=image,
         num_samples=num_samples,

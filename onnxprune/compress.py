@@ -106,7 +106,8 @@ def load_inputs(model_path: str | os.PathLike, data_path: str | os.PathLike, opt
     reference = normalise(original)
     model = to_float32(reference)  # float16 models are analysed and calibrated in float32
     specs = input_specs(model)
-    data = open_data(data_path, specs, image_options=options.image, num_samples=options.num_samples)
+    data = open_data(data_path, specs, image_options=options.image, num_samples=options.num_samples,
+                     seed=options.calibration.seed)
     calib_idx, hold_idx = data.split(options.holdout, seed=options.calibration.seed)
     sample = data.load([int(calib_idx[0])])
     shapes = static_shapes(model, {k: (1, *v.shape[1:]) for k, v in sample.items()})
@@ -208,7 +209,8 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         stats = {}
     held = data
     if input_specs(original) != specs:  # float16 inputs: read the held-out samples as the original takes them
-        held = open_data(data_path, input_specs(original), image_options=options.image, num_samples=options.num_samples)
+        held = open_data(data_path, input_specs(original), image_options=options.image, num_samples=options.num_samples,
+                         seed=options.calibration.seed)
 
     def prune(target: Target | None) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
         """Allocate for ``target``, re-fit, rewrite and measure the held-out fidelity."""

@@ -75,6 +75,26 @@ def test_external_data_roundtrip(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_external_data_save_keeps_the_model_and_works_from_the_output_folder(tmp_path, monkeypatch):
+    model = load_model(SAMPLES / "lenet5_digits.onnx")
+    before = model.SerializeToString()
+    monkeypatch.chdir(tmp_path)  # onnx looks data file names up from the working folder
+    save_model(model, tmp_path / "copy.onnx", external_data=True)
+    assert model.SerializeToString() == before  # the weights went to the file, not out of the model
+    again = load_model(tmp_path / "copy.onnx")
+    assert [i.raw_data for i in again.graph.initializer] == [i.raw_data for i in model.graph.initializer]
+    assert sorted(os.listdir(tmp_path)) == ["copy.onnx", "copy.onnx.data"]
+
+
+def test_a_tensor_over_2_gib_is_refused_in_one_line():
+    huge = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=[2**29 + 1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2**29 + 1])],
+                                   initializer=[huge])
+    with pytest.raises(ModelError, match="initializer 'w' holds 2.0 GiB"):
+        normalise(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+
+
 def test_save_is_atomic_on_failure(tmp_path):
     out = tmp_path / "out.onnx"
     with pytest.raises(Exception):

@@ -302,7 +302,20 @@ def test_num_samples_images_keeps_class_indices(tmp_path):
         for i in range(3):
             save_image(tmp_path / name / f"{i}.png", solid(4, 4, (0, 0, 0)))
     cal = open_data(tmp_path, [X], num_samples=4)
-    assert len(cal) == 4 and cal.labels.tolist() == [0, 0, 0, 1]
+    assert len(cal) == 4 and set(cal.labels.tolist()) <= {0, 1}
+    assert cal.labels.tolist() == sorted(cal.labels.tolist())       # file order is kept
+
+
+def test_num_samples_images_draws_from_every_class_folder(tmp_path):
+    for name in ["a", "b", "c", "d"]:
+        for i in range(20):
+            save_image(tmp_path / name / f"{i:02d}.png", solid(4, 4, (0, 0, 0)))
+    cal = open_data(tmp_path, [X], num_samples=20)
+    assert set(cal.labels.tolist()) == {0, 1, 2, 3}                  # not the first 20 files (one class)
+    again = open_data(tmp_path, [X], num_samples=20)
+    assert cal.labels.tolist() == again.labels.tolist()               # seeded
+    other = open_data(tmp_path, [X], num_samples=20, seed=1)
+    assert len(other) == 20
 
 
 def test_split_deterministic_disjoint_sorted(tmp_path):

@@ -21,6 +21,7 @@ from conftest import SAMPLES, write_calibration
 LENET = SAMPLES / "lenet5_digits.onnx"
 DIGITS = SAMPLES / "digits_calib.npz"
 CHAIN_A = SAMPLES / "chains" / "a_conv_bn_gap.onnx"
+RESNET = SAMPLES / "zoo" / "resnet_basic.ts.onnx"
 LENET_ARGS = ["--holdout", "0.3"]
 
 
@@ -37,14 +38,17 @@ def calibrate_shards(model: Path, data: Path, folder: Path, n: int, extra: list)
 
 
 @pytest.mark.parametrize("model,n,extra", [
-    (LENET, 2, LENET_ARGS),
+    (LENET, 2, [*LENET_ARGS, "--independent"]),
     # positions subsampled: each shard skips the random draws of the samples before it
-    (CHAIN_A, 3, ["--max-positions", "5", "--batch-size", "8"]),
-], ids=["lenet-2-shards", "chain-3-shards-subsampled"])
+    (CHAIN_A, 3, ["--max-positions", "5", "--batch-size", "8", "--independent"]),
+    # residual blocks: the gains measured in the first pass are summed too (error-correcting mode)
+    (RESNET, 3, ["--batch-size", "8"]),
+], ids=["lenet-2-shards", "chain-3-shards-subsampled", "resnet-3-shards-error-correcting"])
 def test_summed_shards_give_the_single_pass_model(tmp_path, model, n, extra):
-    data = DIGITS if model == LENET else write_calibration(model, tmp_path, n=60)
-    paths = calibrate_shards(model, data, tmp_path, n, [*extra, "--independent"])
-    common = [model, "--data", data, "--independent", "--target-flops", "0.5", "-q", *extra]
+    data = {LENET: DIGITS, RESNET: RESNET.with_name("resnet_basic.npz")}.get(model) \
+        or write_calibration(model, tmp_path, n=60)
+    paths = calibrate_shards(model, data, tmp_path, n, extra)
+    common = [model, "--data", data, "--target-flops", "0.5", "-q", *extra]
     summed = run(["compress", *common, "--stats", tmp_path / "stats_*.npz", "-o", tmp_path / "summed.onnx",
                   "--report", tmp_path / "summed.json"])
     assert summed.exit_code == 0, summed.output

@@ -8,7 +8,10 @@ import numpy as np
 
 @dataclass
 class Layout:
-    """The channel axis of one tensor: a label per channel position, each owning ``repeat`` consecutive elements."""
+    """The channel axis of one tensor: a label per channel position, each owning ``repeat`` consecutive elements.
+
+    A label may sit at several positions: flattening channel-last [N,H,W,C] tiles the C labels H*W times.
+    """
 
     axis: int
     labels: np.ndarray

@@ -4,11 +4,11 @@ Every output channel of a producer (Conv, ConvTranspose, Gemm, MatMul with const
 label; channel j of every group of a grouped Conv shares one class, so groups shrink equally. Labels
 flow forward through channel-preserving ops (depthwise Conv, per-channel normalisation, Resize,
 Gather and LayerNormalization off the channel axis, ...); ops that combine tensors element-wise
-(residual Add, SE Mul) unify the labels they align; Concat/Split/Slice/Pad/Reshape/Flatten/Transpose
-map channel positions. Union-find classes of labels are the units that are kept or removed. Anything
-that cannot be proven safe (normalising across channels, a grouped Conv's inputs, a Reshape that
-mixes channels with other axes, custom domains, graph outputs) freezes the channels it touches,
-with the node and the reason.
+(residual Add or Sum, SE Mul) unify the labels they align; Concat/Split/Slice/Pad/Reshape/Flatten/
+Transpose map channel positions (a channel-last flatten tiles the labels). Union-find classes of
+labels are the units that are kept or removed. Anything that cannot be proven safe (normalising
+across channels, a grouped Conv's inputs, a Reshape that mixes channels with other axes, custom
+domains, graph outputs) freezes the channels it touches, with the node and the reason.
 """
 from __future__ import annotations
 
@@ -366,11 +366,19 @@ def _layer_norm(p: Propagation, node: onnx.NodeProto) -> None:
     p.layouts[node.output[0]] = lay
 
 
-def _group_norm(p: Propagation, node: onnx.NodeProto) -> None:
+CROSS_CHANNEL_NORM = {
+    "GroupNormalization": "normalises over groups of channels: removing a channel changes its group's statistics",
+    "LRN": "normalises each channel by its neighbours (local response normalisation): removing a channel changes "
+           "the neighbours' normalisation",
+}
+
+
+def _cross_channel_norm(p: Propagation, node: onnx.NodeProto) -> None:
+    """GroupNormalization, LRN: the channels pass through, frozen."""
     lay = p.layouts.get(node.input[0])
     if lay is None:
         return
-    p.freeze(lay, node, "normalises over groups of channels: removing a channel changes its group's statistics")
+    p.freeze(lay, node, CROSS_CHANNEL_NORM[node.op_type])
     p.layouts[node.output[0]] = lay
 
 
@@ -404,11 +412,12 @@ def _flatten(p: Propagation, node: onnx.NodeProto) -> None:
         return
     f = int(attr(node, "axis", 1))
     f = f + len(shape) if f < 0 else f
-    if lay.axis < f or int(np.prod(shape[f:lay.axis])) != 1:
+    tile = int(np.prod(shape[f:lay.axis]))
+    if lay.axis < f or (tile > 1 and f == 0):
         p.freeze(lay, node, "Flatten mixes channels with other axes")
         return
     inner = int(np.prod(shape[lay.axis + 1:]))
-    p.layouts[node.output[0]] = Layout(1, lay.labels, lay.repeat * inner)
+    p.layouts[node.output[0]] = Layout(1, np.tile(lay.labels, tile), lay.repeat * inner)
 
 
 def _reshape(p: Propagation, node: onnx.NodeProto) -> None:
@@ -424,16 +433,21 @@ def _reshape(p: Propagation, node: onnx.NodeProto) -> None:
         p.freeze(lay, node, "Reshape with unknown shapes")
         return
     outer = int(np.prod(src[:lay.axis]))
+    inner = lay.repeat * int(np.prod(src[lay.axis + 1:]))
     n = len(lay.labels)
     for b in range(len(dst)):
-        if int(np.prod(dst[:b])) == outer and dst[b] % n == 0 and dst[b] >= n and \
-                dst[b] // n * int(np.prod(dst[b + 1:])) == lay.repeat * int(np.prod(src[lay.axis + 1:])):
+        before = int(np.prod(dst[:b]))
+        tile = outer // before if outer % before == 0 else 0   # axes before the channels merged into dim b
+        if tile > 1 and (b == 0 or dst[0] != src[0]):
+            continue  # merged with the batch axis, the tiling would change with the batch size
+        if tile and dst[b] % (tile * n) == 0 and dst[b] >= tile * n and \
+                dst[b] // (tile * n) * int(np.prod(dst[b + 1:])) == inner:
             value = target[b] if b < len(target) else -1
             if value is None or (computed and value != -1) or (value == 0 and b != lay.axis):
                 break  # a computed or copied dimension at the channel position cannot be rewritten
             if value > 0:
                 p.edits.append(ShapeDim(node.name, 1, b, node.output[0]))
-            p.layouts[node.output[0]] = Layout(b, lay.labels, dst[b] // n)
+            p.layouts[node.output[0]] = Layout(b, np.tile(lay.labels, tile), dst[b] // (tile * n))
             return
     grouped = any(int(np.prod(dst[:b])) == outer and 1 < dst[b] < n and n % dst[b] == 0 for b in range(len(dst)))
     hint = " (splits the channels into groups: a GroupNorm or channel-shuffle pattern)" if grouped else ""
@@ -708,7 +722,8 @@ RULES: dict[str, Callable[[Propagation, onnx.NodeProto], None]] = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
     "LayerNormalization": _layer_norm,
-    "GroupNormalization": _group_norm,
+    "GroupNormalization": _cross_channel_norm,
+    "LRN": _cross_channel_norm,
     "Gather": _gather,
     "Gemm": _gemm,
     "MatMul": _matmul,

@@ -149,8 +149,10 @@ def open_images(
     inputs: list[InputSpec],
     options: ImageOptions,
     num_samples: int | None,
+    seed: int = 0,
 ) -> ImageData:
-    """Image data for ``inputs`` from ``rel_files`` ((parts relative to ``root``, path), sorted)."""
+    """Image data for ``inputs`` from ``rel_files`` ((parts relative to ``root``, path), sorted);
+    ``num_samples`` picks that many files at random (seeded), so every class folder is represented."""
     if len(inputs) != 1:
         raise DataError(
             f"{root} holds images, which can feed only a single-input model; the model has inputs "
@@ -233,10 +235,12 @@ def open_images(
         labels = np.array([index[rel[0]] for rel, _ in rel_files], dtype=np.int64)
 
     files = [path for _, path in rel_files]
-    if num_samples is not None:
-        files = files[:num_samples]
+    if num_samples is not None and num_samples < len(files):
+        # a seeded random choice, kept in file order: the first N of a class-folder tree would be one class
+        pick = np.sort(np.random.default_rng(seed).choice(len(files), num_samples, replace=False))
+        files = [files[i] for i in pick]
         if labels is not None:
-            labels = labels[:num_samples]
+            labels = labels[pick]
 
     if size is None:  # dynamic model size, no --image-size: use the images' own (single) size
         first = _image_size(files[0])

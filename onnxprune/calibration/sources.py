@@ -11,7 +11,7 @@
 
 Folders are searched recursively; files and folders whose names start with ``.`` are skipped.
 Samples are ordered by sorted file path (path components compared in turn), then by their
-order inside each file. ``num_samples`` keeps the first N samples of that order.
+order inside each file. ``num_samples`` keeps the first N samples of that order (of images: N at random).
 
 Opening reads only metadata (file lists, ``.npy`` headers, ``.npz`` member headers and label
 arrays); sample data is read when :meth:`CalibrationData.load` asks for it, with at most one
@@ -652,8 +652,12 @@ def open_data(
     *,
     image_options: ImageOptions = ImageOptions(),
     num_samples: int | None = None,
+    seed: int = 0,
 ) -> CalibrationData:
-    """Open the calibration data at ``path`` for a model with ``inputs`` (metadata only; lazy)."""
+    """Open the calibration data at ``path`` for a model with ``inputs`` (metadata only; lazy).
+
+    ``num_samples`` keeps the first N samples of .npz/.npy data, and N images chosen at random with ``seed``.
+    """
     inputs = list(inputs)
     if not inputs:
         raise ValueError("open_data needs at least one model input")
@@ -705,4 +709,4 @@ def open_data(
         return _open_npy(root, [f for _, f in rel_files], inputs, num_samples)
     from .images import open_images
 
-    return open_images(root, rel_files, inputs, image_options, num_samples)
+    return open_images(root, rel_files, inputs, image_options, num_samples, seed)
