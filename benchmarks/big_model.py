@@ -68,8 +68,10 @@ def write_model(folder: Path, in_features: int, seed: int = 0) -> Path:
         for i, (out, width) in enumerate(zip(HIDDEN[1:], HIDDEN), 2):
             nodes.append(helper.make_node("Relu", [cur], [f"relu{i - 1}"], name=f"relu{i - 1}"))
             cur = gemm(f"fc{i}", f"relu{i - 1}", (out, width))
-    graph = helper.make_graph(nodes, "big_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", in_features])],
-                              [helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["N", HIDDEN[-1]])], initializer=inits)
+    graph = helper.make_graph(nodes, "big_mlp",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", in_features])],
+                              [helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["N", HIDDEN[-1]])],
+                              initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
                               producer_name="onnxprune-benchmarks")
     onnx.save_model(model, str(path))
@@ -134,7 +136,7 @@ def main() -> None:
             timings = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings"].items())
             rows.append((f"--target-flops {target}", f"{size_gb(model):.2f} GB -> {size_gb(out):.2f} GB"
                          f"{' (weights in OUT.data)' if external else ''}", f"{run.wall_s:.0f} s",
-                         f"{run.peak_mb / 1024:.1f} GB", timings, check))
+                         f"{run.peak_mib / 1024:.1f} GiB", timings, check))
             print(rows[-1])
     table = ("| run | model size | wall time | peak RSS | stages | check |\n| --- | --- | --- | --- | --- | --- |\n"
              + "\n".join("| " + " | ".join(r) + " |" for r in rows))

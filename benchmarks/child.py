@@ -12,7 +12,7 @@ from dataclasses import dataclass
 class ChildRun:
     returncode: int
     wall_s: float
-    peak_mb: float   # the child's peak RSS (ru_maxrss of that process alone)
+    peak_mib: float  # the child's peak RSS in MiB (ru_maxrss of that process alone)
     stdout: str
     stderr: str
 

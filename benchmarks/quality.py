@@ -4,7 +4,8 @@ Models (``../shared/data/models``), calibration and test splits, as in ``../shar
 
 - ``mnist``: mnist-cntk.onnx, calibrated on the first 1 000 MNIST test digits, scored on the other 9 000;
 - ``cifar-tutorial``, ``resnet20``, ``resnet56``: calibrated on ``train-subset/`` with ``--num-samples 1000``
-  (the first 1 000 images in sorted path order), scored on all 10 000 images of ``test/``.
+  (1 000 images drawn at random with the default seed, every class represented), scored on all 10 000
+  images of ``test/``.
 
 Methods: onnxprune through its CLI in a fresh process (``default``, ``independent``, ``l1``, ``l1-no-refit``,
 ``random``), and onnxsim's ``apply_structured_pruning`` (L1, L2) and ``apply_structured_wanda_pruning`` on the
@@ -370,8 +371,8 @@ def seconds(value: float) -> str:
 def model_section(spec: ModelSpec, doc: dict, fractions: list[float]) -> str:
     orig = doc["originals"].get(spec.key)
     split = ("calibration: first 1 000 MNIST test digits; score: the other 9 000" if spec.is_mnist else
-             "calibration: `train-subset/ --num-samples 1000`, i.e. the first 1 000 images in sorted path order: "
-             "the 500 airplanes and 500 automobiles; score: the 10 000 images of `test/`")
+             "calibration: `train-subset/ --num-samples 1000` (1 000 images drawn at random with seed 0, every "
+             "class represented); score: the 10 000 images of `test/`")
     head = f"### {spec.title} (`{spec.file}`)\n\n"
     head += f"Original top-1 **{100 * orig['top1']:.2f} %**, {orig['flops']:,} MACs, {orig['params']:,} parameters; " \
         if orig else "Original not measured yet; "

@@ -4,7 +4,7 @@ Builds the model with sample_models/vgg16_cifar.py's builder (no torch), writes 
 calibration samples and runs compress --target-flops 0.5 (default, error-correcting mode) in a
 child process, killed after --timeout seconds. The child logs every progress step with its time, so
 a run that does not finish still shows how far it got; the child's own peak RSS is reported either
-way (the memory budget is 12 GB). Writes benchmarks/results/vgg16_imagenet.md.
+way (the memory budget is 12 GiB). Writes benchmarks/results/vgg16_imagenet.md.
 
     python benchmarks/vgg16_imagenet.py [--samples 64] [--target 0.5] [--timeout 1500]
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child import run_child  # noqa: E402
 from vgg16_cifar import build_vgg16_imagenet, count_params  # noqa: E402
 
-BUDGET_GB = 12.0
+BUDGET_GIB = 12.0
 
 
 def compress_logged(model: str, data: str, out: str, target: float) -> None:
@@ -97,7 +97,7 @@ def main() -> None:
         ("command", f"compress --target-flops {args.target} (error-correcting)"),
         ("outcome", outcome),
         ("wall time", f"{run.wall_s:.0f} s"),
-        ("peak memory (RSS)", f"{run.peak_mb / 1024:.2f} GB (budget {BUDGET_GB:.0f} GB)"),
+        ("peak memory (RSS)", f"{run.peak_mib / 1024:.2f} GiB (budget {BUDGET_GIB:.0f} GiB)"),
         ("machine", f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"),
     ]
     table = "| quantity | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)

@@ -27,7 +27,7 @@ class Landing:
 
 
 def residual_landings(model: onnx.ModelProto, analysis: Analysis, consumers: Sequence[Consumer]) -> dict[str, Landing]:
-    """Consumers whose output feeds only a two-branch Add of equal shapes, by node name."""
+    """Consumers whose output feeds only a two-branch Add (or two-input Sum) of equal shapes, by node name."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in set(node.input):
@@ -36,7 +36,7 @@ def residual_landings(model: onnx.ModelProto, analysis: Analysis, consumers: Seq
     out: dict[str, Landing] = {}
     for c in consumers:
         nodes = readers.get(c.output, [])
-        if len(nodes) != 1 or nodes[0].op_type != "Add" or len(nodes[0].input) != 2:
+        if len(nodes) != 1 or nodes[0].op_type not in ("Add", "Sum") or len(nodes[0].input) != 2:
             continue
         add = nodes[0]
         other = add.input[1] if add.input[0] == c.output else add.input[0]

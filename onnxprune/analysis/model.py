@@ -47,10 +47,13 @@ class SliceInitializer:
 
 @dataclass(frozen=True)
 class SetGroup:
-    """A depthwise Conv's ``group`` attribute follows the kept channel count of ``tensor``."""
+    """A group-count attribute (a depthwise Conv's ``group``, a GroupNormalization's ``num_groups``) follows the
+    kept channel count of ``tensor`` divided by ``size``, the channels per group."""
 
     node: str
     tensor: str
+    attribute: str = "group"
+    size: int = 1
 
 
 @dataclass(frozen=True)

@@ -366,20 +366,46 @@ def _layer_norm(p: Propagation, node: onnx.NodeProto) -> None:
     p.layouts[node.output[0]] = lay
 
 
-CROSS_CHANNEL_NORM = {
-    "GroupNormalization": "normalises over groups of channels: removing a channel changes its group's statistics",
-    "LRN": "normalises each channel by its neighbours (local response normalisation): removing a channel changes "
-           "the neighbours' normalisation",
-}
+LRN_REASON = ("normalises each channel by its neighbours (local response normalisation): removing a channel "
+              "changes the neighbours' normalisation")
 
 
-def _cross_channel_norm(p: Propagation, node: onnx.NodeProto) -> None:
-    """GroupNormalization, LRN: the channels pass through, frozen."""
+def _lrn(p: Propagation, node: onnx.NodeProto) -> None:
+    """LRN: the channels pass through, frozen."""
     lay = p.layouts.get(node.input[0])
     if lay is None:
         return
-    p.freeze(lay, node, CROSS_CHANNEL_NORM[node.op_type])
+    p.freeze(lay, node, LRN_REASON)
     p.layouts[node.output[0]] = lay
+
+
+def _group_norm(p: Propagation, node: onnx.NodeProto) -> None:
+    """GroupNormalization-21: each group of C/G consecutive channels is one class, kept or removed whole.
+
+    Removing a whole group leaves the other groups' statistics unchanged; the per-channel scale and bias
+    are sliced and ``num_groups`` follows the kept channel count.
+    """
+    lay = p.layouts.get(node.input[0])
+    if lay is None:
+        return
+    p.layouts[node.output[0]] = lay
+    groups, n = int(attr(node, "num_groups", 0)), len(lay.labels)
+    if p.opset < 21:
+        p.freeze(lay, node, "normalises over groups of channels with per-group scale/bias (opset < 21): "
+                            "only opset-21 GroupNormalization is pruned by whole groups")
+        return
+    if lay.axis != 1 or lay.repeat != 1 or groups < 1 or n % groups or \
+            any(p.const(node.input[i]) is None for i in (1, 2)):
+        p.freeze(lay, node, "normalises over groups of channels, which are not whole groups of constant-scaled "
+                            "channels on axis 1: removing a channel changes its group's statistics")
+        return
+    size = n // groups
+    for row in lay.labels.reshape(groups, size):
+        p.unify(np.full(size, row[0]), row)
+    for i in (1, 2):
+        p.edits.append(SliceInitializer(node.name, i, 0, node.input[0]))
+    p.edits.append(SetGroup(node.name, node.input[0], "num_groups", size))
+    p.member(node, lay)
 
 
 def _gather(p: Propagation, node: onnx.NodeProto) -> None:
@@ -722,8 +748,8 @@ RULES: dict[str, Callable[[Propagation, onnx.NodeProto], None]] = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
     "LayerNormalization": _layer_norm,
-    "GroupNormalization": _cross_channel_norm,
-    "LRN": _cross_channel_norm,
+    "GroupNormalization": _group_norm,
+    "LRN": _lrn,
     "Gather": _gather,
     "Gemm": _gemm,
     "MatMul": _matmul,

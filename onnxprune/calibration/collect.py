@@ -134,7 +134,8 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
     return xs, ys
 
 
-def _sampled_positions(rng: np.random.Generator, n: int, positions: int, max_positions: int | None) -> np.ndarray | None:
+def _sampled_positions(rng: np.random.Generator, n: int, positions: int,
+                       max_positions: int | None) -> np.ndarray | None:
     """A seeded random set of ``max_positions`` of each sample's positions (N, k), or None to keep them all."""
     if max_positions is None or positions <= max_positions:
         return None

@@ -60,7 +60,7 @@ class _Rewriter:
             self.slice_input(self.nodes[node_name], index, edits)
         for e in self.analysis.edits:
             if isinstance(e, SetGroup):
-                self.set_attr(self.nodes[e.node], "group", int(self.mask(e.tensor).sum()))
+                self.set_attr(self.nodes[e.node], e.attribute, int(self.mask(e.tensor).sum()) // e.size)
             elif isinstance(e, ShapeDim):
                 self.shape_dim(self.nodes[e.node], e)
             elif isinstance(e, ChannelRange):
@@ -202,11 +202,24 @@ class _Rewriter:
         del self.model.graph.value_info[:]
         set_graph_inputs(self.model, real_inputs)
         try:
+            self.infer_shapes()
+        except Exception:
+            pass  # shapes are optional metadata; the checker verifies the graph itself
+
+    def infer_shapes(self) -> None:
+        """Shape inference into value_info; GroupNormalization outputs, which ONNX inference leaves untyped,
+        take their input's type."""
+        norms = [n for n in self.model.graph.node if n.op_type == "GroupNormalization"]
+        for _ in range(len(norms) + 1):
             inferred = onnx.shape_inference.infer_shapes(self.model)
             del self.model.graph.value_info[:]
             self.model.graph.value_info.extend(inferred.graph.value_info)
-        except Exception:
-            pass  # shapes are optional metadata; the checker verifies the graph itself
+            known = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.input]}
+            extra = [helper.make_value_info(n.output[0], known[n.input[0]].type) for n in norms
+                     if n.input[0] in known and n.output[0] not in known]
+            if not extra:
+                return
+            self.model.graph.value_info.extend(extra)
 
 
 def apply_plan(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan) -> onnx.ModelProto:
