@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,7 +30,7 @@ from onnx import TensorProto, helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child import ChildRun, run_child  # noqa: E402
+from child import ChildRun, machine, publish, run_child  # noqa: E402
 
 HIDDEN = (4096, 1024, 10)  # the first layer is two Gemms of half the width, concatenated
 
@@ -140,13 +138,8 @@ def main() -> None:
             print(rows[-1])
     table = ("| run | model size | wall time | peak RSS | stages | check |\n| --- | --- | --- | --- | --- | --- |\n"
              + "\n".join("| " + " | ".join(r) + " |" for r in rows))
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    text = (f"# Big-model benchmark\n\n`python benchmarks/big_model.py` (MLP {args.in_features} -> "
-            f"{' -> '.join(map(str, HIDDEN))}, {args.samples} random calibration samples; {machine})\n\n{table}\n")
-    out_md = ROOT / "benchmarks" / "results" / "big_model.md"
-    out_md.write_text(text)
-    print(text)
-    print(f"wrote {out_md}")
+    publish("big_model.md", f"# Big-model benchmark\n\n`python benchmarks/big_model.py` (MLP {args.in_features} -> "
+            f"{' -> '.join(map(str, HIDDEN))}, {args.samples} random calibration samples; {machine()})\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -37,3 +38,19 @@ def run_child(cmd: list[str], timeout_s: float | None = None) -> ChildRun:
         out.seek(0)
         err.seek(0)
         return ChildRun(proc.returncode, wall, usage.ru_maxrss / 1024, out.read(), err.read())
+
+
+def machine() -> str:
+    """One line naming the machine for a results table."""
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def publish(name: str, text: str) -> Path:
+    """Write a results page to benchmarks/results/NAME, print it and where it went."""
+    out = Path(__file__).resolve().parent / "results" / name
+    out.write_text(text)
+    print(text)
+    print(f"wrote {out}")
+    return out

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "sample_models"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child import run_child  # noqa: E402
+from child import machine, publish, run_child  # noqa: E402
 from vgg16_cifar import build_vgg16_imagenet, count_params  # noqa: E402
 
 BUDGET_GIB = 12.0
@@ -98,16 +96,13 @@ def main() -> None:
         ("outcome", outcome),
         ("wall time", f"{run.wall_s:.0f} s"),
         ("peak memory (RSS)", f"{run.peak_mib / 1024:.2f} GiB (budget {BUDGET_GIB:.0f} GiB)"),
-        ("machine", f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"),
+        ("machine", machine()),
     ]
     table = "| quantity | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     progress = "\n".join(f"    {line}" for line in log[-40:])
     text = (f"# VGG-16 ImageNet-size benchmark\n\n`python benchmarks/vgg16_imagenet.py --timeout {args.timeout:.0f}`"
             f"\n\n{table}\n\nProgress log (last 40 lines; seconds since start):\n\n{progress}\n")
-    out = ROOT / "benchmarks" / "results" / "vgg16_imagenet.md"
-    out.write_text(text)
-    print(text)
-    print(f"wrote {out}")
+    publish("vgg16_imagenet.md", text)
 
 
 if __name__ == "__main__":
