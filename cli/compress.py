@@ -54,6 +54,9 @@ from onnxprune.reporting.pages import compress_page
               help="Allocation, expert: a layer that writes into a residual sum has its error weighted by "
                    "(its output energy / the sum's energy)**P. 0 ignores residual structure; lower values prune "
                    "the residual stream more readily.")
+@click.option("--output-weight", type=click.FloatRange(min=0.0), default=2.0, show_default=True, metavar="W",
+              help="Allocation, expert: weight of the error of a layer that no Conv/Gemm/MatMul follows (the "
+                   "classifier); no later re-fit can absorb it. 1 treats it like any other layer.")
 @click.option("--min-keep", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, metavar="F",
               help="Keep at least this share of every group's channels (0..1); a group never drops to zero.")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -83,7 +86,7 @@ from onnxprune.reporting.pages import compress_page
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary (errors still go to stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="List every group in the summary, with why untouched ones were left alone.")
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_fidelity, method, rho, tau, threshold, ridge, no_refit,
-             independent, residual_power, min_keep, round_to, exclude, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
+             independent, residual_power, output_weight, min_keep, round_to, exclude, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
              provider, stats_files, cache_dir, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
 
@@ -108,7 +111,7 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
     options = CompressOptions(
         target=target,
         solver=SolverSettings(method=method, rho=rho, tau=tau, theta=threshold, delta=delta, refit=not no_refit, seed=seed,
-                              residual_power=residual_power),
+                              residual_power=residual_power, output_weight=output_weight),
         calibration=calibration_settings(batch_size, max_positions, seed, provider),
         image=image,
         num_samples=num_samples,

@@ -7,6 +7,9 @@ residual stream, not just its own output. Two things follow:
   already contributes, so the re-fit also cancels the error accumulated in the stream;
 - its error is judged relative to the stream's energy, not its own output's (the gain c0/E(sum)),
   so the allocation compares blocks by how much they disturb what they write into.
+
+A consumer with no Conv/ConvTranspose/Gemm/MatMul after it (the classifier) writes its error
+straight into the output: no later error-correcting re-fit can absorb it.
 """
 from __future__ import annotations
 
@@ -46,6 +49,29 @@ def residual_landings(model: onnx.ModelProto, analysis: Analysis, consumers: Seq
             continue
         out[c.node] = Landing(add.output[0], other)
     return out
+
+
+_LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def output_consumers(model: onnx.ModelProto, consumers: Sequence[Consumer]) -> set[str]:
+    """Names of the consumers from whose output no Conv, ConvTranspose, Gemm or MatMul can be reached."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in set(node.input):
+            readers.setdefault(name, []).append(node)
+    last: set[str] = set()
+    for c in consumers:
+        stack, seen, reaches = [c.output], {c.output}, False
+        while stack and not reaches:
+            for node in readers.get(stack.pop(), []):
+                reaches |= node.op_type in _LINEAR_OPS
+                fresh = [t for t in node.output if t not in seen]
+                seen.update(fresh)
+                stack.extend(fresh)
+        if not reaches:
+            last.add(c.node)
+    return last
 
 
 def landing_gains(analysis: Analysis, direct: Mapping[str, float]) -> dict[str, float]:

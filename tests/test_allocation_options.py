@@ -15,8 +15,8 @@ from onnxprune.errors import UsageError
 from onnxprune.graph.io import load_model
 from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.metrics import count_model
-from onnxprune.plan import AllocationSettings, Target
-from onnxprune.residual import residual_landings
+from onnxprune.plan import AllocationSettings, SolverSettings, Target, rank_groups
+from onnxprune.residual import output_consumers, residual_landings
 
 from conftest import SAMPLES
 
@@ -124,3 +124,52 @@ def test_target_fidelity_prunes_while_agreement_holds():
 def test_target_fidelity_and_a_budget_are_exclusive():
     with pytest.raises(UsageError, match="either"):
         _compress(VGG, target_fidelity=0.9, target=Target("flops", 0.5))
+
+
+def test_output_consumers_are_the_layers_no_linear_layer_follows():
+    for path in (VGG, RESNET, ZOO / "yolo.ts.onnx"):
+        model = normalise(load_model(path))
+        data = open_data(path.with_name(path.name.split(".")[0] + ".npz"), input_specs(model))
+        shapes = static_shapes(model, {k: (1, *v.shape[1:]) for k, v in data.load([0]).items()})
+        analysis = find_groups(model, shapes)
+        consumers = [c for g in analysis.groups for c in g.consumers]
+        last = output_consumers(model, consumers)
+        linear = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+        expected = {n.name for n in linear if not any(
+            m is not n and _reaches(model, n.output[0], m) for m in linear)} & {c.node for c in consumers}
+        assert last and last == expected, (path.name, last, expected)
+
+
+def _reaches(model: onnx.ModelProto, tensor: str, node: onnx.NodeProto) -> bool:
+    """Whether ``node`` reads ``tensor`` or anything computed from it."""
+    frontier, seen = [tensor], {tensor}
+    while frontier:
+        name = frontier.pop()
+        for n in model.graph.node:
+            if name in n.input:
+                if n is node:
+                    return True
+                fresh = [t for t in n.output if t not in seen]
+                seen.update(fresh)
+                frontier.extend(fresh)
+    return False
+
+
+def test_output_weight_scales_the_error_curve_of_the_classifier_only():
+    model = normalise(load_model(VGG))
+    data = open_data(ZOO / "vgg_bn.npz", input_specs(model))
+    shapes = static_shapes(model, {k: (1, *v.shape[1:]) for k, v in data.load([0]).items()})
+    analysis = find_groups(model, shapes)
+    consumers = [c for g in analysis.groups if g.prunable for c in g.consumers]
+    stats = collect_statistics(model, consumers, data, range(32), CalibrationSettings())
+    last = output_consumers(model, consumers)
+    plain = rank_groups(model, analysis, stats, SolverSettings(output_weight=1.0))
+    heavy = rank_groups(model, analysis, stats, SolverSettings(output_weight=5.0))
+    scaled = 0
+    for a, b in zip(plain, heavy):
+        if {c.node for c in a.group.consumers} <= last:
+            np.testing.assert_allclose(b.curve, 5.0 * a.curve)
+            scaled += 1
+        elif not {c.node for c in a.group.consumers} & last:
+            np.testing.assert_array_equal(b.curve, a.curve)
+    assert scaled

@@ -368,3 +368,40 @@ def test_ranking_errors(planted):
         rank_channels("l1", problems, D)
     with pytest.raises(ValueError, match="shape"):
         rank_channels("l1", problems, D, weights=[np.ones((M, P + 1))])
+
+
+def test_wide_consumer_ranks_in_float32_like_float64(monkeypatch):
+    """From _SINGLE_FROM columns the Λ-step runs in float32; the ranking must match the float64 one."""
+    from onnxprune.solvers import entropic
+
+    rng = np.random.default_rng(3)
+    d, k, m = 64, 32, 6                                   # 2 048 columns: the float32 path
+    channels = np.repeat(np.arange(d), k)
+    X = rng.standard_normal((4_000, d * k)) @ (np.eye(d * k) + 0.05 * rng.standard_normal((d * k, d * k)))
+    W = rng.standard_normal((m, d * k)) * np.repeat(rng.uniform(0.1, 2.0, d), k)
+    stats = LinearStatistics(d * k, m).partial_fit(X, X @ W.T + 0.1 * rng.standard_normal((4_000, m))).centred()
+    problem = [ConsumerProblem(stats, channels)]
+    single = fit_entropic(problem, d, max_iter=15)
+    monkeypatch.setattr(entropic, "_SINGLE_FROM", 10**9)
+    double = fit_entropic(problem, d, max_iter=15)
+    assert single.lambdas[0].dtype == np.float32 and double.lambdas[0].dtype == np.float64
+    assert _increase(single.loss_history) <= 1e-6
+    np.testing.assert_allclose(single.w, double.w, rtol=1e-3, atol=1e-6)
+    assert np.array_equal(np.argsort(-single.w)[: d // 2], np.argsort(-double.w)[: d // 2])
+
+
+def test_wide_layer_validates_the_ridge_like_the_full_float64_validation(monkeypatch):
+    """From 2 048 kept columns λ is validated in float32 on 64 of the outputs; it must pick the same λ."""
+    from onnxprune.solvers import shrinkage
+
+    rng = np.random.default_rng(5)
+    p, m, n = 2048, 96, 3_000
+    X = rng.standard_normal((2 * n, p)) @ (np.eye(p) + 0.05 * rng.standard_normal((p, p)))
+    W0 = rng.standard_normal((m, p)) / np.sqrt(p)
+    Y = X @ (W0 + 0.3 * rng.standard_normal((m, p)) / np.sqrt(p)).T + rng.standard_normal((2 * n, m))
+    folds = tuple(LinearStatistics(p, m).partial_fit(X[i::2], Y[i::2]).centred() for i in (0, 1))
+    cols = np.arange(p)
+    reduced = shrinkage._cross_validated(folds, cols, W0)
+    monkeypatch.setattr(shrinkage, "_WIDE", 10**9)
+    full = shrinkage._cross_validated(folds, cols, W0)
+    assert reduced == full

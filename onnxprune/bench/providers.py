@@ -171,8 +171,12 @@ def _session_options(threads: Optional[int], spinning: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if not spinning:  # the caller does numpy work between runs: idle ORT threads must not hold the cores
+    if not spinning:  # the caller does numpy work between runs: idle ORT must hold neither the cores nor the memory
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # without the arena and memory pattern a run's buffers are freed when it ends (VGG-16 at 224×224, batch 32:
+        # 4.7 GB peak instead of 8.1 GB kept from the second run on)
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
     if threads:
         options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1

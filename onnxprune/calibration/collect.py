@@ -195,6 +195,7 @@ def collect_statistics(model: onnx.ModelProto, consumers: Sequence[Consumer], da
                 values.update(got)
             if source:
                 sources.update(got)
+        del got  # else the previous batch's outputs stay alive through the next batch's runs
         if offset and settings.max_positions is not None:  # skip the position draws of the samples before the shard
             draws = sum(p for c in consumers if (p := _positions(c, values[c.output])) > settings.max_positions)
             rng.bit_generator.advance(offset * draws)

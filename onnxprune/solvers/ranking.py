@@ -63,5 +63,5 @@ def rank_channels(
             squares = _per_channel([problem], n_channels, [np.einsum("mi,mi->i", W, W)])
             total += np.sqrt(squares)
         return total
-    rms = [np.sqrt(np.clip(np.diag(pr.stats.G), 0.0, None) + pr.stats.x_mean**2) for pr in problems]
+    rms = [np.sqrt(np.clip(pr.stats.gram_diagonal(), 0.0, None) + pr.stats.x_mean**2) for pr in problems]
     return _per_channel(problems, n_channels, [np.abs(W).sum(axis=0) * r for W, r in zip(weights, rms)])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import scipy.linalg
@@ -62,12 +62,43 @@ def solve_psd(H: np.ndarray, B: np.ndarray) -> np.ndarray:
     return vecs @ (inv[:, None] * (vecs.T @ B))
 
 
-def relative_error(c0: float, C: np.ndarray, G: np.ndarray, coef: np.ndarray) -> float:
-    """(c0 − 2 tr(W C) + tr(W G Wᵀ)) / c0, clipped to [0, 1]; 0 when c0 is 0."""
-    if c0 <= 0:
+def ridge_fits(stats: CentredStatistics, columns: np.ndarray, ridges: Iterable[float],
+               prior: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """For each λ of ``ridges``, the W (M, |I|) minimising E‖y − ȳ − W(x_I − x̄_I)‖² + λ‖W − prior‖² (prior 0
+    when None): W = prior + Δ, Δᵀ = (G_II + λI)⁻¹(C_I − G_II priorᵀ); λ = 0 gives minimum-norm least squares.
+
+    Factored statistics are solved in sample space without G_II (push-through identity):
+    Δᵀ = F_Iᵀ(F_I F_Iᵀ + λI)⁻¹(B − F_I priorᵀ), a (T, T) system.
+    """
+    if stats.factored:
+        F = stats.F[:, columns]
+        gram = F @ F.T
+        target = stats.B if prior is None else stats.B - F @ prior.T
+    else:
+        gram = stats.G[np.ix_(columns, columns)]
+        target = stats.C[columns] if prior is None else stats.C[columns] - gram @ prior.T
+    for ridge in ridges:
+        H = gram.copy()
+        H.flat[:: H.shape[0] + 1] += ridge
+        delta = solve_psd(H, target)
+        coef = (F.T @ delta if stats.factored else delta).T
+        yield coef if prior is None else prior + coef
+
+
+def residual(stats: CentredStatistics, columns: np.ndarray, coef: np.ndarray) -> float:
+    """E‖y − ȳ − W(x_I − x̄_I)‖² = c0 − 2 tr(W C_I) + tr(W G_II Wᵀ) for W = ``coef`` (M, |I|)."""
+    if stats.factored:
+        R = stats.B - stats.F[:, columns] @ coef.T
+        return float(np.einsum("tm,tm->", R, R))
+    G = stats.G[np.ix_(columns, columns)]
+    return float(stats.c0) - 2.0 * float(np.sum(coef * stats.C[columns].T)) + float(np.sum((coef @ G) * coef))
+
+
+def relative_error(stats: CentredStatistics, columns: np.ndarray, coef: np.ndarray) -> float:
+    """:func:`residual` / c0, at least 0; 0 when c0 is 0."""
+    if stats.c0 <= 0:
         return 0.0
-    residual = c0 - 2.0 * np.einsum("mi,im->", coef, C) + np.einsum("mi,mi->", coef @ G, coef)
-    return float(np.clip(residual / c0, 0.0, 1.0))
+    return max(residual(stats, columns, coef), 0.0) / stats.c0
 
 
 def columns_of(channel_of_column: np.ndarray, channels: np.ndarray) -> np.ndarray:
@@ -93,13 +124,10 @@ def refit(stats: CentredStatistics, columns: np.ndarray, delta: float = 1e-6) ->
     if columns.size == 0:
         error = 1.0 if stats.c0 > 0 else 0.0
         return Refit(np.zeros((stats.n_targets, 0)), stats.y_mean.copy(), error)
-    G = stats.G[np.ix_(columns, columns)]
-    C = stats.C[columns]
-    H = G.copy()
-    H.flat[:: columns.size + 1] += delta * float(np.trace(G)) / columns.size
-    coef = solve_psd(H, C).T
+    ridge = delta * stats.gram_trace(columns) / columns.size
+    coef = next(ridge_fits(stats, columns, [ridge]))
     intercept = stats.y_mean - coef @ stats.x_mean[columns]
-    return Refit(coef, intercept, relative_error(stats.c0, C, G, coef))
+    return Refit(coef, intercept, min(relative_error(stats, columns, coef), 1.0))
 
 
 def _prefix_columns(channel_of_column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +151,8 @@ def error_curve(
     """Relative re-fit error e[k] when keeping the first k channels of `order`, k = 0..len(order).
 
     One Cholesky of the column-permuted G + λI (λ = δ·tr(G)/p): with Z = L⁻¹C_perm the residual
-    after the first m columns is c0 − Σ_{i<m} ‖Z_i‖² (the ridge-penalised residual).
+    after the first m columns is c0 − Σ_{i<m} ‖Z_i‖² (the ridge-penalised residual). Factored statistics
+    take a (T, T) factorisation per prefix instead (:func:`_prefix_residuals`).
     """
     channel_of_column = np.asarray(channel_of_column, dtype=np.intp).reshape(-1)
     if channel_of_column.shape != (stats.n_features,) or (channel_of_column.size and channel_of_column.min() < 0):
@@ -133,7 +162,9 @@ def error_curve(
         return np.zeros(n_cols.size)
     if perm.size == 0:
         return np.ones(n_cols.size)
-    ridge = delta * float(np.trace(stats.G)) / stats.n_features
+    ridge = delta * stats.gram_trace() / stats.n_features
+    if stats.factored:
+        return np.clip(_prefix_residuals(stats.F, stats.B, perm, n_cols, ridge) / stats.c0, 0.0, 1.0)
 
     def permuted() -> np.ndarray:
         H = stats.G[np.ix_(perm, perm)]
@@ -144,3 +175,26 @@ def error_curve(
     Z = scipy.linalg.solve_triangular(L, stats.C[perm], lower=True, check_finite=False)
     explained = np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, Z))))
     return np.clip((stats.c0 - explained[n_cols]) / stats.c0, 0.0, 1.0)
+
+
+def _prefix_residuals(F: np.ndarray, B: np.ndarray, columns: np.ndarray, n_cols: np.ndarray,
+                      ridge: float) -> np.ndarray:
+    """Ridge-penalised residual min_W ‖B − F_m W‖² + λ‖W‖² = λ tr(Bᵀ(F_m F_mᵀ + λI)⁻¹B) of each prefix
+    F_m = F[:, columns[:m]], m = n_cols[k]: a (T, T) Cholesky per prefix, no (p, p) array.
+
+    λ is raised to at least 1e-12 of the mean eigenvalue tr(G)/p, the dense path's first jitter.
+    """
+    scale = float(np.einsum("ti,ti->", F, F)) / F.shape[1]
+    ridge = max(ridge, 1e-12 * (scale if scale > 0 else 1.0))
+    N = B @ B.T
+    K = np.zeros((F.shape[0], F.shape[0]))
+    K.flat[:: K.shape[0] + 1] = ridge
+    out = np.empty(n_cols.size)
+    start = 0
+    for k, stop in enumerate(n_cols):
+        part = F[:, columns[start:stop]]
+        K += part @ part.T
+        start = stop
+        L = cholesky_jittered(K.copy)
+        out[k] = ridge * float(np.trace(scipy.linalg.cho_solve((L, True), N, check_finite=False)))
+    return out

@@ -1,33 +1,63 @@
-"""Streaming float64 sufficient statistics for the linear model y ≈ W x + b (doc §2)."""
+"""Streaming float64 sufficient statistics for the linear model y ≈ W x + b (doc §2).
+
+While a consumer has seen few rows (T ≤ p/8; a Gemm after Flatten sees one row per sample) its rows
+themselves are kept instead of the (p, p) Gram matrix: exact, much smaller, and the solvers then work
+in sample space (``lowrank.py``) with G = FᵀF, F the centred rows / √T. Past that limit the rows are
+folded into the Gram matrix. Sample-space error curves cost a (T, T) factorisation per channel prefix,
+which stays below one (p, p) factorisation up to T ≈ p/8 even with one column per channel.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-_ARRAY_KEYS = ("T", "sx", "sy", "G", "C", "q")
+_SUMS = ("T", "sx", "sy", "q")
 _BLOCK = 2048  # rows or columns per block of the Gram-sized updates done in place
 _WHOLE_GRAM = 8192  # up to this many columns (512 MB) a batch's Gram matrix is added whole
+_ROW_DIVISOR = 8  # rows are kept while T ≤ p / _ROW_DIVISOR
 
 
 @dataclass(frozen=True)
 class CentredStatistics:
-    """Centred second moments of (x, y): everything a regression on x needs."""
+    """Centred second moments of (x, y): everything a regression on x needs.
 
-    G: np.ndarray
-    C: np.ndarray
+    Dense: G (p, p) and C (p, M). Factored (from few rows): F (T, p) and B (T, M), the centred rows
+    divided by √T, so that G = FᵀF, C = FᵀB and c0 = ‖B‖²; G and C are then None.
+    """
+
+    G: np.ndarray | None
+    C: np.ndarray | None
     c0: float
     x_mean: np.ndarray
     y_mean: np.ndarray
     n_samples: int
+    F: np.ndarray | None = None
+    B: np.ndarray | None = None
+
+    @property
+    def factored(self) -> bool:
+        return self.F is not None
 
     @property
     def n_features(self) -> int:
-        return self.G.shape[0]
+        return self.F.shape[1] if self.factored else self.G.shape[0]
 
     @property
     def n_targets(self) -> int:
-        return self.C.shape[1]
+        return self.B.shape[1] if self.factored else self.C.shape[1]
+
+    def gram_diagonal(self, columns: np.ndarray | None = None) -> np.ndarray:
+        """diag(G), or diag(G_II) of the given columns."""
+        if self.factored:
+            F = self.F if columns is None else self.F[:, columns]
+            return np.einsum("ti,ti->i", F, F)
+        diagonal = np.diagonal(self.G)
+        return diagonal if columns is None else diagonal[columns]
+
+    def gram_trace(self, columns: np.ndarray | None = None) -> float:
+        """tr(G), or tr(G_II) of the given columns."""
+        return float(np.sum(self.gram_diagonal(columns)))
 
 
 def _as_batch(name: str, a: np.ndarray, width: int) -> np.ndarray:
@@ -39,6 +69,29 @@ def _as_batch(name: str, a: np.ndarray, width: int) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinite values; check the calibration data.")
     return a
+
+
+def _add_products(G: np.ndarray, C: np.ndarray, L: np.ndarray, X: np.ndarray, Y: np.ndarray) -> None:
+    """G += LᵀX and C += LᵀY in place; a block of columns at a time for a large G (no second Gram-sized array)."""
+    if G.shape[0] <= _WHOLE_GRAM:
+        G += L.T @ X
+    else:
+        for start in range(0, G.shape[0], _BLOCK):
+            G[:, start:start + _BLOCK] += L.T @ X[:, start:start + _BLOCK]
+    C += L.T @ Y
+
+
+def _without_rows(X: np.ndarray, Y: np.ndarray, Xo: np.ndarray, Yo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of (X, Y) left when one equal row is removed for each row of (Xo, Yo)."""
+    rows: dict[bytes, list[int]] = {}
+    for i, key in enumerate(map(bytes, np.hstack([X, Y]))):
+        rows.setdefault(key, []).append(i)
+    keep = np.ones(X.shape[0], dtype=bool)
+    for key in map(bytes, np.hstack([Xo, Yo])):
+        if not rows.get(key):
+            raise ValueError("cannot subtract statistics with rows that are not part of these.")
+        keep[rows[key].pop()] = False
+    return X[keep], Y[keep]
 
 
 def _subtract_outer(A: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
@@ -59,7 +112,11 @@ def _symmetrise(A: np.ndarray) -> None:
 
 
 class LinearStatistics:
-    """Streaming float64 sufficient statistics for y ≈ W x + b (sklearn partial_fit style; additive)."""
+    """Streaming float64 sufficient statistics for y ≈ W x + b (sklearn partial_fit style; additive).
+
+    Besides the sums T, Σx, Σy, Σ‖y‖² it holds either the rows themselves, ``rows_x_`` (T, p) and
+    ``rows_y_`` (T, M), while T ≤ p/8, or the sums ``gram_`` = Σxxᵀ and ``cross_`` = Σxyᵀ (the others None).
+    """
 
     def __init__(self, n_features: int, n_targets: int):
         if n_features < 1 or n_targets < 1:
@@ -69,9 +126,15 @@ class LinearStatistics:
         self.n_samples_seen_ = 0
         self.sum_x_ = np.zeros(n_features)
         self.sum_y_ = np.zeros(n_targets)
-        self.gram_ = np.zeros((n_features, n_features))
-        self.cross_ = np.zeros((n_features, n_targets))
         self.sum_sq_y_ = 0.0
+        self.rows_x_: np.ndarray | None = np.zeros((0, n_features))
+        self.rows_y_: np.ndarray | None = np.zeros((0, n_targets))
+        self.gram_: np.ndarray | None = None
+        self.cross_: np.ndarray | None = None
+
+    @property
+    def keeps_rows(self) -> bool:
+        return self.gram_ is None
 
     def partial_fit(self, X: np.ndarray, Y: np.ndarray) -> LinearStatistics:
         """Add a batch of rows X (n, p) and targets Y (n, M)."""
@@ -82,14 +145,27 @@ class LinearStatistics:
         self.n_samples_seen_ += X.shape[0]
         self.sum_x_ += X.sum(axis=0)
         self.sum_y_ += Y.sum(axis=0)
-        if self.n_features <= _WHOLE_GRAM:
-            self.gram_ += X.T @ X
-        else:  # a block of columns at a time: no second Gram-sized array (5 GB for 25 088 columns)
-            for start in range(0, self.n_features, _BLOCK):
-                self.gram_[:, start:start + _BLOCK] += X.T @ X[:, start:start + _BLOCK]
-        self.cross_ += X.T @ Y
         self.sum_sq_y_ += float(np.einsum("ij,ij->", Y, Y))
+        self._add_rows(X, Y)
         return self
+
+    def _add_rows(self, X: np.ndarray, Y: np.ndarray) -> None:
+        """Add rows that the sums already count: kept while T ≤ p/8, else added to the Gram matrix."""
+        if self.keeps_rows and _ROW_DIVISOR * self.n_samples_seen_ > self.n_features:
+            self._fold_rows()
+        if self.keeps_rows:
+            self.rows_x_ = np.concatenate([self.rows_x_, X])
+            self.rows_y_ = np.concatenate([self.rows_y_, Y])
+        else:
+            _add_products(self.gram_, self.cross_, X, X, Y)
+
+    def _fold_rows(self) -> None:
+        """Replace the kept rows by their Gram and cross-product sums."""
+        X, Y = self.rows_x_, self.rows_y_
+        self.rows_x_ = self.rows_y_ = None
+        self.gram_ = np.zeros((self.n_features, self.n_features))
+        self.cross_ = np.zeros((self.n_features, self.n_targets))
+        _add_products(self.gram_, self.cross_, X, X, Y)
 
     def merge(self, other: LinearStatistics) -> LinearStatistics:
         """Add another shard's statistics in place; returns self."""
@@ -101,9 +177,14 @@ class LinearStatistics:
         self.n_samples_seen_ += other.n_samples_seen_
         self.sum_x_ += other.sum_x_
         self.sum_y_ += other.sum_y_
+        self.sum_sq_y_ += other.sum_sq_y_
+        if other.keeps_rows:
+            self._add_rows(other.rows_x_, other.rows_y_)
+            return self
+        if self.keeps_rows:
+            self._fold_rows()
         self.gram_ += other.gram_
         self.cross_ += other.cross_
-        self.sum_sq_y_ += other.sum_sq_y_
         return self
 
     def __add__(self, other: LinearStatistics) -> LinearStatistics:
@@ -117,29 +198,44 @@ class LinearStatistics:
         out.n_samples_seen_ = self.n_samples_seen_ - other.n_samples_seen_
         out.sum_x_ = self.sum_x_ - other.sum_x_
         out.sum_y_ = self.sum_y_ - other.sum_y_
-        out.gram_ = self.gram_ - other.gram_
-        out.cross_ = self.cross_ - other.cross_
         out.sum_sq_y_ = self.sum_sq_y_ - other.sum_sq_y_
+        if self.keeps_rows:
+            if not other.keeps_rows:
+                raise ValueError("cannot subtract statistics of more rows than these hold.")
+            out.rows_x_, out.rows_y_ = _without_rows(self.rows_x_, self.rows_y_, other.rows_x_, other.rows_y_)
+        elif other.keeps_rows:
+            out.rows_x_ = out.rows_y_ = None
+            out.gram_, out.cross_ = self.gram_.copy(), self.cross_.copy()
+            _add_products(out.gram_, out.cross_, -other.rows_x_, other.rows_x_, other.rows_y_)
+        else:
+            out.rows_x_ = out.rows_y_ = None
+            out.gram_ = self.gram_ - other.gram_
+            out.cross_ = self.cross_ - other.cross_
         return out
 
     def centred(self) -> CentredStatistics:
-        """Centre the sums: G/T − x̄x̄ᵀ, C/T − x̄ȳᵀ, c0 = q/T − ‖ȳ‖² (new arrays; no other Gram-sized temporaries)."""
+        """Centre the sums: G/T − x̄x̄ᵀ, C/T − x̄ȳᵀ, c0 = q/T − ‖ȳ‖² (new arrays; no other Gram-sized temporaries),
+        or, while rows are kept, factored statistics of the centred rows."""
+        if self.keeps_rows:
+            return self._centre_rows(self.rows_x_.copy(), self.rows_y_.copy())
         return self._centre(self.gram_.copy(), self.cross_.copy())
 
     def centred_in_place(self) -> CentredStatistics:
         """:meth:`centred` computed in the memory of the sums, which are used up: for temporaries such as
         ``full - odd``, it saves a Gram-sized copy. The object must not be used afterwards."""
-        G, C = self.gram_, self.cross_
-        self.gram_ = self.cross_ = None
-        return self._centre(G, C)
+        rows, G, C, X, Y = self.keeps_rows, self.gram_, self.cross_, self.rows_x_, self.rows_y_
+        self.gram_ = self.cross_ = self.rows_x_ = self.rows_y_ = None
+        return self._centre_rows(X, Y) if rows else self._centre(G, C)
 
-    def _centre(self, G: np.ndarray, C: np.ndarray) -> CentredStatistics:
-        """Centre the sums G = Σxxᵀ and C = Σxyᵀ in place (arrays the caller gives up)."""
+    def _means(self) -> tuple[int, np.ndarray, np.ndarray]:
         T = self.n_samples_seen_
         if T == 0:
             raise ValueError("No samples seen; call partial_fit with calibration data first.")
-        x_mean = self.sum_x_ / T
-        y_mean = self.sum_y_ / T
+        return T, self.sum_x_ / T, self.sum_y_ / T
+
+    def _centre(self, G: np.ndarray, C: np.ndarray) -> CentredStatistics:
+        """Centre the sums G = Σxxᵀ and C = Σxyᵀ in place (arrays the caller gives up)."""
+        T, x_mean, y_mean = self._means()
         G /= T
         _subtract_outer(G, x_mean, x_mean)
         _symmetrise(G)
@@ -148,37 +244,62 @@ class LinearStatistics:
         c0 = max(self.sum_sq_y_ / T - float(y_mean @ y_mean), 0.0)
         return CentredStatistics(G=G, C=C, c0=c0, x_mean=x_mean, y_mean=y_mean, n_samples=T)
 
+    def _centre_rows(self, X: np.ndarray, Y: np.ndarray) -> CentredStatistics:
+        """Factored statistics F = (X − x̄)/√T, B = (Y − ȳ)/√T, computed in place (arrays the caller gives up).
+
+        The means come from the rows, not the running sums: rows in the same order then give bit-identical
+        statistics however they were streamed or sharded."""
+        T = self._means()[0]
+        x_mean, y_mean = X.mean(axis=0), Y.mean(axis=0)
+        X -= x_mean
+        X /= np.sqrt(T)
+        Y -= y_mean
+        Y /= np.sqrt(T)
+        c0 = float(np.einsum("tm,tm->", Y, Y))
+        return CentredStatistics(G=None, C=None, c0=c0, x_mean=x_mean, y_mean=y_mean, n_samples=T, F=X, B=Y)
+
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Raw (uncentred) sums keyed T, sx, sy, G, C, q, e.g. for ``np.savez``: the accumulators themselves,
-        not copies (a Gram matrix can take gigabytes), so copy them before changing them."""
-        return {
+        """Raw (uncentred) sums keyed T, sx, sy, q and G, C (or the rows X, Y while they are kept), e.g. for
+        ``np.savez``: the accumulators themselves, not copies (a Gram matrix can take gigabytes), so copy them
+        before changing them."""
+        arrays = {
             "T": np.asarray(self.n_samples_seen_, dtype=np.int64),
             "sx": self.sum_x_,
             "sy": self.sum_y_,
-            "G": self.gram_,
-            "C": self.cross_,
             "q": np.asarray(self.sum_sq_y_, dtype=np.float64),
         }
+        if self.keeps_rows:
+            arrays.update(X=self.rows_x_, Y=self.rows_y_)
+        else:
+            arrays.update(G=self.gram_, C=self.cross_)
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LinearStatistics:
         """Rebuild from the output of :meth:`to_arrays` (or a loaded ``.npz``)."""
-        missing = [k for k in _ARRAY_KEYS if k not in arrays]
+        rows = "X" in arrays
+        keys = (*_SUMS, *(("X", "Y") if rows else ("G", "C")))
+        missing = [k for k in keys if k not in arrays]
         if missing:
-            raise ValueError(f"Statistics arrays lack keys {missing}; expected {list(_ARRAY_KEYS)}.")
-        C = np.asarray(arrays["C"], dtype=np.float64)
-        if C.ndim != 2:
-            raise ValueError(f"C must be 2-D, got shape {C.shape}.")
-        p, M = C.shape
+            raise ValueError(f"Statistics arrays lack keys {missing}; expected {list(keys)}.")
+        wide = np.asarray(arrays["X" if rows else "C"], dtype=np.float64)
+        if wide.ndim != 2:
+            raise ValueError(f"{'X' if rows else 'C'} must be 2-D, got shape {wide.shape}.")
+        T = int(arrays["T"])
+        p, M = (wide.shape[1], np.shape(arrays["Y"])[-1]) if rows else wide.shape
         stats = cls(p, M)
-        shapes = {"sx": (p,), "sy": (M,), "G": (p, p)}
+        shapes = {"sx": (p,), "sy": (M,), **({"X": (T, p), "Y": (T, M)} if rows else {"G": (p, p)})}
         for key, shape in shapes.items():
             if np.shape(arrays[key]) != shape:
                 raise ValueError(f"{key} must have shape {shape}, got {np.shape(arrays[key])}.")
-        stats.n_samples_seen_ = int(arrays["T"])
+        stats.n_samples_seen_ = T
         stats.sum_x_ = np.array(arrays["sx"], dtype=np.float64)
         stats.sum_y_ = np.array(arrays["sy"], dtype=np.float64)
-        stats.gram_ = np.array(arrays["G"], dtype=np.float64)
-        stats.cross_ = C.copy()
         stats.sum_sq_y_ = float(arrays["q"])
+        if rows:
+            stats._add_rows(wide, np.asarray(arrays["Y"], dtype=np.float64))
+        else:
+            stats.rows_x_ = stats.rows_y_ = None
+            stats.gram_ = np.array(arrays["G"], dtype=np.float64)
+            stats.cross_ = wide.copy()
         return stats
