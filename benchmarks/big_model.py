@@ -27,10 +27,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from child import ChildRun, machine, publish, run_child  # noqa: E402
+from evaluate import compress_command  # noqa: E402
 
 HIDDEN = (4096, 1024, 10)  # the first layer is two Gemms of half the width, concatenated
 
@@ -90,8 +90,7 @@ def size_gb(path: Path) -> float:
 
 def compress(model: Path, data: Path, out: Path, target: str) -> tuple[ChildRun, dict]:
     report = out.with_suffix(".json")
-    run = run_child([sys.executable, "-m", "onnxprune.cli.main", "compress", str(model), "--data", str(data),
-                     "--target-flops", target, "-o", str(out), "--report", str(report), "-q"])
+    run = run_child(compress_command(model, data, out, ["--target-flops", target, "--report", str(report)]))
     if run.returncode:
         sys.exit(f"compress --target-flops {target} failed ({run.returncode}): {run.stderr.strip()[-2000:]}")
     return run, json.loads(report.read_text())

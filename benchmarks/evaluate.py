@@ -60,13 +60,17 @@ def write_image_npz(model_path: str | Path, folder: str | Path, dest: str | Path
     return dest
 
 
+def compress_command(model: str | Path, data: str | Path, out: str | Path, args: list[str]) -> list[str]:
+    """The command line of a quiet ``onnxprune compress`` run in a fresh Python process."""
+    return [sys.executable, "-m", "onnxprune.cli.main", "compress", str(model), "--data", str(data), "-o", str(out),
+            "--force", "-q", *args]
+
+
 def compress_cli(model: str | Path, data: str | Path, out: str | Path,
                  args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     """Run ``onnxprune compress`` in a fresh process; (wall-clock seconds, finished process)."""
-    cmd = [sys.executable, "-m", "onnxprune.cli.main", "compress", str(model), "--data", str(data), "-o", str(out),
-           "--force", "-q", *args]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(compress_command(model, data, out, args), capture_output=True, text=True, check=False)
     return time.perf_counter() - start, proc
 
 

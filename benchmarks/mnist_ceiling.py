@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child import machine, publish
-from evaluate import mnist, require_shared
+from evaluate import mnist, require_shared, write_mnist_npz
 
 
 def main() -> None:
@@ -32,10 +32,7 @@ def main() -> None:
     from onnxprune import plan as P
     from onnxprune.analysis import find_groups
     from onnxprune.calibration.collect import CalibrationSettings, collect_statistics
-    from onnxprune.calibration.sources import open_data
-    from onnxprune.compress import calibrated_consumers, input_specs
-    from onnxprune.graph.io import load_model
-    from onnxprune.graph.normalise import normalise, static_shapes
+    from onnxprune.compress import CompressOptions, calibrated_consumers, load_inputs
     from onnxprune.graph.probe import probe_model
     from onnxprune.metrics import count_model
     from onnxprune.rewrite import apply_plan
@@ -43,15 +40,12 @@ def main() -> None:
     from onnxprune.sequential import sequential_refit
 
     shared = require_shared()
-    model = normalise(load_model(shared / "models" / "mnist-cntk.onnx"))
-    x_cal, _ = mnist(first=1000)
     x_test, y_test = mnist(skip=1000)
     with tempfile.TemporaryDirectory() as folder:
-        tmp = Path(folder) / "calib.npz"
-        np.savez(tmp, Input3=x_cal)
-        data = open_data(tmp, input_specs(model))
-        calib, _ = data.split(0.1, seed=0)
-        analysis = find_groups(model, static_shapes(model, {"Input3": (1, 1, 28, 28)}))
+        calib_path = write_mnist_npz(Path(folder) / "calib.npz", first=1000)
+        loaded = load_inputs(shared / "models" / "mnist-cntk.onnx", calib_path, CompressOptions())
+        model, data, calib = loaded.model, loaded.data, loaded.calib_idx
+        analysis = find_groups(model, loaded.shapes)
         consumers = calibrated_consumers(analysis)
         settings = CalibrationSettings()
         stats = collect_statistics(model, consumers, data, calib, settings, folds=False)

@@ -52,7 +52,9 @@ from evaluate import (
     write_mnist_npz,
 )
 
-from onnxprune.metrics import count_model
+from onnxprune.atomic import write_text_atomic
+from onnxprune.graph.io import model_inputs
+from onnxprune.metrics import ModelCounts, count_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -122,33 +124,29 @@ class Prepared:
     calib_args: list[str]  # the data options of `compress`
     calib_npz: Path  # the same calibration samples, decoded (for onnxsim's Wanda)
     test: Path  # decoded, labelled test set
-
-
-def input_name(model: Path) -> str:
-    """The single real input of a model."""
-    m = onnx.load(str(model), load_external_data=False)
-    inits = {i.name for i in m.graph.initializer}
-    return next(i.name for i in m.graph.input if i.name not in inits)
+    input: str  # the model's input name
+    counts: ModelCounts  # the original's parameters and multiply-adds
 
 
 def prepare(spec: ModelSpec, shared: Path) -> Prepared:
     """Write (once) the model's calibration and test .npz files into the cache folder."""
     model = shared / "models" / spec.file
-    name = input_name(model)
+    loaded = onnx.load(str(model))
+    name, counts = model_inputs(loaded)[0].name, count_model(loaded)
     CACHE.mkdir(parents=True, exist_ok=True)
     if spec.is_mnist:
         calib = cached(CACHE / f"mnist-calib{CALIB_SAMPLES}-{name}.npz",
                        lambda p: write_mnist_npz(p, first=CALIB_SAMPLES, input_name=name))
         test = cached(CACHE / f"mnist-test-after{CALIB_SAMPLES}-{name}.npz",
                       lambda p: write_mnist_npz(p, skip=CALIB_SAMPLES, input_name=name))
-        return Prepared(model, calib, [], calib, test)
+        return Prepared(model, calib, [], calib, test, name, counts)
     folder = shared / "cifar10"
     calib_npz = cached(CACHE / f"cifar10-train{CALIB_SAMPLES}-{name}-{spec.preset}.npz",
                        lambda p: write_image_npz(model, folder / "train-subset", p, num_samples=CALIB_SAMPLES, **spec.norm))
     test = cached(CACHE / f"cifar10-test-{name}-{spec.preset}.npz",
                   lambda p: write_image_npz(model, folder / "test", p, **spec.norm))
     args = ["--num-samples", str(CALIB_SAMPLES), "--mean", csv(spec.norm["mean"]), "--std", csv(spec.norm["std"])]
-    return Prepared(model, folder / "train-subset", args, calib_npz, test)
+    return Prepared(model, folder / "train-subset", args, calib_npz, test, name, counts)
 
 
 def cached(path: Path, write: Callable[[Path], Path]) -> Path:
@@ -176,9 +174,7 @@ def load_cells() -> dict:
 
 def save_cells(doc: dict) -> None:
     CELLS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CELLS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    tmp.replace(CELLS)
+    write_text_atomic(CELLS, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def cell_key(model: str, method: str, target: float) -> str:
@@ -210,8 +206,7 @@ def source_revision() -> str:
 
 
 def original_cell(data: Prepared) -> dict:
-    counts = count_model(onnx.load(str(data.model)))
-    return {"top1": accuracy(data.model, data.test), "flops": counts.flops, "params": counts.params}
+    return {"top1": accuracy(data.model, data.test), "flops": data.counts.flops, "params": data.counts.params}
 
 
 def onnxprune_cell(data: Prepared, method: str, target: float, tmp: Path) -> dict:
@@ -223,8 +218,7 @@ def onnxprune_cell(data: Prepared, method: str, target: float, tmp: Path) -> dic
     if proc.returncode:
         lines = proc.stderr.strip().splitlines() or ["(no message)"]
         return {"error": f"exit {proc.returncode}: {lines[-1]}", "command": command, "seconds": seconds}
-    base = count_model(onnx.load(str(data.model)))
-    flops, params = kept(out, base)
+    flops, params = kept(out, data.counts)
     return {"top1": accuracy(out, data.test), "flops": flops, "params": params, "seconds": seconds,
             "command": command}
 
@@ -244,7 +238,7 @@ class OnnxsimRunner:
         import onnxsim
 
         self.data = data
-        self.base = count_model(onnx.load(str(data.model)))
+        self.base = data.counts
         start = time.perf_counter()
         self.model, ok = onnxsim.simplify(onnx.load(str(data.model)))
         self.simplify_seconds = time.perf_counter() - start
@@ -259,7 +253,7 @@ class OnnxsimRunner:
             from onnxprune.runtime import fixed_batch
 
             arrays = np.load(self.data.calib_npz)
-            name = input_name(self.data.model)
+            name = self.data.input
             x = arrays[name]
             size = fixed_batch(self.model) or 250
             self._calibration = [{name: x[i:i + size]} for i in range(0, len(x), size)]

@@ -14,28 +14,23 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import CIFAR_TUTORIAL, accuracy, require_shared, write_mnist_npz  # noqa: E402
+from evaluate import CIFAR_TUTORIAL, accuracy, compress_cli, require_shared, write_mnist_npz  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def compress(model: Path, data: Path, out: Path, args: list[str]) -> float:
-    cmd = [sys.executable, "-m", "onnxprune.cli.main", "compress", str(model), "--data", str(data), "-o", str(out),
-           "--force", "-q", *args]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds, proc = compress_cli(model, data, out, args)
     if proc.returncode:
         sys.exit(f"compress failed: {proc.stderr.strip()}")
-    return time.perf_counter() - start
+    return seconds
 
 
 def keep_all_difference(original: Path, pruned: Path, feed: dict[str, np.ndarray]) -> float:

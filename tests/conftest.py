@@ -1,16 +1,26 @@
 """Shared fixtures: the committed sample models and random calibration data for them."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
+
+from onnxprune.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 SHARED = ROOT.parent / "shared" / "data"
 CHAIN_MODELS = sorted((SAMPLES / "chains").glob("**/*.onnx"))
+sys.path.insert(0, str(SAMPLES))  # the sample-model builders, importable by every test module
+
+
+def run_cli(args) -> object:
+    """Invoke the onnxprune CLI in-process with the given arguments (any path-like is turned into str)."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

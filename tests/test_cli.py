@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from onnxprune.cli.main import cli
 
 from conftest import SAMPLES, write_calibration
+from conftest import run_cli as run
 
 LENET = SAMPLES / "lenet5_digits.onnx"
 DIGITS = SAMPLES / "digits_calib.npz"
@@ -23,9 +22,6 @@ def work(tmp_path) -> Path:
     shutil.copy(LENET, tmp_path / "lenet.onnx")
     return tmp_path
 
-
-def run(args: list[str]):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def assert_clean_failure(result, work: Path, code: int | None = None, text: str | None = None) -> None:

@@ -6,7 +6,6 @@ signature; what cannot be proven safe is named in the report's ``blocked`` list 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,9 @@ from onnxprune.graph.io import load_model
 from onnxprune.metrics import count_model
 from onnxprune.plan import Target
 
-from conftest import SAMPLES, random_feed, relative_error, run_model, write_calibration
+from conftest import random_feed, relative_error, run_model, write_calibration
 from test_zoo import FAST, _compress_oracle, _duplicated_conv, _model, _signature
 
-sys.path.insert(0, str(SAMPLES))
 from exporter_patterns import MODELS  # sample_models is not a package
 
 SOFTMAX = ("Softmax", "normalises across the channel axis")  # the classifier's output, frozen anyway

@@ -1,7 +1,6 @@
 """GroupNormalization (opset 21) is pruned by whole groups: keep-all is exact, half the FLOPs keeps whole groups."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +13,8 @@ from onnxprune.graph.io import load_model
 from onnxprune.metrics import count_model
 from onnxprune.plan import Target
 
-from conftest import SAMPLES, random_feed, relative_error, run_model, write_calibration
+from conftest import random_feed, relative_error, run_model, write_calibration
 
-sys.path.insert(0, str(SAMPLES))
 from chain_cnns import _Builder  # sample_models is not a package
 
 GROUPS, CHANNELS = 4, 16

@@ -4,7 +4,6 @@ Examples are derandomized (the same ones every run) so the file's run time is st
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,9 @@ from onnxprune.compress import CompressOptions, compress
 from onnxprune.errors import UsageError
 from onnxprune.plan import Target
 
-from conftest import SAMPLES, random_feed, relative_error, run_model, write_calibration
+from conftest import random_feed, relative_error, run_model, write_calibration
 from test_compress import _signature
 
-sys.path.insert(0, str(SAMPLES))
 from chain_cnns import _Builder, _vi  # the sample models' graph builder
 
 SETTINGS = settings(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,16 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from onnxprune.bench.compare import BenchSettings
-from onnxprune.cli.main import cli
 from onnxprune.compress import CompressOptions, compress
 from onnxprune.errors import UsageError
 from onnxprune.plan import GroupOutcome
 from onnxprune.reporting.plots import groups_png
 
-from conftest import SAMPLES, random_feed
+from conftest import SAMPLES, random_feed, run_cli
 
 MODEL = SAMPLES / "chains" / "a_conv_bn_gap.onnx"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,7 +32,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    return run_cli(args)
 
 
 def embedded_pngs(html_file: Path) -> list[bytes]:

@@ -6,17 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from onnxprune.analysis import find_groups
 from onnxprune.calibration.collect import CalibrationSettings
 from onnxprune.calibration.store import FirstPass
-from onnxprune.cli.main import cli
 from onnxprune.compress import CompressOptions, calibrated_consumers, compress, load_inputs
 from onnxprune.errors import OnnxPruneWarning
 from onnxprune.plan import Target
 
 from conftest import SAMPLES, write_calibration
+from conftest import run_cli as run
 
 LENET = SAMPLES / "lenet5_digits.onnx"
 DIGITS = SAMPLES / "digits_calib.npz"
@@ -24,9 +23,6 @@ CHAIN_A = SAMPLES / "chains" / "a_conv_bn_gap.onnx"
 RESNET = SAMPLES / "zoo" / "resnet_basic.ts.onnx"
 LENET_ARGS = ["--holdout", "0.3"]
 
-
-def run(args: list):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def calibrate_shards(model: Path, data: Path, folder: Path, n: int, extra: list) -> list[Path]:
