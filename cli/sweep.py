@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli.options import (bench_runs_option, check_figure_output, cpu_cores, data_option, echo, html_option,
+from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, cpu_cores, data_option,
+                                   echo, html_option,
                                    image_options, image_settings, parse_fraction, sampling_options, show_progress,
                                    split_list, write_json)
 
@@ -35,7 +36,6 @@ def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, 
     """
     from onnxprune.atomic import atomic_path, check_destination, write_text_atomic
     from onnxprune.bench.measure import DEFAULT_RUNS
-    from onnxprune.calibration.collect import CalibrationSettings
     from onnxprune.compress import CompressOptions
     from onnxprune.sweep import format_sweep_table, sweep as run_sweep
 
@@ -45,7 +45,7 @@ def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, 
     check_figure_output(html_path, "--html", "sweep.html")
     check_figure_output(plot_path, "--plot", "sweep.png")
     options = CompressOptions(
-        calibration=CalibrationSettings(batch_size=batch_size, max_positions=max_positions or None, seed=seed),
+        calibration=calibration_settings(batch_size, max_positions, seed),
         image=image_settings(image_size, raw_pixels, mean, std, layout, bgr),
         num_samples=num_samples,
         holdout=holdout,

@@ -48,11 +48,10 @@ class _Allocation:
     def restore_cost(self, g: int) -> float:
         return self.cost.restore_cost(self._next_restore(g))
 
-    def restore_gain(self, g: int) -> float:
-        if not self.can_restore(g):
-            return -np.inf
+    def restore_gain(self, g: int, cost: float) -> float:
+        """Error removed per unit cost by restoring group ``g``'s next step, which costs ``cost``."""
         c, k = self.curves[g], self.k[g]
-        return (c.curve[k] - c.curve[min(k + c.step, len(c.order))]) / max(self.restore_cost(g), 1e-12)
+        return (c.curve[k] - c.curve[min(k + c.step, len(c.order))]) / max(cost, 1e-12)
 
     def remove(self, g: int) -> None:
         for cls in self._next_removal(g).tolist():
@@ -79,11 +78,12 @@ class _Allocation:
     def refill(self, budget: float) -> None:
         """Restore the classes that still fit, best error reduction per unit cost first."""
         while True:
-            fits = [g for g in range(len(self.curves))
-                    if self.can_restore(g) and self.cost.cost() + self.restore_cost(g) <= budget]
+            now = self.cost.cost()
+            extra = {g: self.restore_cost(g) for g in range(len(self.curves)) if self.can_restore(g)}
+            fits = [g for g, e in extra.items() if now + e <= budget]
             if not fits:
                 return
-            self.restore(max(fits, key=self.restore_gain))
+            self.restore(max(fits, key=lambda g: self.restore_gain(g, extra[g])))
 
     def snapshot(self) -> tuple[np.ndarray, list[int]]:
         return self.kept.copy(), list(self.k)
@@ -111,9 +111,8 @@ def allocate(curves: list[GroupCurve], cost: CostModel, budget: float, n_classes
         if budget - current <= tolerance * cost.before:
             break
         improved = False
-        for g in sorted(range(len(curves)), key=state.restore_gain, reverse=True):
-            if not state.can_restore(g):
-                continue
+        restorable = [g for g in range(len(curves)) if state.can_restore(g)]
+        for g in sorted(restorable, key=lambda g: state.restore_gain(g, state.restore_cost(g)), reverse=True):
             snap = state.snapshot()
             state.restore(g)
             if state.trim(budget, exclude=g) and current < cost.cost() <= budget:

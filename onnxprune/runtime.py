@@ -12,13 +12,14 @@ def create_session(model: onnx.ModelProto, provider: str = "cpu", threads: int |
     work that needs the same cores.
     """
     from onnxprune.bench.providers import make_session, resolve_providers
-    from onnxprune.graph.io import is_large, temporary_file
+    from onnxprune.graph.io import serialised, temporary_file
 
     spec = resolve_providers([provider], allow_fallback=False)[0]
-    if is_large(model):  # over protobuf's 2 GB limit: onnxruntime reads it from a file with external data
+    payload = serialised(model)
+    if payload is None:  # over protobuf's 2 GB limit: onnxruntime reads it from a file with external data
         with temporary_file(model) as path:
             return make_session(path, spec, threads, spinning=False)
-    return make_session(model.SerializeToString(), spec, threads, spinning=False)
+    return make_session(payload, spec, threads, spinning=False)
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:

@@ -39,7 +39,11 @@ def _levels(model: onnx.ModelProto, consumers: Sequence[Consumer]) -> dict[str, 
 
 def consumer_stages(model: onnx.ModelProto, consumers: Sequence[Consumer]) -> list[list[Consumer]]:
     """Consumers grouped so that no consumer depends on the output of another in its own or a later stage."""
-    level = _levels(model, consumers)
+    return _stages(_levels(model, consumers), consumers)
+
+
+def _stages(level: Mapping[str, int], consumers: Sequence[Consumer]) -> list[list[Consumer]]:
+    """Consumers grouped by the level of their output, in increasing level."""
     stages: dict[int, list[Consumer]] = {}
     for c in consumers:
         stages.setdefault(level[c.output], []).append(c)
@@ -62,7 +66,7 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     inits = {i.name: i for i in model.graph.initializer}
     w_arrays = {c.weight: numpy_helper.to_array(inits[c.weight]) for c in consumers}
     refits: dict[str, Refit] = {}
-    for stage in consumer_stages(model, consumers):
+    for stage in _stages(level, consumers):
         current = apply_plan(model, analysis, PrunePlan(plan.kept, refits, []))
         final = {c.node: landings[c.node] for c in stage
                  if c.node in landings and level[landings[c.node].other] < level[c.output]}

@@ -105,6 +105,16 @@ def is_large(model: onnx.ModelProto) -> bool:
         return True
 
 
+def serialised(model: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None when it is over protobuf's 2 GB limit (one encoding, where
+    :func:`is_large` followed by ``SerializeToString`` would encode it twice)."""
+    try:
+        payload = model.SerializeToString()
+    except Exception:  # protobuf refuses to encode messages over 2 GB
+        return None
+    return payload if len(payload) <= _TWO_GB else None
+
+
 def tensor_bytes(tensor: onnx.TensorProto) -> int:
     """The size of a tensor's values in bytes, from its dims and type (without reading the data)."""
     return int(np.prod(tensor.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
