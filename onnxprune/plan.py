@@ -117,8 +117,9 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
     kept = np.ones(analysis.n_classes, dtype=bool)
     if target is not None and target.fraction >= 1.0:
         return PrunePlan(kept, {}, [_outcome(g, kept, None) for g in analysis.groups])
+    ctx = _context(model, stats, settings) if ranked is None or fit_consumers else None
     if ranked is None:
-        ranked = rank_groups(model, analysis, stats, settings, progress)
+        ranked = _rank_all(model, analysis, ctx, progress)
     if target is None:
         for r in ranked:
             local = r.scores * r.group.size >= settings.theta
@@ -130,7 +131,7 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
         kept = _allocate(model, analysis, ranked, target, counts, allocation)
     refits, errors = ({}, {})
     if fit_consumers:
-        refits, errors = _refit_groups(ranked, kept, analysis, _context(model, analysis, stats, settings))
+        refits, errors = _refit_groups(ranked, kept, analysis, ctx)
     return PrunePlan(kept, refits if settings.refit else {}, [_outcome(g, kept, errors.get(g.id)) for g in analysis.groups])
 
 
@@ -148,24 +149,34 @@ def rank_groups(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, 
                 progress: Callable[[int], None] | None = None) -> list[RankedGroup]:
     """Channel order and error curve of every prunable group with statistics (the target-independent part of
     :func:`solve`, so that several targets can share it)."""
-    ctx = _context(model, analysis, stats, settings)
+    return _rank_all(model, analysis, _context(model, stats, settings), progress)
+
+
+def _rank_all(model: onnx.ModelProto, analysis: Analysis, ctx: "_Context",
+              progress: Callable[[int], None] | None) -> list[RankedGroup]:
+    gains = _gains(model, analysis, ctx.stats, ctx.settings)
     ranked = []
     for g in analysis.groups:
-        if g.prunable and all(c.node in stats for c in g.consumers):
-            ranked.append(_rank(g, analysis, ctx))
+        if g.prunable and all(c.node in ctx.stats for c in g.consumers):
+            ranked.append(_rank(g, analysis, ctx, gains))
         if progress:
             progress(1)
     return ranked
 
 
-def _context(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
-             settings: SolverSettings) -> "_Context":
+def _gains(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
+           settings: SolverSettings) -> dict[str, float]:
+    """Each consumer's error weight in the allocation: the residual gain**power, times the output weight."""
     gains = landing_gains(analysis, {node: s.gain ** settings.residual_power
                                      for node, s in stats.items() if s.gain is not None})
     consumers = [c for g in analysis.groups for c in g.consumers]
     for node in output_consumers(model, consumers):
         gains[node] = gains.get(node, 1.0) * settings.output_weight
-    return _Context(initializer_arrays(model), {n.name: n for n in model.graph.node}, stats, settings, gains)
+    return gains
+
+
+def _context(model: onnx.ModelProto, stats: Mapping[str, ConsumerStats], settings: SolverSettings) -> "_Context":
+    return _Context(initializer_arrays(model), {n.name: n for n in model.graph.node}, stats, settings)
 
 
 @dataclass
@@ -174,7 +185,6 @@ class _Context:
     nodes: Mapping[str, onnx.NodeProto]
     stats: Mapping[str, ConsumerStats]
     settings: SolverSettings
-    gains: Mapping[str, float]
 
 
 def _refit_groups(ranked: list[RankedGroup], kept: np.ndarray, analysis: Analysis,
@@ -206,7 +216,7 @@ def _refit_groups(ranked: list[RankedGroup], kept: np.ndarray, analysis: Analysi
     return refits, errors
 
 
-def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context) -> RankedGroup:
+def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context, gains: Mapping[str, float]) -> RankedGroup:
     """Channel order by score, and the group's error curve: over its consumers, the sum of each one's
     relative error times its weight: 1, or (c0/E(sum))**residual_power for a consumer whose error lands
     in a residual sum, so that each consumer's error is judged against the stream it perturbs.
@@ -232,7 +242,7 @@ def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context) -> RankedGroup
         with np.errstate(invalid="ignore"):
             refit_estimate = np.nan_to_num(raw * effective_rows_factor(prob.stats.n_samples, columns), nan=np.inf)
         best = np.minimum(refit_estimate, prior_error_curve(prob.stats, prob.channel_of_column, order, w0))
-        curve += ctx.gains.get(cons.node, 1.0) * best
+        curve += gains.get(cons.node, 1.0) * best
     return RankedGroup(group, scores, order, curve)
 
 
