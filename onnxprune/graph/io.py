@@ -5,7 +5,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -124,15 +124,15 @@ def _with_external_data(model: onnx.ModelProto, data_path: Path, location: str) 
     """A copy of ``model`` whose initializers of 1 KiB or more (with raw data) are written to ``data_path`` and
     referenced as ``location``; their bytes go to the file, never into a second in-memory model."""
     light = onnx.ModelProto()
-    _copy_fields(model, light, skip="graph")
-    _copy_fields(model.graph, light.graph, skip="initializer")
+    copy_fields(model, light, skip="graph")
+    copy_fields(model.graph, light.graph, skip="initializer")
     with open(data_path, "wb") as data:
         for init in model.graph.initializer:
             if not init.HasField("raw_data") or tensor_bytes(init) < _EXTERNAL_THRESHOLD:
                 light.graph.initializer.append(init)
                 continue
             tensor = light.graph.initializer.add()
-            _copy_fields(init, tensor, skip="raw_data")
+            copy_fields(init, tensor, skip="raw_data")
             offset = data.tell()
             data.write(init.raw_data)
             tensor.data_location = onnx.TensorProto.EXTERNAL
@@ -141,10 +141,11 @@ def _with_external_data(model: onnx.ModelProto, data_path: Path, location: str) 
     return light
 
 
-def _copy_fields(source: Message, target: Message, skip: str) -> None:
-    """Copy every field set in ``source`` except ``skip`` (which is never copied) into ``target``."""
+def copy_fields(source: Message, target: Message, skip: str | Iterable[str]) -> None:
+    """Copy every field set in ``source`` except the ``skip`` field(s) (never copied) into ``target``."""
+    skip = {skip} if isinstance(skip, str) else set(skip)
     for field, value in source.ListFields():
-        if field.name == skip:
+        if field.name in skip:
             continue
         if isinstance(value, Message):
             getattr(target, field.name).CopyFrom(value)

@@ -32,6 +32,8 @@ def probe_model(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto
     ONNX Runtime runs every node of a session whatever outputs are asked for, so a pass that needs
     tensors near the input should not pay for the rest of the network.
     """
+    from onnxprune.graph.io import copy_fields, model_inputs
+
     names = list(dict.fromkeys(names))
     needed = set(names)
     keep = []
@@ -40,12 +42,16 @@ def probe_model(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto
             keep.append(node)
             needed.update(_node_reads(node))
     out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(reversed(keep))
-    del out.graph.output[:]
-    types = element_types(model)
-    out.graph.output.extend(helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in names)
+    copy_fields(model, out, skip="graph")  # only the weights the kept nodes read are copied
+    graph = out.graph
+    copy_fields(model.graph, graph, skip=("node", "initializer", "input", "output", "value_info"))
+    graph.node.extend(reversed(keep))
+    graph.initializer.extend(t for t in model.graph.initializer if t.name in needed)
+    real = {i.name for i in model_inputs(model)}
+    graph.input.extend(i for i in model.graph.input if i.name in real or i.name in needed)
+    graph.value_info.extend(v for v in model.graph.value_info if v.name in needed)
+    types = element_types(out)
+    graph.output.extend(helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in names)
     return out
 
 
