@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 
 from onnxprune.analysis import find_groups
-from onnxprune.calibration.store import FirstPass, StatsHeader, write_statistics
-from onnxprune.compress import CompressOptions, ProgressFactory, calibrated_consumers, load_inputs
+from onnxprune.calibration.store import StatsHeader, write_statistics
+from onnxprune.compress import CompressOptions, ProgressFactory, first_pass, load_inputs
 from onnxprune.errors import UsageError
 from onnxprune.graph.io import check_output_path
-from onnxprune.residual import residual_landings
 
 
 def calibrate(model_path: str | os.PathLike, data_path: str | os.PathLike, output: str | os.PathLike,
@@ -26,12 +25,10 @@ def calibrate(model_path: str | os.PathLike, data_path: str | os.PathLike, outpu
     out = check_output_path(output, model_path, force=force)
     loaded = load_inputs(model_path, data_path, options)
     analysis = find_groups(loaded.model, loaded.shapes)
-    consumers = calibrated_consumers(analysis)
-    if not consumers:
+    first = first_pass(loaded, analysis, options)
+    if not first.consumers:
         raise UsageError(f"nothing to calibrate in '{model_path}': every channel group is frozen.",
                          note="'onnxprune analyze' shows why")
-    first = FirstPass(loaded.model, consumers, loaded.data, loaded.calib_idx, options.calibration,
-                      folds=not options.error_correcting, landings=residual_landings(loaded.model, analysis, consumers))
     k, n = shard
     if progress is None:
         stats = first.collect(k, n)

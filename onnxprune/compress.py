@@ -15,7 +15,7 @@ from onnxprune.analysis import Analysis, Consumer, exclude_nodes, find_groups
 from onnxprune.atomic import removed_on_error
 from onnxprune.bench.compare import BenchSettings, compare_models
 from onnxprune.calibration.cache import StatsCache
-from onnxprune.calibration.collect import CalibrationSettings, collect_statistics
+from onnxprune.calibration.collect import CalibrationSettings
 from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
 from onnxprune.calibration.store import FirstPass, sum_shards
 from onnxprune.errors import UsageError
@@ -119,6 +119,14 @@ def calibrated_consumers(analysis: Analysis) -> list[Consumer]:
     return [c for g in analysis.groups if g.prunable for c in g.consumers]
 
 
+def first_pass(loaded: Loaded, analysis: Analysis, options: CompressOptions) -> FirstPass:
+    """The first calibration pass of a compress run: the prunable groups' consumers, the residual landings whose
+    gains it measures, and the odd folds when the re-fits read them (``--independent``)."""
+    consumers = calibrated_consumers(analysis)
+    return FirstPass(loaded.model, consumers, loaded.data, loaded.calib_idx, options.calibration,
+                     folds=not options.error_correcting, landings=residual_landings(loaded.model, analysis, consumers))
+
+
 def default_output(model_path: str | os.PathLike) -> Path:
     """MODEL.pruned.onnx beside the input."""
     p = Path(model_path)
@@ -169,8 +177,8 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         raise UsageError("give --stats or --cache, not both: --stats already replaces the first calibration pass.")
     cache = StatsCache(options.cache_dir) if options.cache_dir is not None else None
     with _stage(timings, "load"):
-        original, reference, model, specs, data, calib_idx, hold_idx, shapes = load_inputs(model_path, data_path,
-                                                                                            options)
+        loaded = load_inputs(model_path, data_path, options)
+        original, reference, model, specs, data, calib_idx, hold_idx, shapes = loaded
     with _stage(timings, "analyse"):
         analysis = find_groups(model, shapes)
         excluded = exclude_nodes(analysis, options.exclude)
@@ -182,11 +190,10 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
     if options.target is not None and not skip:
         check_target(model, analysis, options.target, counts, options.allocation)
-    stats_consumers = calibrated_consumers(analysis)
-    landings = residual_landings(model, analysis, stats_consumers)
     notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
     error_correct = options.error_correcting
-    first = FirstPass(model, stats_consumers, data, calib_idx, options.calibration, folds=not error_correct)
+    first = first_pass(loaded, analysis, options)
+    stats_consumers, landings = first.consumers, first.landings
     stats = {}
     if not skip and (options.stats_files or cache is not None):
         with _stage(timings, "read statistics"):
@@ -197,16 +204,14 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     with _stage(timings, "calibrate"):
         if not skip and not stats:
             with progress("calibrating", len(calib_idx)) as bar:
-                stats = collect_statistics(model, stats_consumers, data, calib_idx, options.calibration,
-                                           bar.update, folds=not error_correct, landings=landings)
+                stats = first.collect(progress=bar.update)
             if cache is not None:
                 cache.put(first, stats)
     with _stage(timings, "solve"):
         with progress("solving", len(analysis.groups)) as bar:
             ranked = rank_groups(model, analysis, stats, options.solver, bar.update) if not skip else []
     if error_correct:
-        del stats  # the error-correcting pass collects its own; free the first pass's Gram matrices
-        stats = {}
+        stats = {}  # the error-correcting pass collects its own; free the first pass's Gram matrices
     held = data
     if input_specs(original) != specs:  # float16 inputs: read the held-out samples as the original takes them
         held = open_data(data_path, input_specs(original), image_options=options.image, num_samples=options.num_samples,

@@ -172,7 +172,7 @@ def test_cache_skips_calibration_on_the_second_run(tmp_path, monkeypatch):
     def no_calibration(*args, **kwargs):
         raise AssertionError("the first calibration pass ran despite the cache")
 
-    monkeypatch.setattr("onnxprune.compress.collect_statistics", no_calibration)
+    monkeypatch.setattr("onnxprune.calibration.store.collect_statistics", no_calibration)
     cached = _cached(tmp_path, 0.5, cache, "cached.onnx")
     assert "no calibration pass: first-pass statistics from the cache" in cached.report.notes
     assert "error-correcting re-fit" in " ".join(cached.report.notes)
