@@ -62,21 +62,22 @@ def solve_psd(H: np.ndarray, B: np.ndarray) -> np.ndarray:
     return vecs @ (inv[:, None] * (vecs.T @ B))
 
 
-def ridge_fits(stats: CentredStatistics, columns: np.ndarray, ridges: Iterable[float],
+def ridge_fits(stats: CentredStatistics, ridges: Iterable[float],
                prior: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    """For each λ of ``ridges``, the W (M, |I|) minimising E‖y − ȳ − W(x_I − x̄_I)‖² + λ‖W − prior‖² (prior 0
-    when None): W = prior + Δ, Δᵀ = (G_II + λI)⁻¹(C_I − G_II priorᵀ); λ = 0 gives minimum-norm least squares.
+    """For each λ of ``ridges``, the W (M, p) minimising E‖y − ȳ − W(x − x̄)‖² + λ‖W − prior‖² (prior 0 when
+    None) over all columns of ``stats`` (see :meth:`CentredStatistics.restricted`): W = prior + Δ,
+    Δᵀ = (G + λI)⁻¹(C − G priorᵀ); λ = 0 gives minimum-norm least squares.
 
-    Factored statistics are solved in sample space without G_II (push-through identity):
-    Δᵀ = F_Iᵀ(F_I F_Iᵀ + λI)⁻¹(B − F_I priorᵀ), a (T, T) system.
+    Factored statistics are solved in sample space without G (push-through identity):
+    Δᵀ = Fᵀ(F Fᵀ + λI)⁻¹(B − F priorᵀ), a (T, T) system.
     """
     if stats.factored:
-        F = stats.F[:, columns]
+        F = stats.F
         gram = F @ F.T
         target = stats.B if prior is None else stats.B - F @ prior.T
     else:
-        gram = stats.G[np.ix_(columns, columns)]
-        target = stats.C[columns] if prior is None else stats.C[columns] - gram @ prior.T
+        gram = stats.G
+        target = stats.C if prior is None else stats.C - gram @ prior.T
     for ridge in ridges:
         H = gram.copy()
         H.flat[:: H.shape[0] + 1] += ridge
@@ -85,20 +86,19 @@ def ridge_fits(stats: CentredStatistics, columns: np.ndarray, ridges: Iterable[f
         yield coef if prior is None else prior + coef
 
 
-def residual(stats: CentredStatistics, columns: np.ndarray, coef: np.ndarray) -> float:
-    """E‖y − ȳ − W(x_I − x̄_I)‖² = c0 − 2 tr(W C_I) + tr(W G_II Wᵀ) for W = ``coef`` (M, |I|)."""
+def residual(stats: CentredStatistics, coef: np.ndarray) -> float:
+    """E‖y − ȳ − W(x − x̄)‖² = c0 − 2 tr(W C) + tr(W G Wᵀ) for W = ``coef`` (M, p) over all columns of ``stats``."""
     if stats.factored:
-        R = stats.B - stats.F[:, columns] @ coef.T
+        R = stats.B - stats.F @ coef.T
         return float(np.einsum("tm,tm->", R, R))
-    G = stats.G[np.ix_(columns, columns)]
-    return float(stats.c0) - 2.0 * float(np.sum(coef * stats.C[columns].T)) + float(np.sum((coef @ G) * coef))
+    return float(stats.c0) - 2.0 * float(np.sum(coef * stats.C.T)) + float(np.sum((coef @ stats.G) * coef))
 
 
-def relative_error(stats: CentredStatistics, columns: np.ndarray, coef: np.ndarray) -> float:
+def relative_error(stats: CentredStatistics, coef: np.ndarray) -> float:
     """:func:`residual` / c0, at least 0; 0 when c0 is 0."""
     if stats.c0 <= 0:
         return 0.0
-    return max(residual(stats, columns, coef), 0.0) / stats.c0
+    return max(residual(stats, coef), 0.0) / stats.c0
 
 
 def columns_of(channel_of_column: np.ndarray, channels: np.ndarray) -> np.ndarray:
@@ -124,10 +124,10 @@ def refit(stats: CentredStatistics, columns: np.ndarray, delta: float = 1e-6) ->
     if columns.size == 0:
         error = 1.0 if stats.c0 > 0 else 0.0
         return Refit(np.zeros((stats.n_targets, 0)), stats.y_mean.copy(), error)
-    ridge = delta * stats.gram_trace(columns) / columns.size
-    coef = next(ridge_fits(stats, columns, [ridge]))
-    intercept = stats.y_mean - coef @ stats.x_mean[columns]
-    return Refit(coef, intercept, min(relative_error(stats, columns, coef), 1.0))
+    kept = stats.restricted(columns)
+    coef = next(ridge_fits(kept, [delta * kept.gram_trace() / columns.size]))
+    intercept = stats.y_mean - coef @ kept.x_mean
+    return Refit(coef, intercept, min(relative_error(kept, coef), 1.0))
 
 
 def _prefix_columns(channel_of_column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -39,30 +39,29 @@ def refit_towards(stats: CentredStatistics, columns: np.ndarray, prior: np.ndarr
     cols = np.asarray(columns, dtype=np.int64)
     W0 = np.asarray(prior, dtype=np.float64)
     rel = _cross_validated(folds, cols, W0) if folds is not None else _SMALL
-    W = next(ridge_fits(stats, cols, [rel * _mean_eigenvalue(stats, cols)], W0)) if len(cols) else W0
-    intercept = stats.y_mean - W @ stats.x_mean[cols]
-    return Refit(coef=W, intercept=intercept, error=relative_error(stats, cols, W)), float(rel)
+    kept = stats.restricted(cols)
+    W = next(ridge_fits(kept, [rel * _mean_eigenvalue(kept)], W0)) if len(cols) else W0
+    intercept = stats.y_mean - W @ kept.x_mean
+    return Refit(coef=W, intercept=intercept, error=relative_error(kept, W)), float(rel)
 
 
-def _mean_eigenvalue(stats: CentredStatistics, cols: np.ndarray) -> float:
-    """tr(G_II)/|I|, the unit of the relative ridge."""
-    return max(stats.gram_trace(cols) / max(len(cols), 1), 1e-30)
+def _mean_eigenvalue(stats: CentredStatistics) -> float:
+    """tr(G)/p, the unit of the relative ridge."""
+    return max(stats.gram_trace() / max(stats.n_features, 1), 1e-30)
 
 
 def _cross_validated(folds: tuple[CentredStatistics, CentredStatistics], cols: np.ndarray, W0: np.ndarray) -> float:
     """λ (relative) minimising the summed validation error of fitting on one fold and scoring on the other."""
-    pairs = [(_validation_view(train, cols, W0.shape[0]), _validation_view(test, cols, W0.shape[0]))
-             for train, test in (folds, folds[::-1])]
-    reduced = pairs[0][0] is not folds[0]
-    view_cols = np.arange(len(cols)) if reduced else cols
+    views = [_validation_view(fold, cols, W0.shape[0]) for fold in folds]
+    pairs = [(views[0], views[1]), (views[1], views[0])]
     prior = W0[_validation_targets(folds[0], len(cols), W0.shape[0])]
-    prior = prior.astype(np.float32) if reduced else prior
+    prior = prior.astype(np.float32) if _wide(folds[0], len(cols)) else prior
     grid = list(_GRID)
-    errors = list(_validation_errors(pairs, view_cols, prior, _GRID))
+    errors = list(_validation_errors(pairs, prior, _GRID))
     scale = folds[0].c0 + folds[1].c0
     while _largest_best(errors, scale) == len(errors) - 1 and grid[-1] * _STEP <= _LARGEST * (1 + 1e-9):
         grid.append(grid[-1] * _STEP)
-        errors.extend(_validation_errors(pairs, view_cols, prior, grid[-1:]))
+        errors.extend(_validation_errors(pairs, prior, grid[-1:]))
     return float(grid[_largest_best(errors, scale)])
 
 
@@ -75,33 +74,38 @@ def _largest_best(errors: list[float], scale: float) -> int:
     return max(i for i, e in enumerate(errors) if e <= least + 1e-8 * scale)
 
 
+def _wide(stats: CentredStatistics, n_columns: int) -> bool:
+    """Whether λ is validated the cheap way: dense statistics and at least _WIDE kept columns."""
+    return not stats.factored and n_columns >= _WIDE
+
+
 def _validation_targets(stats: CentredStatistics, n_columns: int, n_targets: int) -> np.ndarray:
     """The outputs λ is validated on: all, or for a wide dense layer a seeded draw of _WIDE_TARGETS of them."""
-    if stats.factored or n_columns < _WIDE or n_targets <= _WIDE_TARGETS:
+    if not _wide(stats, n_columns) or n_targets <= _WIDE_TARGETS:
         return np.arange(n_targets)
     return np.sort(np.random.default_rng(n_columns).choice(n_targets, _WIDE_TARGETS, replace=False))
 
 
 def _validation_view(stats: CentredStatistics, cols: np.ndarray, n_targets: int) -> CentredStatistics:
-    """The fold's statistics as the validation uses them: for a wide dense layer (≥ _WIDE kept columns) the
-    kept columns and the validated outputs only, in float32, with c0 = 0 (a constant: λ is an argmin)."""
+    """The fold's statistics of the kept columns as the validation uses them: for a wide dense layer (≥ _WIDE
+    kept columns) the validated outputs only, in float32, with c0 = 0 (a constant: λ is an argmin)."""
+    kept = stats.restricted(cols)
+    if not _wide(stats, len(cols)):
+        return kept
     targets = _validation_targets(stats, len(cols), n_targets)
-    if len(targets) == n_targets and (stats.factored or len(cols) < _WIDE):
-        return stats
-    G = stats.G[np.ix_(cols, cols)].astype(np.float32)
-    C = stats.C[np.ix_(cols, targets)].astype(np.float32)
-    return CentredStatistics(G, C, 0.0, stats.x_mean[cols], stats.y_mean[targets], stats.n_samples)
+    return CentredStatistics(kept.G.astype(np.float32), kept.C[:, targets].astype(np.float32), 0.0, kept.x_mean,
+                             stats.y_mean[targets], stats.n_samples)
 
 
-def _validation_errors(pairs: list[tuple[CentredStatistics, CentredStatistics]], cols: np.ndarray, W0: np.ndarray,
+def _validation_errors(pairs: list[tuple[CentredStatistics, CentredStatistics]], W0: np.ndarray,
                        rels) -> np.ndarray:
     """Per relative λ, the validation error summed over both ways of training on one fold and scoring the other."""
     total = np.zeros(len(rels))
     for train, test in pairs:
-        shift_x = test.x_mean[cols] - train.x_mean[cols]
+        shift_x = test.x_mean - train.x_mean
         shift_y = test.y_mean - train.y_mean
-        for i, W in enumerate(ridge_fits(train, cols, np.asarray(rels) * _mean_eigenvalue(train, cols), W0)):
-            total[i] += residual(test, cols, W) + float(np.sum((shift_y - W @ shift_x) ** 2))
+        for i, W in enumerate(ridge_fits(train, np.asarray(rels) * _mean_eigenvalue(train), W0)):
+            total[i] += residual(test, W) + float(np.sum((shift_y - W @ shift_x) ** 2))
     return total
 
 

@@ -8,7 +8,7 @@ which stays below one (p, p) factorisation up to T ≈ p/8 even with one column 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +58,12 @@ class CentredStatistics:
     def gram_trace(self, columns: np.ndarray | None = None) -> float:
         """tr(G), or tr(G_II) of the given columns."""
         return float(np.sum(self.gram_diagonal(columns)))
+
+    def restricted(self, columns: np.ndarray) -> CentredStatistics:
+        """The statistics of the given columns only (G_II, C_I, x̄_I; or F_I), gathered once for the fits on them."""
+        if self.factored:
+            return replace(self, F=self.F[:, columns], x_mean=self.x_mean[columns])
+        return replace(self, G=self.G[np.ix_(columns, columns)], C=self.C[columns], x_mean=self.x_mean[columns])
 
 
 def _as_batch(name: str, a: np.ndarray, width: int) -> np.ndarray:
