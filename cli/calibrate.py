@@ -5,7 +5,8 @@ import re
 
 import click
 
-from onnxprune.cli.options import (calibration_settings, data_option, echo, image_options, image_settings,
+from onnxprune.cli.options import (calibration_settings, data_option, echo, exclude_option, image_options,
+                                   image_settings,
                                    progress_factory, provider_option, sampling_options, show_progress)
 from onnxprune.errors import UsageError
 
@@ -29,11 +30,12 @@ def parse_shard(ctx: click.Context, param: click.Parameter, text: str) -> tuple[
 @click.option("--independent", is_flag=True,
               help="Also keep the fold statistics that 'compress --independent' re-fits need.")
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+@exclude_option
 @image_options
 @sampling_options
 @provider_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
-def calibrate(model, data, output, shard, independent, force, image_size, raw_pixels, mean, std, layout, bgr,
+def calibrate(model, data, output, shard, independent, force, exclude, image_size, raw_pixels, mean, std, layout, bgr,
               num_samples, holdout, seed, batch_size, max_positions, provider, quiet) -> None:
     """Compute the calibration statistics of MODEL that compress's first pass collects, for one shard.
 
@@ -51,6 +53,7 @@ def calibrate(model, data, output, shard, independent, force, image_size, raw_pi
         num_samples=num_samples,
         holdout=holdout,
         independent=independent,
+        exclude=tuple(exclude),
     )
     header = run_calibrate(model, data, output, options, shard=shard, force=force,
                            progress=progress_factory(show_progress(quiet)))

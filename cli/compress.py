@@ -7,7 +7,7 @@ from onnxprune.atomic import check_destination, write_text_atomic
 from onnxprune.bench.compare import BenchSettings
 from onnxprune.bench.measure import DEFAULT_RUNS
 from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, cpu_cores, data_option,
-                                   echo, expand_paths, html_option, image_options, image_settings, parse_batches,
+                                   echo, exclude_option, expand_paths, html_option, image_options, image_settings, parse_batches,
                                    parse_fraction, progress_factory, provider_option, sampling_options, show_progress,
                                    write_json)
 from onnxprune.compress import CompressOptions, compress as run_compress, default_output
@@ -62,9 +62,7 @@ from onnxprune.reporting.pages import compress_page
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Keep a multiple of N channels in every group whose size is a multiple of N "
                    "(e.g. 8 for Tensor Cores and TensorRT); the target is still met within 2 %.")
-@click.option("--exclude", multiple=True, metavar="PATTERN",
-              help="Leave alone every channel group that a node whose name matches PATTERN (shell-style, e.g. "
-                   "'/layer1/*') writes or reads. Repeatable.")
+@exclude_option
 @image_options
 @sampling_options
 @provider_option

@@ -141,6 +141,11 @@ sampling_options = _stacked(
                  help="Spatial positions sampled at random per sample and layer for the statistics (0 = all)."),
 )
 
+exclude_option = click.option(
+    "--exclude", multiple=True, metavar="PATTERN",
+    help="Leave alone every channel group that a node whose name matches PATTERN (shell-style, e.g. '/layer1/*') "
+         "writes or reads. Repeatable; calibrate and the compress run that reads its statistics take the same ones.")
+
 provider_option = click.option(
     "--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
     help="ONNX Runtime execution provider used for calibration and verification.")

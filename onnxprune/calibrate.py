@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from onnxprune.analysis import find_groups
+from onnxprune.analysis import exclude_nodes, find_groups
 from onnxprune.calibration.store import StatsHeader, write_statistics
 from onnxprune.compress import CompressOptions, ProgressFactory, first_pass, load_inputs
 from onnxprune.errors import UsageError
@@ -25,6 +25,7 @@ def calibrate(model_path: str | os.PathLike, data_path: str | os.PathLike, outpu
     out = check_output_path(output, model_path, force=force)
     loaded = load_inputs(model_path, data_path, options)
     analysis = find_groups(loaded.model, loaded.shapes)
+    exclude_nodes(analysis, options.exclude)
     first = first_pass(loaded, analysis, options)
     if not first.consumers:
         raise UsageError(f"nothing to calibrate in '{model_path}': every channel group is frozen.",

@@ -39,7 +39,9 @@ def calibrate_shards(model: Path, data: Path, folder: Path, n: int, extra: list)
     (CHAIN_A, 3, ["--max-positions", "5", "--batch-size", "8", "--independent"]),
     # residual blocks: the gains measured in the first pass are summed too (error-correcting mode)
     (RESNET, 3, ["--batch-size", "8"]),
-], ids=["lenet-2-shards", "chain-3-shards-subsampled", "resnet-3-shards-error-correcting"])
+    # --exclude on both commands: the statistics are of the same consumers
+    (LENET, 2, [*LENET_ARGS, "--independent", "--exclude", "/conv1/*"]),
+], ids=["lenet-2-shards", "chain-3-shards-subsampled", "resnet-3-shards-error-correcting", "lenet-excluded"])
 def test_summed_shards_give_the_single_pass_model(tmp_path, model, n, extra):
     data = {LENET: DIGITS, RESNET: RESNET.with_name("resnet_basic.npz")}.get(model) \
         or write_calibration(model, tmp_path, n=60)
