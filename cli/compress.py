@@ -12,6 +12,7 @@ from onnxprune.cli.options import (bench_runs_option, calibration_settings, chec
                                    write_json)
 from onnxprune.compress import CompressOptions, compress as run_compress, default_output
 from onnxprune.errors import UsageError
+from onnxprune.latency import LatencyTarget
 from onnxprune.plan import METHODS, AllocationSettings, SolverSettings, Target
 from onnxprune.report import render_summary
 from onnxprune.reporting.pages import compress_page
@@ -30,6 +31,16 @@ from onnxprune.reporting.pages import compress_page
                    "0 < F <= 1, e.g. 0.5 or 50%. Reached within 2 % (from below).")
 @click.option("--target-params", metavar="F",
               help="Fraction of the original float parameters to keep, 0 < F <= 1, e.g. 0.5 or 50%.")
+@click.option("--target-latency", metavar="F",
+              help="Keep at most this fraction of the original's latency on --provider (0 < F <= 1, e.g. 0.6), "
+                   "alone or besides --target-flops/--target-params (both then hold). Latency is predicted from "
+                   "per-layer kernel times that onnxruntime's profiler measures on uniformly thinned copies of the "
+                   "model (4 copies, 3 rounds of --latency-runs runs each; seconds), so channels are cut where they cost "
+                   "time on that backend, not only multiply-adds.")
+@click.option("--latency-batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Batch size (samples per run) at which --target-latency is measured and met.")
+@click.option("--latency-runs", type=click.IntRange(min=1), default=10, show_default=True, metavar="N",
+              help="Profiled runs per thinned copy and round for --target-latency (after 5 warm-up runs).")
 @click.option("--target-fidelity", type=float, metavar="A",
               help="Instead of a budget: prune as far as the held-out top-1 agreement with the original stays >= A "
                    "(0 < A <= 1), by bisection over the FLOPs budget (about 7 re-fits; slower). Needs --holdout > 0.")
@@ -62,6 +73,10 @@ from onnxprune.reporting.pages import compress_page
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Keep a multiple of N channels in every group whose size is a multiple of N "
                    "(e.g. 8 for Tensor Cores and TensorRT); the target is still met within 2 %.")
+@click.option("--allow-below", is_flag=True,
+              help="With --round-to N, also allow any count below N (onnxruntime's CPU kernels read fewer than N "
+                   "input channels without padding). --target-latency on cpu sets --round-to to the CPU's channel "
+                   "block with this flag when --round-to is not given.")
 @exclude_option
 @image_options
 @sampling_options
@@ -83,8 +98,9 @@ from onnxprune.reporting.pages import compress_page
 @html_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary (errors still go to stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="List every group in the summary, with why untouched ones were left alone.")
-def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_fidelity, method, rho, tau, threshold, ridge, no_refit,
-             independent, residual_power, output_weight, min_keep, round_to, exclude, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
+def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_latency, latency_batch,
+             latency_runs, target_fidelity, method, rho, tau, threshold, ridge, no_refit,
+             independent, residual_power, output_weight, min_keep, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
              provider, stats_files, cache_dir, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
 
@@ -118,9 +134,11 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
         bench=bench_settings,
         stats_files=stats_files,
         cache_dir=cache_dir,
-        allocation=AllocationSettings(min_keep=min_keep, round_to=round_to),
+        allocation=AllocationSettings(min_keep=min_keep, round_to=round_to, allow_below=allow_below),
         exclude=tuple(exclude),
         target_fidelity=target_fidelity,
+        latency=None if target_latency is None else LatencyTarget(
+            parse_fraction(target_latency, "--target-latency"), latency_batch, cpu_cores(), latency_runs),
     )
     out = output or str(default_output(model))
     result = run_compress(model, data, options, output=out, force=force, progress=progress_factory(show_progress(quiet)),

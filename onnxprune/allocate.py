@@ -16,31 +16,49 @@ class GroupCurve:
     curve: np.ndarray       # (D+1,) error when keeping the first k of ``order``
     min_keep: int           # never keep fewer (frozen classes, and at least one)
     step: int = 1           # channels are removed and restored this many at a time (--round-to)
+    fine_below: int = 0     # at or below this many kept channels, one at a time (--allow-below)
+
+    def unit(self, k: int) -> int:
+        """How many channels the next removal takes when ``k`` are kept."""
+        return 1 if k <= self.fine_below else self.step
+
+    def after_removals(self, k: int, steps: int) -> int:
+        """Channels kept after ``steps`` removals from ``k``."""
+        for _ in range(steps):
+            k -= self.unit(k)
+        return k
+
+    def restore_unit(self, k: int) -> int:
+        """How many channels the next restoration adds when ``k`` are kept."""
+        return 1 if k < self.fine_below else self.step
 
 
 class _Allocation:
-    def __init__(self, curves: list[GroupCurve], cost: CostModel, n_classes: int):
+    def __init__(self, curves: list[GroupCurve], cost: CostModel | Budgets, n_classes: int):
         self.curves, self.cost = curves, cost
         self.kept = np.ones(n_classes, dtype=bool)
         self.k = [len(c.order) for c in curves]
         cost.reset()
 
-    def _next_removal(self, g: int) -> np.ndarray:
+    def _next_removal(self, g: int, steps: int = 1) -> np.ndarray:
         c = self.curves[g]
-        return c.order[max(self.k[g] - c.step, 0):self.k[g]]
+        return c.order[max(c.after_removals(self.k[g], steps), 0):self.k[g]]
 
     def _next_restore(self, g: int) -> np.ndarray:
         c = self.curves[g]
-        return c.order[self.k[g]:self.k[g] + c.step]
+        return c.order[self.k[g]:self.k[g] + c.restore_unit(self.k[g])]
 
-    def removal_score(self, g: int) -> float:
-        c = self.curves[g]
-        if self.k[g] - c.step < c.min_keep:
-            return np.inf
-        saving = self.cost.saving(self._next_removal(g))
-        if saving <= 0:
-            return np.inf
-        return max(c.curve[self.k[g] - c.step] - c.curve[self.k[g]], 0.0) / saving
+    def removal_score(self, g: int) -> tuple[float, int]:
+        """Error added per unit of cost saved by the group's next removal, and how many steps it takes: a
+        removal that saves nothing (a measured latency that only drops every few channels) looks further."""
+        c, k = self.curves[g], self.k[g]
+        steps = 1
+        while (after := c.after_removals(k, steps)) >= c.min_keep:
+            saving = self.cost.saving(self._next_removal(g, steps))
+            if saving > 0:
+                return max(c.curve[after] - c.curve[k], 0.0) / saving, steps
+            steps += 1
+        return np.inf, 0
 
     def can_restore(self, g: int) -> bool:
         return self.k[g] < len(self.curves[g].order)
@@ -51,10 +69,10 @@ class _Allocation:
     def restore_gain(self, g: int, cost: float) -> float:
         """Error removed per unit cost by restoring group ``g``'s next step, which costs ``cost``."""
         c, k = self.curves[g], self.k[g]
-        return (c.curve[k] - c.curve[min(k + c.step, len(c.order))]) / max(cost, 1e-12)
+        return (c.curve[k] - c.curve[min(k + c.restore_unit(k), len(c.order))]) / max(cost, 1e-12)
 
-    def remove(self, g: int) -> None:
-        for cls in self._next_removal(g).tolist():
+    def remove(self, g: int, steps: int = 1) -> None:
+        for cls in self._next_removal(g, steps).tolist():
             self.cost.remove(cls)
             self.kept[cls] = False
             self.k[g] -= 1
@@ -68,11 +86,11 @@ class _Allocation:
     def trim(self, budget: float, exclude: int | None = None) -> bool:
         """Remove least-error-per-cost classes until under budget; False if that is impossible."""
         while self.cost.cost() > budget:
-            scores = [np.inf if g == exclude else self.removal_score(g) for g in range(len(self.curves))]
-            if not scores or not np.isfinite(min(scores)):
+            scores = [(np.inf, 0) if g == exclude else self.removal_score(g) for g in range(len(self.curves))]
+            if not scores or not np.isfinite(min(scores)[0]):
                 return False
-            g = int(np.argmin(scores))
-            self.remove(g)
+            g = min(range(len(scores)), key=lambda i: scores[i][0])
+            self.remove(g, scores[g][1])
         return True
 
     def refill(self, budget: float) -> None:
@@ -93,7 +111,43 @@ class _Allocation:
         self.cost.evaluate(self.kept)
 
 
-def allocate(curves: list[GroupCurve], cost: CostModel, budget: float, n_classes: int,
+class Budgets:
+    """Several costs with their budgets, seen by the greedy as one cost with budget 1: the cost is the largest
+    share of a budget in use; a removal saves the sum, over the budgets still exceeded, of its saving as a share
+    of that budget; a restoration costs how much it raises the largest share."""
+
+    def __init__(self, costs: list[CostModel], budgets: list[float]):
+        self.costs, self.budgets = costs, budgets
+        self.before = max(c.before / b for c, b in zip(costs, budgets))
+
+    def cost(self) -> float:
+        return max(c.cost() / b for c, b in zip(self.costs, self.budgets))
+
+    def saving(self, classes) -> float:
+        return sum(c.saving(classes) / b for c, b in zip(self.costs, self.budgets) if c.cost() > b)
+
+    def restore_cost(self, classes) -> float:
+        return max((c.cost() + c.restore_cost(classes)) / b for c, b in zip(self.costs, self.budgets)) - self.cost()
+
+    def remove(self, cls: int) -> None:
+        for c in self.costs:
+            c.remove(cls)
+
+    def restore(self, cls: int) -> None:
+        for c in self.costs:
+            c.restore(cls)
+
+    def reset(self) -> None:
+        for c in self.costs:
+            c.reset()
+
+    def evaluate(self, kept: np.ndarray) -> float:
+        for c in self.costs:
+            c.evaluate(kept)
+        return self.cost()
+
+
+def allocate(curves: list[GroupCurve], cost: CostModel | Budgets, budget: float, n_classes: int,
              tolerance: float = 0.01) -> np.ndarray:
     """Kept-per-class mask whose cost is at most ``budget``, removing least error per unit cost first.
 
@@ -125,7 +179,7 @@ def allocate(curves: list[GroupCurve], cost: CostModel, budget: float, n_classes
     return state.kept
 
 
-def minimum_cost(curves: list[GroupCurve], cost: CostModel, n_classes: int) -> float:
+def minimum_cost(curves: list[GroupCurve], cost: CostModel | Budgets, n_classes: int) -> float:
     """The lowest cost reachable when every group drops to its minimum."""
     kept = np.ones(n_classes, dtype=bool)
     for c in curves:

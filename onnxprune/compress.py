@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Protocol
 
@@ -14,6 +14,9 @@ import onnx
 from onnxprune.analysis import Analysis, Consumer, exclude_nodes, find_groups
 from onnxprune.atomic import removed_on_error
 from onnxprune.bench.compare import BenchSettings, compare_models
+from onnxprune.bench.inputs import feeds_for_batch, input_specs as bench_input_specs
+from onnxprune.bench.profile import cpu_channel_block
+from onnxprune.bench.providers import resolve_providers
 from onnxprune.calibration.cache import StatsCache
 from onnxprune.calibration.collect import CalibrationSettings
 from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
@@ -23,9 +26,10 @@ from onnxprune.graph.io import check_output_path, load_model, model_inputs, save
 from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.graph.precision import refuse_quantised, restore_float16, to_float32
 from onnxprune.graph.probe import onnx_to_numpy_dtype
+from onnxprune.latency import FRACTIONS, ROUNDS, LatencyCost, LatencyTable, LatencyTarget, measure_latency
 from onnxprune.metrics import count_model
-from onnxprune.plan import (AllocationSettings, PrunePlan, SolverSettings, Target, check_method, check_target,
-                            minimum_fraction, rank_groups, solve)
+from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, SolverSettings, Target, check_method,
+                            check_target, minimum_fraction, rank_groups, solve)
 from onnxprune.report import PruneReport
 from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
@@ -58,6 +62,7 @@ class CompressOptions:
     allocation: AllocationSettings = field(default_factory=AllocationSettings)  # --min-keep, --round-to
     target_fidelity: float | None = None  # prune as far as the held-out top-1 agreement stays at least this
     exclude: tuple[str, ...] = ()     # node-name patterns whose groups are left alone
+    latency: LatencyTarget | None = None  # a latency budget on the calibration provider, besides the target
 
     @property
     def error_correcting(self) -> bool:
@@ -168,7 +173,9 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
             raise UsageError(f"--target-fidelity {options.target_fidelity:g} is outside (0, 1].")
         if options.holdout <= 0:
             raise UsageError("--target-fidelity needs held-out samples: use --holdout > 0.")
-    check_method(options.solver, options.target is not None or options.target_fidelity is not None)
+    if options.latency is not None and not 0.0 < options.latency.fraction <= 1.0:
+        raise UsageError(f"--target-latency {options.latency.fraction:g} is outside (0, 1].")
+    check_method(options.solver, any(t is not None for t in (options.target, options.target_fidelity, options.latency)))
     out_path = check_output_path(output, model_path, force=force) if output is not None else None
     if options.bench is not None and out_path is None:
         raise UsageError("benchmarking needs the pruned model on disk: give an output path.")
@@ -186,11 +193,23 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     prunable = any(g.prunable for g in analysis.groups)
     if not prunable and not write_unchanged:
         out_path = None  # nothing to prune: write nothing unless asked
-    skip = not prunable or (options.target is not None and options.target.fraction >= 1.0)
+    skip = not prunable or (options.target is not None and options.target.fraction >= 1.0 and options.latency is None)
     solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
-    if options.target is not None and not skip:
-        check_target(model, analysis, options.target, counts, options.allocation)
     notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
+    allocation = options.allocation
+    if options.latency is not None and not skip:
+        if options.calibration.provider == "cpu" and allocation.round_to == 1 and (block := cpu_channel_block()) > 1:
+            allocation = replace(allocation, round_to=block, allow_below=True)
+            notes.append(f"--target-latency on cpu: kept counts are multiples of {block} or fewer than {block} "
+                         f"(onnxruntime's NCHWc channel block on this CPU; other counts fall back to slower kernels); "
+                         "--round-to chooses otherwise")
+        with _stage(timings, "profile latency"):
+            with progress("profiling latency", len(FRACTIONS) * ROUNDS) as bar:
+                table = profile_latency(model, analysis, loaded, options.latency, options.calibration.provider,
+                                        allocation, bar.update)
+        allocation = replace(allocation, latency=LatencyBudget(options.latency.fraction, table))
+    if (options.target is not None or options.latency is not None) and not skip:
+        check_target(model, analysis, options.target, counts, allocation)
     error_correct = options.error_correcting
     first = first_pass(loaded, analysis, options)
     stats_consumers, landings = first.consumers, first.landings
@@ -221,7 +240,7 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         """Allocate for ``target``, re-fit, rewrite and measure the held-out fidelity."""
         with _stage(timings, "solve"):
             plan = solve(model, analysis, stats, target=target, counts=counts, settings=options.solver,
-                         fit_consumers=not error_correct, allocation=options.allocation, ranked=ranked)
+                         fit_consumers=not error_correct, allocation=allocation, ranked=ranked)
         if error_correct and not plan.kept.all():
             with _stage(timings, "error-correct"):
                 with progress("re-fitting", len(stats_consumers)) as bar:
@@ -242,7 +261,7 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     if options.target_fidelity is None or skip:
         plan, pruned, fidelity = prune(solve_target)
     else:
-        floor = minimum_fraction(model, analysis, "flops", counts, options.allocation)
+        floor = minimum_fraction(model, analysis, "flops", counts, allocation)
         fraction, (plan, pruned, fidelity) = search_budget(
             lambda f: prune(Target("flops", f)), lambda result: _agreement(result[2]) >= options.target_fidelity,
             floor)
@@ -250,6 +269,7 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
                      f"{fraction:.3f} of the original (agreement measured on the held-out samples)")
     if error_correct and not plan.kept.all():
         notes.append(f"error-correcting re-fit in {len(consumer_stages(model, stats_consumers))} stages")
+    latency = None if allocation.latency is None else predicted_latency(model, analysis, counts, plan, allocation.latency)
     after = count_model(pruned)
     size_after = None
     if out_path is not None:
@@ -268,11 +288,31 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),
         file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
         timings=timings, calibration_samples=len(calib_idx), blocked=analysis.blocked, notes=notes,
-        bench=bench,
+        bench=bench, latency=latency,
     )
     if not prunable:
         report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")
     return CompressResult(pruned, report, plan, analysis)
+
+
+def profile_latency(model: onnx.ModelProto, analysis: Analysis, loaded: Loaded, target: LatencyTarget, provider: str,
+                    allocation: AllocationSettings, progress: Callable[[int], None] | None = None) -> LatencyTable:
+    """The latency table of ``model`` on ``provider``, profiled on calibration samples at ``target.batch``,
+    thinned with the channel counts ``allocation`` allows."""
+    samples = loaded.data.load([int(i) for i in loaded.calib_idx[:target.batch]])
+    feeds = feeds_for_batch(samples, bench_input_specs(model), target.batch)
+    return measure_latency(model, analysis, feeds, resolve_providers([provider])[0], threads=target.threads,
+                           runs=target.runs, rounded=allocation.rounded, progress=progress)
+
+
+def predicted_latency(model: onnx.ModelProto, analysis: Analysis, counts, plan: PrunePlan,
+                      budget: LatencyBudget) -> dict:
+    """The latency budget, the original's profiled kernel time and the pruned model's predicted one (ms per run)."""
+    table = budget.table
+    predicted = LatencyCost(model, analysis, counts, table).evaluate(plan.kept)
+    return {"budget": budget.fraction, "provider": table.provider, "batch": table.batch,
+            "original_ms": round(table.total, 4), "predicted_ms": round(predicted, 4),
+            "predicted_ratio": round(predicted / table.total, 4) if table.total else 1.0}
 
 
 def _agreement(fidelity: Fidelity | None) -> float:

@@ -31,13 +31,14 @@ class CostModel:
             if isinstance(e, SliceInitializer):
                 axes.setdefault(nodes[e.node].input[e.input_index], {}).setdefault(e.axis, e)
         self.terms: list[tuple[float, list[float]]] = []
+        self.term_nodes: list[str] = []   # the node of each flops term (the initializer's name for params)
         self.touches: dict[int, list[tuple[int, int, float]]] = {}
         if kind == "params":
-            items = [(float(np.prod(sizes[name])), name) for name in axes if name in sizes]
+            items = [(float(np.prod(sizes[name])), name, name) for name in axes if name in sizes]
         else:
-            items = [(float(counts.per_node[n.name][1]), n.input[1]) for n in model.graph.node
+            items = [(float(counts.per_node[n.name][1]), n.input[1], n.name) for n in model.graph.node
                      if n.op_type in COST_OPS and n.name in counts.per_node and len(n.input) > 1 and n.input[1] in axes]
-        for value, init in items:
+        for value, init, owner in items:
             if value <= 0:
                 continue
             dims = []
@@ -49,13 +50,20 @@ class CostModel:
                     self.touches.setdefault(c, []).append((t, a, float(per_class[c])))
                 dims.append(float(per_class.sum()))
             self.terms.append((value / float(np.prod(dims)), dims))
+            self.term_nodes.append(owner)
         self._orig = [list(d) for _, d in self.terms]
-        self._sliced_total = sum(c * float(np.prod(d)) for c, d in self.terms)
+        self._sliced_total = self._sum_terms()
+
+    def _value(self, t: int, dims: Sequence[float]) -> float:
+        """Term ``t``'s cost at the kept sizes ``dims``."""
+        return self.terms[t][0] * float(np.prod(dims))
+
+    def _sum_terms(self) -> float:
+        return sum(self._value(t, d) for t, (_, d) in enumerate(self.terms))
 
     def cost(self) -> float:
         """Current cost (with the classes removed so far)."""
-        now = sum(c * float(np.prod(d)) for c, d in self.terms)
-        return self.before - self._sliced_total + now
+        return self.before - self._sliced_total + self._sum_terms()
 
     def saving(self, classes: int | Sequence[int]) -> float:
         """How much the cost drops if ``classes`` (one class id or several) are removed now."""
@@ -87,7 +95,7 @@ class CostModel:
             for t, a, n in self.touches.get(cls, ()):
                 dims = changes.setdefault(t, list(self.terms[t][1]))
                 dims[a] += sign * n
-        return sum(self.terms[t][0] * (float(np.prod(d)) - float(np.prod(self.terms[t][1]))) for t, d in changes.items())
+        return sum(self._value(t, d) - self._value(t, self.terms[t][1]) for t, d in changes.items())
 
     def _apply(self, cls: int, sign: float) -> None:
         for t, a, n in self.touches.get(cls, ()):

@@ -7,12 +7,13 @@ from typing import Callable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.allocate import GroupCurve, allocate, minimum_cost
+from onnxprune.allocate import Budgets, GroupCurve, allocate, minimum_cost
 from onnxprune.analysis.groups import consumer_columns
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
 from onnxprune.costs import CostModel
 from onnxprune.errors import UsageError
 from onnxprune.graph.normalise import initializer_arrays
+from onnxprune.latency import LatencyCost, LatencyTable
 from onnxprune.residual import landing_gains, output_consumers
 from onnxprune.solvers import ConsumerProblem, Refit, error_curve, rank_channels, refit
 from onnxprune.solvers.shrinkage import effective_rows_factor, prior_error_curve, refit_towards
@@ -45,18 +46,41 @@ class SolverSettings:
 
 
 @dataclass(frozen=True)
+class LatencyBudget:
+    """Keep at most ``fraction`` of the original's latency, as ``table`` predicts it."""
+
+    fraction: float
+    table: LatencyTable
+
+
+@dataclass(frozen=True)
 class AllocationSettings:
     """Constraints on the global allocation: keep at least ``min_keep`` (a share) of every group's
-    channels, and keep multiples of ``round_to`` channels in every group whose size is one."""
+    channels, keep multiples of ``round_to`` channels in every group whose size is one, and (optionally)
+    a latency budget that must hold besides the FLOPs or parameter target."""
 
     min_keep: float = 0.0
     round_to: int = 1
+    allow_below: bool = False           # with round_to N, any count below N is allowed too
+    latency: LatencyBudget | None = None
+
+    def unit(self, group: ChannelGroup) -> int:
+        """The group's channel step: ``round_to`` where its size is a multiple of it, else 1."""
+        return self.round_to if self.round_to > 1 and group.size % self.round_to == 0 else 1
+
+    def rounded(self, group: ChannelGroup, count: int) -> int:
+        """``count`` rounded up to what the group may keep (a multiple of its step, or any count below it)."""
+        step = self.unit(group)
+        if self.allow_below and count < step:
+            return count
+        return min(-(-count // step) * step, group.size)
 
     def curve(self, group: ChannelGroup, order: np.ndarray, errors: np.ndarray) -> GroupCurve:
         """The group's allocation curve under these constraints (``order`` in local indices)."""
-        step = self.round_to if self.round_to > 1 and group.size % self.round_to == 0 else 1
+        step = self.unit(group)
         floor = max(int(group.frozen.sum()), int(np.ceil(self.min_keep * group.size - 1e-9)), 1)
-        return GroupCurve(group.classes[order], errors, min(-(-floor // step) * step, group.size), step)
+        return GroupCurve(group.classes[order], errors, self.rounded(group, floor), step,
+                          step if self.allow_below and step > 1 else 0)
 
 
 @dataclass
@@ -113,14 +137,15 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
     ``fit_consumers=False`` leaves the re-fits to a later stage (the error-correcting pass);
     ``ranked`` reuses :func:`rank_groups` of the same statistics.
     """
-    check_method(settings, target is not None)
+    budgeted = target is not None or allocation.latency is not None
+    check_method(settings, budgeted)
     kept = np.ones(analysis.n_classes, dtype=bool)
-    if target is not None and target.fraction >= 1.0:
+    if target is not None and target.fraction >= 1.0 and allocation.latency is None:
         return PrunePlan(kept, {}, [_outcome(g, kept, None) for g in analysis.groups])
     ctx = _context(model, stats, settings) if ranked is None or fit_consumers else None
     if ranked is None:
         ranked = _rank_all(model, analysis, ctx, progress)
-    if target is None:
+    if not budgeted:
         for r in ranked:
             local = r.scores * r.group.size >= settings.theta
             local |= r.group.frozen
@@ -246,11 +271,24 @@ def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context, gains: Mapping
     return RankedGroup(group, scores, order, curve)
 
 
-def _allocate(model, analysis: Analysis, ranked: list[RankedGroup], target: Target, counts,
+def _allocate(model, analysis: Analysis, ranked: list[RankedGroup], target: Target | None, counts,
               allocation: AllocationSettings) -> np.ndarray:
-    cost = CostModel(model, analysis, counts, target.kind)
+    cost, budget = _budget(model, analysis, target, counts, allocation)
     curves = [allocation.curve(r.group, r.order, r.curve) for r in ranked]
-    return allocate(curves, cost, target.fraction * cost.before, analysis.n_classes)
+    return allocate(curves, cost, budget, analysis.n_classes)
+
+
+def _budget(model, analysis: Analysis, target: Target | None, counts,
+            allocation: AllocationSettings) -> tuple[CostModel | Budgets, float]:
+    """The cost the allocation must bring under its budget: the target's, the latency's, or both at once."""
+    costs, budgets = [], []
+    if target is not None:
+        costs.append(CostModel(model, analysis, counts, target.kind))
+        budgets.append(target.fraction * costs[-1].before)
+    if allocation.latency is not None:
+        costs.append(LatencyCost(model, analysis, counts, allocation.latency.table))
+        budgets.append(allocation.latency.fraction * costs[-1].before)
+    return (costs[0], budgets[0]) if len(costs) == 1 else (Budgets(costs, budgets), 1.0)
 
 
 def _outcome(g: ChannelGroup, kept: np.ndarray, error: float | None) -> GroupOutcome:
@@ -258,22 +296,30 @@ def _outcome(g: ChannelGroup, kept: np.ndarray, error: float | None) -> GroupOut
                         [c.node for c in g.consumers], list(g.producers), list(g.reasons))
 
 
-def check_target(model, analysis: Analysis, target: Target, counts,
+def check_target(model, analysis: Analysis, target: Target | None, counts,
                  allocation: AllocationSettings = AllocationSettings()) -> None:
-    """Raise UsageError before any calibration when the target is below what the prunable groups allow."""
-    floor = minimum_fraction(model, analysis, target.kind, counts, allocation)
-    if floor > target.fraction:
-        raise UsageError(
-            f"--target-{target.kind} {target.fraction:g} cannot be reached: the prunable groups allow at best "
-            f"{floor:.3f} of the original {target.kind}.",
-            note="frozen channels, --min-keep, --round-to and --exclude set this floor; "
-                 "'onnxprune analyze' shows what is frozen and why")
+    """Raise UsageError before any calibration when the target (or the latency budget) is below what the
+    prunable groups allow."""
+    wanted = [] if target is None else [(target.kind, target.fraction)]
+    if allocation.latency is not None:
+        wanted.append(("latency", allocation.latency.fraction))
+    for kind, fraction in wanted:
+        floor = minimum_fraction(model, analysis, kind, counts, allocation)
+        if floor > fraction:
+            what = "latency predicted on the provider" if kind == "latency" else kind
+            raise UsageError(
+                f"--target-{kind} {fraction:g} cannot be reached: the prunable groups allow at best "
+                f"{floor:.3f} of the original {what}.",
+                note="frozen channels, --min-keep, --round-to and --exclude set this floor; "
+                     "'onnxprune analyze' shows what is frozen and why")
 
 
 def minimum_fraction(model, analysis: Analysis, kind: str, counts,
                      allocation: AllocationSettings = AllocationSettings()) -> float:
-    """The smallest share of the original cost ('flops' or 'params') that the prunable groups can reach."""
-    cost = CostModel(model, analysis, counts, kind)
+    """The smallest share of the original cost ('flops', 'params', or 'latency' as ``allocation.latency``
+    predicts it) that the prunable groups can reach."""
+    cost = (LatencyCost(model, analysis, counts, allocation.latency.table) if kind == "latency"
+            else CostModel(model, analysis, counts, kind))
     curves = [allocation.curve(g, np.lexsort((np.arange(g.size), ~g.frozen)), np.zeros(g.size + 1))
               for g in analysis.groups if g.prunable]
     return minimum_cost(curves, cost, analysis.n_classes) / cost.before

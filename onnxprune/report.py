@@ -26,6 +26,7 @@ class PruneReport:
     blocked: list[tuple[str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     bench: Comparison | None = None   # original vs pruned latency (compress --bench)
+    latency: dict | None = None       # --target-latency: budget, provider, batch, original and predicted ms
 
     def achieved(self, kind: str) -> float:
         before, after = self.params if kind == "params" else self.flops
@@ -49,6 +50,7 @@ class PruneReport:
             "calibration_samples": self.calibration_samples,
             "notes": self.notes,
             "bench": None if self.bench is None else self.bench.to_dict(),
+            "latency": self.latency,
         }
 
 
@@ -90,6 +92,11 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
         lines.extend(_bench_lines(report.bench))
     if report.target is not None:
         lines.append(f"target: keep {report.target.fraction:.1%} of {report.target.kind}; achieved {report.achieved(report.target.kind):.1%}")
+    if report.latency is not None:
+        lat = report.latency
+        lines.append(f"latency: keep {lat['budget']:.1%} on {lat['provider']} at batch {lat['batch']}; predicted "
+                     f"{lat['predicted_ratio']:.1%} ({lat['original_ms']:.2f} -> {lat['predicted_ms']:.2f} ms of kernels "
+                     "per run, onnxruntime's profiler; check with onnxprune bench)")
     fid = report.fidelity
     if fid is not None:
         parts = [f"held-out samples: {fid.samples}"]

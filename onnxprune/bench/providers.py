@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from onnxprune.errors import ModelError, ProviderError, UsageError
 
@@ -167,7 +167,7 @@ def resolve_providers(
     return specs
 
 
-def _session_options(threads: Optional[int], spinning: bool = True):
+def _session_options(threads: Optional[int], spinning: bool = True, configure: Optional[Callable] = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -183,6 +183,8 @@ def _session_options(threads: Optional[int], spinning: bool = True):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; provider load failures are checked explicitly below
+    if configure is not None:
+        configure(options)
     return options
 
 
@@ -203,8 +205,10 @@ def make_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers:
 
 
 def open_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers: ProviderSpec, threads: Optional[int] = None,
-                 spinning: bool = True):
-    """Like ``make_session``, returning ``(session, fallback_reason)``; the reason is None when no fallback happened."""
+                 spinning: bool = True, configure: Optional[Callable] = None):
+    """Like ``make_session``, returning ``(session, fallback_reason)``; the reason is None when no fallback happened.
+
+    ``configure`` is called on the ``SessionOptions`` last (e.g. to enable profiling)."""
     import onnxruntime as ort
 
     spec = providers
@@ -214,7 +218,7 @@ def open_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers:
 
     def cpu_session():
         try:
-            return ort.InferenceSession(model, sess_options=_session_options(threads, spinning), providers=[CPU])
+            return ort.InferenceSession(model, sess_options=_session_options(threads, spinning, configure), providers=[CPU])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several pybind types
             label = "the model" if isinstance(model, bytes) else f"'{model}'"
             raise ModelError(
@@ -228,7 +232,7 @@ def open_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers:
     failure: Optional[str] = None
     session = None
     try:
-        session = ort.InferenceSession(model, sess_options=_session_options(threads, spinning), providers=names, provider_options=options)
+        session = ort.InferenceSession(model, sess_options=_session_options(threads, spinning, configure), providers=names, provider_options=options)
     except Exception as exc:  # noqa: BLE001
         failure = _first_line(exc)
     if session is not None and spec.name in session.get_providers():

@@ -1,0 +1,157 @@
+"""Per-layer kernel times of a model on an execution provider, read from onnxruntime's profiler.
+
+onnxruntime rewrites the graph before it runs it (fusions, the CPU's NCHWc layout), so a profiled kernel is
+named after the node it came from, after that node's output (``<tensor>_nchwc``), or after a fused chain.
+Each kernel is attributed to the Conv/ConvTranspose/Gemm/MatMul it computes: by node name, else by walking
+back from the tensor it writes through element-wise ops (a fused Relu or residual Add) to a node of that
+kind whose weight has the kernel's weight shape. Kernels of anything else (reorders, pooling, slicing)
+are summed as ``other``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.bench.providers import ProviderSpec, open_session
+
+COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+# ops onnxruntime fuses into the kernel of the Conv/Gemm before them
+_FUSABLE = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "Add", "Sum", "BatchNormalization",
+            "Mul", "Identity", "HardSwish"}
+_LAYOUT_SUFFIXES = ("_nchwc",)
+
+
+@dataclass(frozen=True)
+class KernelTimes:
+    """Mean milliseconds per run: ``per_node`` for each Conv/ConvTranspose/Gemm/MatMul node name,
+    ``other`` for every other kernel, ``total`` for all kernels together."""
+
+    per_node: dict[str, float]
+    other: float
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.per_node.values()) + self.other)
+
+
+def kernel_times(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
+                 threads: Optional[int] = None, runs: int = 20, warmup: int = 5) -> KernelTimes:
+    """Profile ``runs`` calls of ``session.run(feeds)`` after ``warmup`` untimed ones; kernel times per layer."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as tmp:
+        def options(opts: "ort.SessionOptions") -> None:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(tmp) / "run")
+
+        session, _ = open_session(model.SerializeToString(), provider, threads, configure=options)
+        for _ in range(warmup + runs):
+            session.run(None, dict(feeds))
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return attribute(model, _timed_kernels(events, runs), runs)
+
+
+def _timed_kernels(events: list[dict], runs: int) -> list[dict]:
+    """Kernel events of the last ``runs`` runs (the warm-up runs come first)."""
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    since = starts[-runs] if len(starts) >= runs else 0
+    return [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= since]
+
+
+def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int) -> KernelTimes:
+    """Time per run of profiled kernel events (onnxruntime's JSON, ``dur`` in µs) per compute node.
+
+    A kernel's time is the median of its runs (times the calls per run), so one slow run does not count."""
+    nodes = {n.name: n for n in model.graph.node}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    per_node = {n.name: 0.0 for n in model.graph.node if n.op_type in COMPUTE_OPS}
+    other = 0.0
+    durations: dict[str, list[float]] = {}
+    first: dict[str, dict] = {}
+    for e in kernels:
+        durations.setdefault(e["name"], []).append(e["dur"] / 1000.0)
+        first.setdefault(e["name"], e)
+    for name, ms in durations.items():
+        per_run = float(np.median(ms)) * len(ms) / max(runs, 1)
+        node = _source(first[name], nodes, producer, weights)
+        if node is None:
+            other += per_run
+        else:
+            per_node[node] += per_run
+    return KernelTimes(per_node, other)
+
+
+def _source(event: dict, nodes: Mapping[str, onnx.NodeProto], producer: Mapping[str, onnx.NodeProto],
+            weights: Mapping[str, tuple]) -> Optional[str]:
+    """The compute node a kernel event belongs to, or None."""
+    name = event["name"][: -len("_kernel_time")]
+    for suffix in _LAYOUT_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    for cut in [len(name)] + [i for i in range(len(name) - 1, 0, -1) if name[i] == "/"]:
+        prefix = name[:cut]  # a node's name, or its name before a fusion's "/MatMulAddFusion"-like suffix
+        if prefix in nodes:
+            return prefix if nodes[prefix].op_type in COMPUTE_OPS else None
+    if name not in producer:
+        return None
+    candidates = _compute_sources(producer[name], producer)
+    if len(candidates) < 2:
+        return candidates[0].name if candidates else None
+    shapes = event.get("args", {}).get("input_type_shape") or []
+    weight = tuple(next(iter(shapes[1].values()))) if len(shapes) > 1 and isinstance(shapes[1], dict) else ()
+
+    def likeness(c: onnx.NodeProto) -> int:  # the same weight shape, else the same kernel size
+        have = weights.get(c.input[1], ()) if len(c.input) > 1 else ()
+        return 2 if have == weight else int(have[2:] == weight[2:] and len(have) > 2)
+    return max(candidates, key=likeness).name
+
+
+def _compute_sources(node: onnx.NodeProto, producer: Mapping[str, onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Compute nodes reached from ``node`` walking back through fusable element-wise ops, nearest first."""
+    found, frontier, seen = [], [node], set()
+    while frontier:
+        n = frontier.pop(0)
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        if n.op_type in COMPUTE_OPS:
+            found.append(n)
+        elif n.op_type in _FUSABLE:
+            frontier.extend(producer[i] for i in n.input if i in producer)
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_channel_block() -> int:
+    """The channel block of onnxruntime's NCHWc convolutions on this CPU (16 with AVX-512, 8 with AVX2), or 1
+    where the CPU provider does not use that layout. Found by profiling two small convolutions: onnxruntime
+    only converts one whose input channels are a multiple of the block (or fewer than it)."""
+    import onnxruntime as ort
+
+    for block in (8, 16):
+        cin = block * 3  # a multiple of this block, and of no larger one
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"], name="probe", pads=[1, 1, 1, 1])], "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 8, 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+            [numpy_helper.from_array(np.zeros((16, cin, 3, 3), np.float32), "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as tmp:
+            options = ort.SessionOptions()
+            options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "probe")
+            options.log_severity_level = 3
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            session.run(None, {"x": np.zeros((1, cin, 8, 8), np.float32)})
+            names = [e.get("name", "") for e in json.loads(Path(session.end_profiling()).read_text())]
+        if any(n.endswith("_nchwc_kernel_time") for n in names):
+            return block
+    return 1

@@ -1,0 +1,224 @@
+"""--target-latency: profiler attribution, the latency table, its cost model and the allocation under two budgets."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.allocate import Budgets, GroupCurve, allocate
+from onnxprune.analysis import find_groups
+from onnxprune.bench.profile import attribute, kernel_times
+from onnxprune.bench.providers import resolve_providers
+from onnxprune.costs import CostModel
+from onnxprune.graph.io import load_model
+from onnxprune.graph.normalise import normalise, static_shapes
+from onnxprune.latency import LatencyCost, LatencyTable, measure_latency, uniform_mask
+from onnxprune.metrics import count_model
+from onnxprune.plan import AllocationSettings
+
+from conftest import SAMPLES, run_cli
+
+LENET = SAMPLES / "lenet5_digits.onnx"
+DIGITS = SAMPLES / "digits_calib.npz"
+RESNET = SAMPLES / "zoo" / "resnet_basic.ts.onnx"
+
+
+def _fused_model() -> onnx.ModelProto:
+    """Conv -> Relu -> Add(skip) and a MatMul: the shapes onnxruntime fuses and renames."""
+    w = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w")
+    m = numpy_helper.from_array(np.ones((4, 2), np.float32), "m")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Add", ["r", "x"], ["s"], name="add"),
+             helper.make_node("GlobalAveragePool", ["s"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "m"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w, m])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _event(name: str, us: float, weight=None) -> dict:
+    args = {"input_type_shape": [{"float": [1, 4, 8, 8]}, {"float": list(weight)}]} if weight else {}
+    return {"cat": "Node", "name": f"{name}_kernel_time", "dur": us, "ts": 0, "args": args}
+
+
+def test_attribute_follows_layout_renames_fusions_and_takes_the_median():
+    events = [_event("s_nchwc", 100, (4, 4, 3, 3)), _event("s_nchwc", 120, (4, 4, 3, 3)),
+              _event("s_nchwc", 5000, (4, 4, 3, 3)),                      # one slow run: the median ignores it
+              _event("fc/MatMulAddFusion", 30), _event("fc/MatMulAddFusion", 30), _event("fc/MatMulAddFusion", 30),
+              _event("ReorderOutput", 10), _event("ReorderOutput", 10), _event("ReorderOutput", 10),
+              _event("pool", 20), _event("pool", 20), _event("pool", 20)]
+    times = attribute(_fused_model(), events, runs=3)
+    assert times.per_node == pytest.approx({"conv": 0.12, "fc": 0.03})
+    assert times.other == pytest.approx(0.03)
+    assert times.total == pytest.approx(0.18)
+
+
+def test_kernel_times_of_a_real_session_cover_every_layer():
+    model = onnx.load(str(LENET))
+    feeds = {model.graph.input[0].name: np.zeros((2, 1, 32, 32), np.float32)}
+    times = kernel_times(model, feeds, resolve_providers(["cpu"])[0], threads=1, runs=3, warmup=1)
+    compute = {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    assert set(times.per_node) == compute
+    assert all(v >= 0 for v in times.per_node.values())
+    assert sum(times.per_node[n] for n in compute if "conv" in n) > 0  # the convolutions were found
+    assert times.total >= times.other >= 0
+
+
+def _lenet():
+    model = normalise(load_model(LENET))
+    name = model.graph.input[0].name
+    return model, find_groups(model, static_shapes(model, {name: (1, 1, 32, 32)})), name
+
+
+def test_uniform_mask_keeps_a_share_of_every_prunable_group_rounded_as_the_allocation_rounds():
+    _, analysis, _ = _lenet()
+    rounding = AllocationSettings(round_to=4, allow_below=True)
+    for share in (0.5, 0.1):
+        kept = uniform_mask(analysis, share, rounding.rounded)
+        for g in analysis.groups:
+            k = int(kept[g.classes].sum())
+            if not g.prunable:
+                assert k == g.size
+                continue
+            want = max(int(np.ceil(share * g.size)), 1)
+            if g.size % 4 == 0 and want >= 4:
+                want = -(-want // 4) * 4
+            assert k == max(want, int(g.frozen.sum()))
+
+
+def test_allow_below_steps_by_the_multiple_then_one_channel_at_a_time():
+    curve = AllocationSettings(round_to=4, allow_below=True).curve(
+        _FakeGroup(12), np.arange(12), np.linspace(1.0, 0.0, 13))
+    assert curve.min_keep == 1
+    kept, k = [], 12
+    while k > curve.min_keep:
+        k = curve.after_removals(k, 1)
+        kept.append(k)
+    assert kept == [8, 4, 3, 2, 1]
+    assert [curve.restore_unit(k) for k in (1, 3, 4, 8)] == [1, 1, 4, 4]
+    plain = AllocationSettings(round_to=4).curve(_FakeGroup(12), np.arange(12), np.linspace(1.0, 0.0, 13))
+    assert plain.min_keep == 4 and plain.after_removals(12, 2) == 4
+
+
+def test_latency_table_curves_start_at_zero_and_never_fall_with_more_channels():
+    model, analysis, name = _lenet()
+    feeds = {name: np.zeros((4, 1, 32, 32), np.float32)}
+    table = measure_latency(model, analysis, feeds, resolve_providers(["cpu"])[0], threads=1, runs=3)
+    assert table.provider == "cpu" and table.batch == 4 and table.total > 0
+    assert {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")} <= set(table.curves)
+    for shares, ms in table.curves.values():
+        assert shares[0] == 0 and ms[0] == 0 and shares[-1] == pytest.approx(1.0)
+        assert np.all(np.diff(shares) > 0) and np.all(np.diff(ms) >= 0)
+    assert json.loads(json.dumps(table.to_dict()))["batch"] == 4
+
+
+def _table(model, analysis, ms: dict[str, float], other: float = 1.0) -> LatencyTable:
+    """Linear curves: each layer's time proportional to its share of multiply-adds."""
+    curves = {n: (np.array([0.0, 1.0]), np.array([0.0, t])) for n, t in ms.items()}
+    return LatencyTable("cpu", 1, sum(ms.values()) + other, curves)
+
+
+def test_latency_cost_prices_each_layer_at_its_share_of_multiply_adds():
+    model, analysis, _ = _lenet()
+    counts = count_model(model)
+    layers = {n.name: 1.0 + i for i, n in enumerate(model.graph.node) if n.op_type in ("Conv", "Gemm")}
+    cost = LatencyCost(model, analysis, counts, _table(model, analysis, layers))
+    assert cost.cost() == pytest.approx(cost.before)
+    group = next(g for g in analysis.groups if g.prunable)
+    kept = np.ones(analysis.n_classes, dtype=bool)
+    kept[group.classes[: group.size // 2]] = False
+    flops = CostModel(model, analysis, counts, "flops")
+    flops.evaluate(kept)
+    expected = 1.0 + sum(layers[flops.term_nodes[t]] * np.prod(d) / np.prod(o)
+                         for t, ((_, d), o) in enumerate(zip(flops.terms, flops._orig)))
+    assert cost.evaluate(kept) == pytest.approx(expected)
+
+
+class _FakeGroup:
+    """The fields of a ChannelGroup that AllocationSettings.curve reads."""
+
+    def __init__(self, size: int):
+        self.size, self.classes, self.frozen = size, np.arange(size), np.zeros(size, dtype=bool)
+
+
+class _Staircase:
+    """A cost that only drops when a whole block of 4 classes is gone (as NCHWc channel blocks do)."""
+
+    def __init__(self, n: int):
+        self.n, self.before = n, float(n)
+        self.gone: set[int] = set()
+
+    def cost(self) -> float:
+        return float(-(-(self.n - len(self.gone)) // 4) * 4)
+
+    def _after(self, gone: set[int]) -> float:
+        return float(-(-(self.n - len(gone)) // 4) * 4)
+
+    def saving(self, classes) -> float:
+        return self.cost() - self._after(self.gone | set(np.atleast_1d(classes).tolist()))
+
+    def restore_cost(self, classes) -> float:
+        return self._after(self.gone - set(np.atleast_1d(classes).tolist())) - self.cost()
+
+    def remove(self, cls: int) -> None:
+        self.gone.add(cls)
+
+    def restore(self, cls: int) -> None:
+        self.gone.discard(cls)
+
+    def reset(self) -> None:
+        self.gone = set()
+
+    def evaluate(self, kept) -> float:
+        self.gone = set(np.flatnonzero(~kept).tolist())
+        return self.cost()
+
+
+def test_allocation_crosses_steps_that_save_nothing():
+    curve = GroupCurve(np.arange(8), np.linspace(1.0, 0.0, 9), min_keep=1)
+    kept = allocate([curve], _Staircase(8), budget=4.0, n_classes=8)
+    assert kept.sum() == 4 and kept[:4].all()  # the least important block of 4 went, nothing more
+
+
+def test_two_budgets_both_hold_and_the_binding_one_decides():
+    model, analysis, _ = _lenet()
+    counts = count_model(model)
+    groups = [g for g in analysis.groups if g.prunable]
+    curves = [GroupCurve(g.classes, np.linspace(1.0, 0.0, g.size + 1) ** 2, 1) for g in groups]
+    layers = {n.name: 1.0 for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    flops = CostModel(model, analysis, counts, "flops")
+    latency = LatencyCost(model, analysis, counts, _table(model, analysis, layers, other=0.5))
+    kept = allocate(curves, Budgets([flops, latency], [0.8 * flops.before, 0.6 * latency.before]), 1.0,
+                    analysis.n_classes)
+    assert flops.evaluate(kept) <= 0.8 * flops.before
+    assert latency.evaluate(kept) <= 0.6 * latency.before
+    assert latency.evaluate(kept) >= 0.58 * latency.before  # the latency budget binds, and is met closely
+
+
+def test_compress_meets_flops_and_latency_targets_and_reports_the_prediction(tmp_path):
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    result = run_cli(["compress", RESNET, "--data", RESNET.with_name("resnet_basic.npz"), "--num-samples", 32,
+                      "--target-flops", 0.8, "--target-latency", 0.7, "--latency-batch", 4, "--latency-runs", 3,
+                      "-o", out, "--report", report])
+    assert result.exit_code == 0, result.output
+    assert "latency: keep 70.0% on cpu at batch 4; predicted" in result.output
+    doc = json.loads(report.read_text())
+    assert doc["latency"]["batch"] == 4 and doc["latency"]["provider"] == "cpu"
+    assert doc["latency"]["predicted_ratio"] <= 0.7 + 0.02
+    assert doc["achieved"]["flops"] <= 0.8
+    assert "profile latency" in doc["timings"]
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+@pytest.mark.parametrize("value, message", [("1.5", "must be in (0, 1]"), ("0.001", "cannot be reached")])
+def test_a_latency_target_out_of_reach_is_a_usage_error(tmp_path, value, message):
+    out = tmp_path / "p.onnx"
+    result = run_cli(["compress", LENET, "--data", DIGITS, "--target-latency", value, "--latency-runs", 2, "-o", out])
+    assert result.exit_code == 4, result.output  # UsageError
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()
