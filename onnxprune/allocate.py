@@ -119,32 +119,40 @@ class Budgets:
     def __init__(self, costs: list[CostModel], budgets: list[float]):
         self.costs, self.budgets = costs, budgets
         self.before = max(c.before / b for c, b in zip(costs, budgets))
+        self._now: list[float] | None = None  # each cost in the current state, until the next change
+
+    def _current(self) -> list[float]:
+        if self._now is None:
+            self._now = [c.cost() for c in self.costs]
+        return self._now
 
     def cost(self) -> float:
-        return max(c.cost() / b for c, b in zip(self.costs, self.budgets))
+        return max(now / b for now, b in zip(self._current(), self.budgets))
 
     def saving(self, classes) -> float:
-        return sum(c.saving(classes) / b for c, b in zip(self.costs, self.budgets) if c.cost() > b)
+        return sum(c.saving(classes) / b for c, b, now in zip(self.costs, self.budgets, self._current()) if now > b)
 
     def restore_cost(self, classes) -> float:
-        return max((c.cost() + c.restore_cost(classes)) / b for c, b in zip(self.costs, self.budgets)) - self.cost()
+        return max((now + c.restore_cost(classes)) / b
+                   for c, b, now in zip(self.costs, self.budgets, self._current())) - self.cost()
 
     def remove(self, cls: int) -> None:
-        for c in self.costs:
-            c.remove(cls)
+        self._change(lambda c: c.remove(cls))
 
     def restore(self, cls: int) -> None:
-        for c in self.costs:
-            c.restore(cls)
+        self._change(lambda c: c.restore(cls))
 
     def reset(self) -> None:
-        for c in self.costs:
-            c.reset()
+        self._change(lambda c: c.reset())
 
     def evaluate(self, kept: np.ndarray) -> float:
-        for c in self.costs:
-            c.evaluate(kept)
+        self._change(lambda c: c.evaluate(kept))
         return self.cost()
+
+    def _change(self, apply) -> None:
+        for c in self.costs:
+            apply(c)
+        self._now = None
 
 
 def allocate(curves: list[GroupCurve], cost: CostModel | Budgets, budget: float, n_classes: int,

@@ -198,15 +198,10 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
     allocation = options.allocation
     if options.latency is not None and not skip:
-        if options.calibration.provider == "cpu" and allocation.round_to == 1 and (block := cpu_channel_block()) > 1:
-            allocation = replace(allocation, round_to=block, allow_below=True)
-            notes.append(f"--target-latency on cpu: kept counts are multiples of {block} or fewer than {block} "
-                         f"(onnxruntime's NCHWc channel block on this CPU; other counts fall back to slower kernels); "
-                         "--round-to chooses otherwise")
-        with _stage(timings, "profile latency"):
-            with progress("profiling latency", len(FRACTIONS) * ROUNDS) as bar:
-                table = profile_latency(model, analysis, loaded, options.latency, options.calibration.provider,
-                                        allocation, bar.update)
+        allocation = fast_counts(allocation, options.calibration.provider, notes)
+        with _stage(timings, "profile latency"), progress("profiling latency", len(FRACTIONS) * ROUNDS) as bar:
+            table = profile_latency(model, analysis, loaded, options.latency, options.calibration.provider,
+                                    allocation, bar.update)
         allocation = replace(allocation, latency=LatencyBudget(options.latency.fraction, table))
     if (options.target is not None or options.latency is not None) and not skip:
         check_target(model, analysis, options.target, counts, allocation)
@@ -293,6 +288,17 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     if not prunable:
         report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")
     return CompressResult(pruned, report, plan, analysis)
+
+
+def fast_counts(allocation: AllocationSettings, provider: str, notes: list[str]) -> AllocationSettings:
+    """On the CPU provider without --round-to: counts onnxruntime's NCHWc convolutions take without falling back
+    to slower kernels (multiples of the CPU's channel block, or fewer than one block); says so in ``notes``."""
+    if provider != "cpu" or allocation.round_to != 1 or (block := cpu_channel_block()) == 1:
+        return allocation
+    notes.append(f"--target-latency on cpu: kept counts are multiples of {block} or fewer than {block} "
+                 f"(onnxruntime's NCHWc channel block on this CPU; other counts fall back to slower kernels); "
+                 "--round-to chooses otherwise")
+    return replace(allocation, round_to=block, allow_below=True)
 
 
 def profile_latency(model: onnx.ModelProto, analysis: Analysis, loaded: Loaded, target: LatencyTarget, provider: str,

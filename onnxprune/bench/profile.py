@@ -20,18 +20,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.bench.providers import ProviderSpec, open_session
+from onnxprune.bench.providers import ProviderSpec, open_session, resolve_providers
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 # ops onnxruntime fuses into the kernel of the Conv/Gemm before them
 _FUSABLE = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "Add", "Sum", "BatchNormalization",
             "Mul", "Identity", "HardSwish"}
-_LAYOUT_SUFFIXES = ("_nchwc",)
 
 
 @dataclass(frozen=True)
 class KernelTimes:
-    """Mean milliseconds per run: ``per_node`` for each Conv/ConvTranspose/Gemm/MatMul node name,
+    """Milliseconds per run (each kernel's median over the runs): ``per_node`` for each Conv/ConvTranspose/Gemm/MatMul node name,
     ``other`` for every other kernel, ``total`` for all kernels together."""
 
     per_node: dict[str, float]
@@ -45,18 +44,22 @@ class KernelTimes:
 def kernel_times(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
                  threads: Optional[int] = None, runs: int = 20, warmup: int = 5) -> KernelTimes:
     """Profile ``runs`` calls of ``session.run(feeds)`` after ``warmup`` untimed ones; kernel times per layer."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as tmp:
-        def options(opts: "ort.SessionOptions") -> None:
-            opts.enable_profiling = True
-            opts.profile_file_prefix = str(Path(tmp) / "run")
-
-        session, _ = open_session(model.SerializeToString(), provider, threads, configure=options)
-        for _ in range(warmup + runs):
-            session.run(None, dict(feeds))
-        events = json.loads(Path(session.end_profiling()).read_text())
+    events = profile_events(model, feeds, provider, threads=threads, calls=warmup + runs)
     return attribute(model, _timed_kernels(events, runs), runs)
+
+
+def profile_events(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
+                   threads: Optional[int] = None, calls: int = 1) -> list[dict]:
+    """onnxruntime's profiler events (its JSON) of ``calls`` calls of ``session.run(feeds)`` on ``provider``."""
+    with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as tmp:
+        def profiling(options) -> None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(tmp) / "run")
+
+        session, _ = open_session(model.SerializeToString(), provider, threads, configure=profiling)
+        for _ in range(calls):
+            session.run(None, dict(feeds))
+        return json.loads(Path(session.end_profiling()).read_text())
 
 
 def _timed_kernels(events: list[dict], runs: int) -> list[dict]:
@@ -93,10 +96,7 @@ def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int) -> KernelT
 def _source(event: dict, nodes: Mapping[str, onnx.NodeProto], producer: Mapping[str, onnx.NodeProto],
             weights: Mapping[str, tuple]) -> Optional[str]:
     """The compute node a kernel event belongs to, or None."""
-    name = event["name"][: -len("_kernel_time")]
-    for suffix in _LAYOUT_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+    name = event["name"].removesuffix("_kernel_time").removesuffix("_nchwc")  # the CPU's blocked layout
     for cut in [len(name)] + [i for i in range(len(name) - 1, 0, -1) if name[i] == "/"]:
         prefix = name[:cut]  # a node's name, or its name before a fusion's "/MatMulAddFusion"-like suffix
         if prefix in nodes:
@@ -135,8 +135,7 @@ def cpu_channel_block() -> int:
     """The channel block of onnxruntime's NCHWc convolutions on this CPU (16 with AVX-512, 8 with AVX2), or 1
     where the CPU provider does not use that layout. Found by profiling two small convolutions: onnxruntime
     only converts one whose input channels are a multiple of the block (or fewer than it)."""
-    import onnxruntime as ort
-
+    cpu = resolve_providers(["cpu"])[0]
     for block in (8, 16):
         cin = block * 3  # a multiple of this block, and of no larger one
         graph = helper.make_graph(
@@ -145,13 +144,7 @@ def cpu_channel_block() -> int:
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
             [numpy_helper.from_array(np.zeros((16, cin, 3, 3), np.float32), "w")])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-        with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as tmp:
-            options = ort.SessionOptions()
-            options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "probe")
-            options.log_severity_level = 3
-            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-            session.run(None, {"x": np.zeros((1, cin, 8, 8), np.float32)})
-            names = [e.get("name", "") for e in json.loads(Path(session.end_profiling()).read_text())]
-        if any(n.endswith("_nchwc_kernel_time") for n in names):
+        events = profile_events(model, {"x": np.zeros((1, cin, 8, 8), np.float32)}, cpu, threads=1)
+        if any(e.get("name", "").endswith("_nchwc_kernel_time") for e in events):
             return block
     return 1
