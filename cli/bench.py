@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from onnxprune.bench.measure import DEFAULT_ROUNDS
 from onnxprune.cli.options import check_figure_output, cpu_cores, html_option, parse_batches, show_progress, split_list
 from onnxprune.errors import UsageError
 
@@ -41,6 +42,10 @@ def _at_least(minimum: float, what: str):
               help="Instead of --runs: time budget in seconds of timed runs per configuration.")
 @click.option("--warmup", type=int, default=10, show_default=True, callback=_at_least(0, ""), metavar="N",
               help="Untimed warm-up runs per configuration before timing.")
+@click.option("--rounds", type=int, default=DEFAULT_ROUNDS, show_default=True, callback=_at_least(1, ""), metavar="N",
+              help="Split the timed runs of every configuration into N rounds, each a fresh process with its "
+                   "own warm-up, interleaved (round 1 of every model, then round 2, ...), so that a machine "
+                   "whose speed drifts slows every model alike; percentiles pool the runs of all rounds.")
 @click.option("--threads", type=int, default=None, callback=_at_least(0, ""), metavar="N",
               help="Intra-op threads of onnxruntime (0: onnxruntime's own default); inter-op threads are "
                    "always 1. [default: the number of CPU cores available]")
@@ -62,12 +67,13 @@ def _at_least(minimum: float, what: str):
                    "sizes in bytes and MB); written atomically.")
 @html_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress or notes on stderr; only the table on stdout.")
-def bench(models, providers, batches, runs, seconds, warmup, threads, shapes, allow_fallback, trt_fp16,
+def bench(models, providers, batches, runs, seconds, warmup, rounds, threads, shapes, allow_fallback, trt_fp16,
           trt_cache, trt_workspace, device_id, json_path, html_path, quiet) -> None:
     """Measure latency (p50/p90/p99 ms), throughput (samples/s) and peak memory of MODELs.
 
-    Every (model, provider, batch) runs in a fresh process: WARMUP untimed runs, then RUNS timed runs of
-    session.run on prepared random inputs. With two models or more, ratio columns compare each model with
+    Every (model, provider, batch) runs in ROUNDS fresh processes, interleaved with the other models:
+    each makes WARMUP untimed runs, then its share of the RUNS timed runs of session.run on prepared
+    random inputs. With two models or more, ratio columns compare each model with
     the first one, e.g. onnxprune bench model.onnx model.pruned.onnx --batch 1,32.
     """
     from onnxprune.bench import benchmark_models, format_table, resolve_providers, to_document
@@ -97,7 +103,7 @@ def bench(models, providers, batches, runs, seconds, warmup, threads, shapes, al
     progress = say if show_progress(quiet) else None
     results = benchmark_models(
         list(models), providers=specs, batches=batches, runs=runs, seconds=seconds, warmup=warmup,
-        threads=threads, shapes=list(shapes), progress=progress,
+        threads=threads, shapes=list(shapes), rounds=rounds, progress=progress,
     )
     click.echo(format_table(results), nl=False)
 
@@ -108,6 +114,7 @@ def bench(models, providers, batches, runs, seconds, warmup, threads, shapes, al
             "runs": runs if runs is not None or seconds is not None else 50,
             "seconds": seconds,
             "warmup_runs": warmup,
+            "rounds": rounds,
             "threads": threads,
             "inter_op_threads": 1,
             "shapes": list(shapes),

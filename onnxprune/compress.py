@@ -26,7 +26,7 @@ from onnxprune.graph.io import check_output_path, load_model, model_inputs, save
 from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.graph.precision import refuse_quantised, restore_float16, to_float32
 from onnxprune.graph.probe import onnx_to_numpy_dtype
-from onnxprune.latency import FRACTIONS, ROUNDS, LatencyCost, LatencyTable, LatencyTarget, measure_latency
+from onnxprune.latency import ROUNDS, LatencyCost, LatencyTable, LatencyTarget, copies, measure_latency
 from onnxprune.metrics import count_model
 from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, SolverSettings, Target, check_method,
                             check_target, minimum_fraction, rank_groups, solve)
@@ -199,7 +199,7 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     allocation = options.allocation
     if options.latency is not None and not skip:
         allocation = fast_counts(allocation, options.calibration.provider, notes)
-        with _stage(timings, "profile latency"), progress("profiling latency", len(FRACTIONS) * ROUNDS) as bar:
+        with _stage(timings, "profile latency"), progress("profiling latency", copies() * ROUNDS) as bar:
             table = profile_latency(model, analysis, loaded, options.latency, options.calibration.provider,
                                     allocation, bar.update)
         allocation = replace(allocation, latency=LatencyBudget(options.latency.fraction, table))

@@ -2,17 +2,17 @@
 
 Multiply-adds are a poor proxy for time on real backends: on a CPU with AVX-512, onnxruntime computes
 convolutions in blocks of 16 channels (NCHWc), and a layer whose activations are large is bound by memory
-traffic rather than arithmetic. So the latency budget is priced with measured times: the model is thinned
-uniformly (every prunable group keeps the same share of its channels, e.g. 100 %, 75 %, 50 %, 25 %), each
-copy is profiled on the provider (:mod:`onnxprune.bench.profile`), and each Conv/Gemm/MatMul gets a curve
-of its time against its share of multiply-adds. A pruned model's latency is then predicted as the sum of
-its layers' times at their shares (linear interpolation, through zero) plus everything else as measured
-on the original.
+traffic rather than arithmetic. So the latency budget is priced with measured times: the prunable groups
+are split in two colours so that a layer's input and output channels mostly fall in different ones, each
+colour is thinned alone (every group of it keeps 75 %, 50 %, 25 % or the fewest allowed of its channels),
+and each copy is profiled on the provider (:mod:`onnxprune.bench.profile`). Each Conv/Gemm/MatMul gets a
+factor curve per weight axis, and a pruned model's latency is predicted as the sum of its layers' times
+(original time × the product of their axes' factors) plus everything else as measured on the original.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Collection, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -23,7 +23,9 @@ from onnxprune.bench.providers import ProviderSpec
 from onnxprune.costs import CostModel
 from onnxprune.metrics import ModelCounts, count_model
 
-FRACTIONS = (1.0, 0.75, 0.5, 0.25)
+# shares of every group's channels in the thinned copies; 0 keeps the fewest allowed (one channel, or the frozen
+# ones), so that a count far below a block, which still costs the block's padding, is measured, not interpolated
+FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)
 ROUNDS = 3  # every copy is profiled once per round; a layer's time is its median over the rounds
 
 
@@ -38,37 +40,69 @@ class LatencyTarget:
     runs: int = 10
 
 
+def _curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(shares ascending, factors) through (1, 1); timing noise must not make a thinner layer look slower."""
+    by_share = {1.0: 1.0}
+    for share, factor in points:
+        by_share.setdefault(round(share, 9), factor)
+    shares = np.array(sorted(by_share))
+    factors = np.array([by_share[x] for x in shares])
+    return shares, np.minimum.accumulate(factors[::-1])[::-1]
+
+
+@dataclass(frozen=True)
+class LayerCurve:
+    """One layer's time: ``ms`` on the original, times a factor for each weight axis that lost channels.
+
+    ``axes``: axis -> (shares ascending, factors), measured with that axis thinned alone; ``joint``: the factor
+    against the product of the axis shares, measured with several axes thinned at once (used when an axis that
+    changed has no curve of its own). Below the thinnest copy measured, the factor stays that copy's."""
+
+    ms: float
+    axes: Mapping[int, tuple[np.ndarray, np.ndarray]]
+    joint: Optional[tuple[np.ndarray, np.ndarray]] = None
+
+    def factor(self, shares: Sequence[float]) -> float:
+        changed = [a for a, x in enumerate(shares) if x < 1.0 - 1e-9]
+        if changed and self.joint is not None and not all(a in self.axes for a in changed):
+            return float(np.interp(float(np.prod(shares)), *self.joint))
+        return float(np.prod([np.interp(shares[a], *self.axes[a]) if a in self.axes else shares[a] for a in changed]))
+
+
 @dataclass(frozen=True)
 class LatencyTable:
-    """Per-layer time curves of one model on one provider at one batch size (milliseconds per run)."""
+    """Per-layer times of one model on one provider at one batch size (milliseconds per run)."""
 
     provider: str
     batch: int
-    total: float                                        # all kernels of the original, ms per run
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray]]  # node -> (MAC shares ascending, ms)
+    total: float                       # all kernels of the original, ms per run
+    layers: Mapping[str, LayerCurve]   # Conv/Gemm/MatMul node -> its time under thinning
 
-    def time(self, node: str, share: float) -> float:
-        """Predicted ms of ``node`` at ``share`` (0–1) of its original multiply-adds (0 for unknown nodes)."""
-        if node not in self.curves:
-            return 0.0
-        shares, ms = self.curves[node]
-        return float(np.interp(share, shares, ms))
+    def time(self, node: str, shares: Sequence[float]) -> float:
+        """Predicted ms of ``node`` with ``shares`` (0–1) of its weight's sliced axes kept (0 for unknown nodes)."""
+        layer = self.layers.get(node)
+        return 0.0 if layer is None else layer.ms * layer.factor(shares)
 
     def to_dict(self) -> dict:
+        def pair(c):
+            return {"share": c[0].round(4).tolist(), "factor": c[1].round(4).tolist()}
         return {"provider": self.provider, "batch": self.batch, "total_ms": round(self.total, 4),
-                "layers": {n: {"mac_share": s.round(4).tolist(), "ms": m.round(4).tolist()}
-                           for n, (s, m) in self.curves.items()}}
+                "layers": {n: {"ms": round(c.ms, 4), "axes": {str(a): pair(v) for a, v in c.axes.items()},
+                               "joint": pair(c.joint) if c.joint is not None else None}
+                           for n, c in self.layers.items()}}
 
 
 Rounding = Callable[[ChannelGroup, int], int]
 
 
-def uniform_mask(analysis: Analysis, share: float, rounded: Optional[Rounding] = None) -> np.ndarray:
-    """Kept-per-class mask where every prunable group keeps ``share`` of its channels (frozen ones always,
-    at least one), each count rounded up by ``rounded(group, count)`` (e.g. to the allocation's step)."""
+def uniform_mask(analysis: Analysis, share: float, rounded: Optional[Rounding] = None,
+                 groups: Optional[Collection[int]] = None) -> np.ndarray:
+    """Kept-per-class mask where every prunable group (of ``groups``, indices; None: all) keeps ``share`` of its
+    channels (frozen ones always, at least one), each count rounded up by ``rounded(group, count)`` (e.g. to
+    the allocation's step)."""
     kept = np.ones(analysis.n_classes, dtype=bool)
-    for g in analysis.groups:
-        if not g.prunable:
+    for i, g in enumerate(analysis.groups):
+        if not g.prunable or (groups is not None and i not in groups):
             continue
         k = max(int(np.ceil(share * g.size - 1e-9)), int(g.frozen.sum()), 1)
         k = rounded(g, k) if rounded is not None else k
@@ -77,46 +111,94 @@ def uniform_mask(analysis: Analysis, share: float, rounded: Optional[Rounding] =
     return kept
 
 
+def two_colours(analysis: Analysis, flops: CostModel) -> list[set[int]]:
+    """The prunable groups split in two sets so that, where possible, a layer's input channels and output
+    channels are in different sets (breadth-first 2-colouring; a layer on an odd cycle keeps one colour)."""
+    group_of = np.full(analysis.n_classes, -1)
+    for i, g in enumerate(analysis.groups):
+        if g.prunable:
+            group_of[g.classes] = i
+    on_axis: dict[tuple[int, int], set[int]] = {}
+    for cls, uses in flops.touches.items():
+        if group_of[cls] >= 0:
+            for t, a, _ in uses:
+                on_axis.setdefault((t, a), set()).add(int(group_of[cls]))
+    neighbours: dict[int, set[int]] = {}
+    for (t, a), groups in on_axis.items():
+        for (t2, b), others in on_axis.items():
+            if t2 == t and b != a:
+                for g in groups:
+                    neighbours.setdefault(g, set()).update(others - {g})
+    colour: dict[int, int] = {}
+    for start in (i for i, g in enumerate(analysis.groups) if g.prunable):
+        if start in colour:
+            continue
+        colour[start], queue = 0, [start]
+        while queue:
+            g = queue.pop(0)
+            for n in sorted(neighbours.get(g, ())):
+                if n not in colour:
+                    colour[n] = 1 - colour[g]
+                    queue.append(n)
+    return [{g for g, c in colour.items() if c == side} for side in (0, 1)]
+
+
 def measure_latency(model: onnx.ModelProto, analysis: Analysis, feeds: Mapping[str, np.ndarray],
                     provider: ProviderSpec, *, threads: Optional[int] = None, runs: int = 20,
                     rounded: Optional[Rounding] = None, rounds: int = ROUNDS,
                     fractions: Sequence[float] = FRACTIONS,
                     progress: Optional[Callable[[int], None]] = None) -> LatencyTable:
-    """Profile uniformly thinned copies of ``model`` on ``provider`` with ``feeds`` (channel counts rounded by
-    ``rounded``, as the allocation will round them); the latency table."""
+    """Profile thinned copies of ``model`` on ``provider`` with ``feeds``; the latency table.
+
+    The prunable groups are split in two colours (:func:`two_colours`) and each colour is thinned alone to
+    each share of ``fractions`` (counts rounded by ``rounded``, as the allocation will round them), so a
+    layer's input and output axes are mostly measured one at a time: a convolution's time is close to a
+    product of a factor of its input channels and one of its (block-padded) output channels. That gives
+    ``copies(fractions)`` copies, each profiled once per round."""
     from onnxprune.plan import PrunePlan
     from onnxprune.rewrite import apply_plan
 
-    base = count_model(model).per_node
-    copies = []
-    for share in sorted(set(fractions) | {1.0}, reverse=True):
-        kept = uniform_mask(analysis, share, rounded)
-        variant = model if kept.all() else apply_plan(model, analysis, PrunePlan(kept, {}, []))
-        copies.append((variant, base if kept.all() else count_model(variant).per_node))
+    flops = CostModel(model, analysis, count_model(model), "flops")
+    masks = [np.ones(analysis.n_classes, dtype=bool)]
+    for side in two_colours(analysis, flops):
+        masks += [uniform_mask(analysis, share, rounded, side) for share in sorted(set(fractions) - {1.0}, reverse=True)]
+    variants = [model if kept.all() else apply_plan(model, analysis, PrunePlan(kept, {}, [])) for kept in masks]
     # rounds of all copies in turn, so that a burst of load on the machine skews one round, not one copy
-    times: list[list[KernelTimes]] = [[] for _ in copies]
+    times: list[list[KernelTimes]] = [[] for _ in variants]
     for _ in range(rounds):
-        for i, (variant, _) in enumerate(copies):
-            times[i].append(kernel_times(variant, feeds, provider, threads=threads, runs=runs))
+        for i, variant in enumerate(variants):
+            if i == 0 or not masks[i].all():
+                times[i].append(kernel_times(variant, feeds, provider, threads=threads, runs=runs))
             if progress:
                 progress(1)
     total = float(np.median([t.total for t in times[0]]))
-    points: dict[str, list[tuple[float, float]]] = {}
-    for (variant, macs), measured in zip(copies, times):
-        for node in measured[0].per_node:
-            if node in base and base[node][1] > 0 and node in macs:
-                ms = float(np.median([t.per_node[node] for t in measured]))
-                points.setdefault(node, []).append((macs[node][1] / base[node][1], ms))
-    curves = {}
-    for node, pts in points.items():
-        by_share: dict[float, float] = {}
-        for share, ms in pts:
-            by_share.setdefault(round(share, 9), ms)  # copies where the layer did not change repeat a share
-        shares = np.array([0.0, *sorted(by_share)])
-        ms = np.array([0.0, *(by_share[s] for s in shares[1:])])
-        # timing noise must not make a thinner layer look slower than a wider one
-        curves[node] = (shares, np.minimum.accumulate(ms[::-1])[::-1])
-    return LatencyTable(provider.requested, int(next(iter(feeds.values())).shape[0]) if feeds else 1, total, curves)
+    full = {n: float(np.median([t.per_node[n] for t in times[0]])) for n in times[0][0].per_node}
+    samples: dict[str, tuple[dict[int, list], list]] = {}
+    for kept, measured in zip(masks[1:], times[1:]):
+        if not measured:
+            continue
+        flops.evaluate(kept)
+        for t, node in enumerate(flops.term_nodes):
+            shares = [d / o for d, o in zip(flops.terms[t][1], flops._orig[t])]
+            changed = [a for a, x in enumerate(shares) if x < 1.0 - 1e-9]
+            if node not in full or not full[node] > 0 or not changed:
+                continue
+            factor = float(np.median([m.per_node.get(node, 0.0) for m in measured])) / full[node]
+            axes, joint = samples.setdefault(node, ({}, []))
+            if len(changed) == 1:
+                axes.setdefault(changed[0], []).append((shares[changed[0]], factor))
+            else:
+                joint.append((float(np.prod(shares)), factor))
+    layers = {}
+    for node, ms in full.items():
+        axes, joint = samples.get(node, ({}, []))
+        layers[node] = LayerCurve(ms, {a: _curve(p) for a, p in axes.items()}, _curve(joint) if joint else None)
+    return LatencyTable(provider.requested, int(next(iter(feeds.values())).shape[0]) if feeds else 1, total, layers)
+
+
+def copies(fractions: Sequence[float] = FRACTIONS) -> int:
+    """How many models ``measure_latency`` profiles per round: the original and each colour at each share."""
+    return 1 + 2 * len(set(fractions) - {1.0})
 
 
 class LatencyCost(CostModel):
@@ -129,4 +211,4 @@ class LatencyCost(CostModel):
         self.kind, self.before = "latency", table.total
 
     def _value(self, t: int, dims: Sequence[float]) -> float:
-        return self.table.time(self.term_nodes[t], float(np.prod(dims)) / float(np.prod(self._orig[t])))
+        return self.table.time(self.term_nodes[t], [d / o for d, o in zip(dims, self._orig[t])])

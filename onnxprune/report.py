@@ -126,6 +126,7 @@ def _bench_lines(bench: Comparison) -> list[str]:
             lines.append(f"{label:<18} {before:>10.3f} {after_text:>10} {_ratio(before, after):>7}")
     s = bench.settings
     threads = f"{s.threads} threads" if s.threads else "onnxruntime's default threads"
-    lines.append(f"latency: session.run on {bench.provider}, {s.runs} timed runs after {s.warmup} warm-up runs, "
+    lines.append(f"latency: session.run on {bench.provider}, {s.runs} timed runs in {s.rounds} interleaved rounds "
+                 f"(each after {s.warmup} warm-up runs), "
                  f"{threads} (onnxprune bench)")
     return lines

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from onnxprune.atomic import removed_on_error
-from onnxprune.bench.measure import DEFAULT_RUNS, benchmark_models
+from onnxprune.bench.measure import DEFAULT_ROUNDS, DEFAULT_RUNS, benchmark_models
 from onnxprune.bench.results import RunResult
 from onnxprune.compress import CompressOptions, compress
 from onnxprune.errors import UsageError
@@ -112,7 +112,8 @@ class SweepResult:
             "original": {"flops": self.flops, "params": self.params, "accuracy": self.accuracy,
                          "latency_p50_ms": base_ms},
             "holdout_samples": self.holdout_samples,
-            "latency": {"provider": "cpu", "batch": self.batch, "runs": self.runs, "threads": self.threads},
+            "latency": {"provider": "cpu", "batch": self.batch, "runs": self.runs, "rounds": DEFAULT_ROUNDS,
+                        "threads": self.threads},
             "pareto_by": "latency" if self.uses_latency() else "flops",
             "units": {"fractions": "0-1 of the original", "latency": "ms per session.run call (p50/p90)",
                       "flops": "multiply-adds per sample", "compress_seconds": "seconds"},
@@ -201,7 +202,8 @@ def format_sweep_table(result: SweepResult) -> str:
     notes = sorted({p.latency.note for p in result.points if p.latency is not None and p.latency.note})
     footer = [
         f"fidelity on {result.holdout_samples} held-out samples; FLOPs/params: share of the original's kept; "
-        f"latency: session.run on CPU, batch {result.batch}, {result.runs} timed runs, x = pruned / original.",
+        f"latency: session.run on CPU, batch {result.batch}, {result.runs} timed runs in {DEFAULT_ROUNDS} interleaved "
+        "rounds, x = pruned / original.",
         f"*: Pareto-optimal (no other target has both lower {by} and higher fidelity).",
         *(f"latency: {note}" for note in notes),
     ]

@@ -29,7 +29,7 @@ from onnxprune.cli.main import cli
 from onnxprune.errors import DataError, ModelError, ProviderError, UsageError
 
 HAS_CUDA_BUILD = "CUDAExecutionProvider" in ort.get_available_providers()
-FAST = dict(runs=5, warmup=1)
+FAST = dict(runs=5, warmup=1, rounds=1)
 
 
 def _cnn(path, channels: int, batch="N", spatial=(8, 8), ir_version=8):
@@ -119,6 +119,29 @@ def test_table_has_ratio_columns(two_results):
     assert max(len(line) for line in lines) <= 104
     single = format_table(two_results[:1]).splitlines()[0]
     assert "lat" not in single.split()
+
+
+def test_rounds_interleave_the_models_and_pool_their_runs(models):
+    lines = []
+    results = benchmark_models(list(models), batches=[1, 2], runs=5, warmup=0, rounds=2, progress=lines.append)
+    order = [line.split("] ", 1)[1] for line in lines]
+    assert order == [f"{name}.onnx on cpu, batch {b}, round {r}/2" for r in (1, 2) for name in ("big", "small") for b in (1, 2)]
+    for result in results:
+        for run in result.runs:
+            assert run.rounds == 2 and run.latency.runs == 5  # 3 + 2 runs pooled
+            assert run.to_dict()["rounds"] == 2
+
+
+@pytest.mark.parametrize("runs, seconds, rounds, shares", [
+    (10, None, 3, [4, 3, 3]),
+    (2, None, 5, [1, 1]),  # never an empty round
+    (None, 3.0, 3, [1.0, 1.0, 1.0]),
+])
+def test_round_shares_split_the_runs_or_seconds(runs, seconds, rounds, shares):
+    from onnxprune.bench.measure import _round_shares
+
+    split = _round_shares(rounds, runs, seconds)
+    assert [s["runs"] if runs is not None else s["seconds"] for s in split] == shares
 
 
 def test_seconds_budget_and_in_process(models):
@@ -259,7 +282,7 @@ def _invoke(*args):
 
 def test_cli_two_models_table_and_json(models, tmp_path):
     out = tmp_path / "res.json"
-    result = _invoke(*models, "--batch", "1,2", "--runs", 5, "--warmup", 1, "--threads", 1, "--json", out)
+    result = _invoke(*models, "--batch", "1,2", "--runs", 5, "--warmup", 1, "--rounds", 2, "--threads", 1, "--json", out)
     assert result.exit_code == 0, result.output
     header = result.stdout.splitlines()[0].split()
     assert header[-3:] == ["lat", "thr", "size"]
@@ -267,6 +290,7 @@ def test_cli_two_models_table_and_json(models, tmp_path):
     doc = json.loads(out.read_text())
     assert [f.name for f in tmp_path.iterdir()] == ["res.json"]  # atomic write left no temp file
     assert doc["settings"]["runs"] == 5 and doc["settings"]["threads"] == 1 and doc["settings"]["batches"] == [1, 2]
+    assert doc["settings"]["rounds"] == 2 and "in 2 interleaved round(s)" in " ".join(result.stdout.split())
     assert len(doc["models"]) == 2
     for model in doc["models"]:
         assert isinstance(model["file_bytes"], int) and isinstance(model["file_mb"], float)
@@ -275,6 +299,7 @@ def test_cli_two_models_table_and_json(models, tmp_path):
             assert lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
             assert run["throughput_samples_per_s"] == pytest.approx(run["batch"] / (lat["mean_ms"] / 1e3))
             assert run["threads"] == 1 and run["provider"] == "CPUExecutionProvider"
+            assert run["rounds"] == 2 and lat["runs"] == 5
             assert isinstance(run["memory"]["host_peak_bytes"], int)
 
 
@@ -292,7 +317,8 @@ def test_cli_cuda_without_gpu_build_exits_5(models):
 @pytest.mark.skipif(HAS_CUDA_BUILD, reason="this onnxruntime build has CUDA")
 def test_cli_allow_fallback_runs_on_cpu_and_records_it(models, tmp_path):
     out = tmp_path / "fb.json"
-    result = _invoke(models[0], "--provider", "cuda", "--allow-fallback", "--runs", 3, "--warmup", 0, "--json", out)
+    result = _invoke(models[0], "--provider", "cuda", "--allow-fallback", "--runs", 3, "--warmup", 0, "--rounds", 1,
+                     "--json", out)
     assert result.exit_code == 0, result.output
     assert "cpu*" in result.stdout and "--allow-fallback" in result.stdout
     run = json.loads(out.read_text())["models"][0]["results"][0]
@@ -308,6 +334,7 @@ def test_cli_allow_fallback_runs_on_cpu_and_records_it(models, tmp_path):
         (["--shape", "x:1by3"], 4, "cannot read the dims"),
         (["--batch", "1,zero"], 4, "--batch 'zero'"),
         (["--runs", "3", "--seconds", "1"], 4, "not both"),
+        (["--rounds", "0"], 4, "--rounds must be >= 1"),
         (["--provider", "gpu"], 4, "unknown --provider"),
     ],
 )

@@ -10,12 +10,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.allocate import Budgets, GroupCurve, allocate
 from onnxprune.analysis import find_groups
-from onnxprune.bench.profile import attribute, kernel_times
+from onnxprune.bench.profile import attribute, cpu_channel_block, kernel_times, profile_events
 from onnxprune.bench.providers import resolve_providers
 from onnxprune.costs import CostModel
 from onnxprune.graph.io import load_model
 from onnxprune.graph.normalise import normalise, static_shapes
-from onnxprune.latency import LatencyCost, LatencyTable, measure_latency, uniform_mask
+from onnxprune.latency import LatencyCost, LatencyTable, LayerCurve, measure_latency, two_colours, uniform_mask
 from onnxprune.metrics import count_model
 from onnxprune.plan import AllocationSettings
 
@@ -75,6 +75,26 @@ def _lenet():
     return model, find_groups(model, static_shapes(model, {name: (1, 1, 32, 32)})), name
 
 
+def _conv_model(cin: int, cout: int) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 8, 8])],
+        [numpy_helper.from_array(np.ones((cout, cin, 3, 3), np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_counts_the_cpu_policy_keeps_run_as_blocked_convolutions():
+    block = cpu_channel_block()
+    assert block in (1, 4, 8, 16, 32)
+    if block == 1:
+        pytest.skip("onnxruntime's CPU provider here has no NCHWc layout")
+    cpu = resolve_providers(["cpu"])[0]
+    for cin in (block - 1, 2 * block):  # fewer than one block, a multiple of it
+        events = profile_events(_conv_model(cin, 2 * block), {"x": np.ones((1, cin, 8, 8), np.float32)}, cpu, threads=1)
+        assert any(e.get("name", "").endswith("_nchwc_kernel_time") for e in events), cin
+
+
 def test_uniform_mask_keeps_a_share_of_every_prunable_group_rounded_as_the_allocation_rounds():
     _, analysis, _ = _lenet()
     rounding = AllocationSettings(round_to=4, allow_below=True)
@@ -105,22 +125,49 @@ def test_allow_below_steps_by_the_multiple_then_one_channel_at_a_time():
     assert plain.min_keep == 4 and plain.after_removals(12, 2) == 4
 
 
-def test_latency_table_curves_start_at_zero_and_never_fall_with_more_channels():
+def test_latency_table_factors_run_to_one_and_never_fall_with_more_channels():
     model, analysis, name = _lenet()
     feeds = {name: np.zeros((4, 1, 32, 32), np.float32)}
     table = measure_latency(model, analysis, feeds, resolve_providers(["cpu"])[0], threads=1, runs=3)
     assert table.provider == "cpu" and table.batch == 4 and table.total > 0
-    assert {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")} <= set(table.curves)
-    for shares, ms in table.curves.values():
-        assert shares[0] == 0 and ms[0] == 0 and shares[-1] == pytest.approx(1.0)
-        assert np.all(np.diff(shares) > 0) and np.all(np.diff(ms) >= 0)
+    assert {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")} <= set(table.layers)
+    curves = [c for layer in table.layers.values() for c in [*layer.axes.values(), layer.joint] if c is not None]
+    assert curves  # the lenet's middle layers lose input or output channels in the thinned copies
+    for shares, factors in curves:
+        assert shares[-1] == 1.0 and factors[-1] == 1.0 and shares[0] > 0
+        assert np.all(np.diff(shares) > 0) and np.all(np.diff(factors) >= 0)
     assert json.loads(json.dumps(table.to_dict()))["batch"] == 4
 
 
+def test_two_colours_put_a_layers_input_and_output_groups_apart():
+    model, analysis, _ = _lenet()
+    flops = CostModel(model, analysis, count_model(model), "flops")
+    first, second = two_colours(analysis, flops)
+    assert not first & second and first | second == {i for i, g in enumerate(analysis.groups) if g.prunable}
+    group_of = {int(c): i for i, g in enumerate(analysis.groups) if g.prunable for c in g.classes}
+    for t in range(len(flops.terms)):
+        sides = {}
+        for cls, uses in flops.touches.items():
+            for term, axis, _ in uses:
+                if term == t and int(cls) in group_of:
+                    sides.setdefault(axis, set()).add(group_of[int(cls)] in first)
+        if len(sides) == 2:  # a chain (no odd cycle): input and output groups always in different colours
+            assert sides[0] != sides[1]
+
+
+def test_layer_curve_multiplies_axis_factors_and_falls_back_to_the_joint_curve():
+    half = (np.array([0.5, 1.0]), np.array([0.8, 1.0]))
+    layer = LayerCurve(10.0, {0: half}, joint=(np.array([0.25, 1.0]), np.array([0.5, 1.0])))
+    assert layer.factor([1.0, 1.0]) == 1.0
+    assert layer.factor([0.5, 1.0]) == pytest.approx(0.8)
+    assert layer.factor([0.25, 1.0]) == pytest.approx(0.8)  # never below the thinnest copy measured
+    assert layer.factor([0.5, 0.5]) == pytest.approx(0.5)    # axis 1 has no curve of its own: the joint one
+    assert LayerCurve(10.0, {0: half}).factor([0.5, 0.5]) == pytest.approx(0.4)  # else in proportion
+
+
 def _table(model, analysis, ms: dict[str, float], other: float = 1.0) -> LatencyTable:
-    """Linear curves: each layer's time proportional to its share of multiply-adds."""
-    curves = {n: (np.array([0.0, 1.0]), np.array([0.0, t])) for n, t in ms.items()}
-    return LatencyTable("cpu", 1, sum(ms.values()) + other, curves)
+    """Each layer's time proportional to its kept share on every axis (no measured curves)."""
+    return LatencyTable("cpu", 1, sum(ms.values()) + other, {n: LayerCurve(t, {}) for n, t in ms.items()})
 
 
 def test_latency_cost_prices_each_layer_at_its_share_of_multiply_adds():

@@ -106,7 +106,7 @@ def test_sweep_table_json_html_plot_and_models(tmp_path, data):
     assert [line.split()[0] for line in table[1:4]] == ["original", "80%", "50%"]
     doc = json.loads(js.read_text())
     assert doc["original"]["flops"] > 0 and 0 <= doc["original"]["accuracy"] <= 1
-    assert doc["latency"] == {"provider": "cpu", "batch": 1, "runs": 3, "threads": doc["latency"]["threads"]}
+    assert doc["latency"] == {"provider": "cpu", "batch": 1, "runs": 3, "rounds": 3, "threads": doc["latency"]["threads"]}
     assert doc["holdout_samples"] == 20 and doc["pareto_by"] in ("latency", "flops")
     assert [p["target_flops"] for p in doc["points"]] == [0.8, 0.5]
     for point in doc["points"]:

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from onnxprune.bench.measure import DEFAULT_RUNS, benchmark_models
+from onnxprune.bench.measure import DEFAULT_ROUNDS, DEFAULT_RUNS, benchmark_models
 from onnxprune.bench.results import BenchResult, RunResult, to_document
 
 __all__ = ["BenchSettings", "Comparison", "compare_models"]
@@ -13,11 +13,13 @@ __all__ = ["BenchSettings", "Comparison", "compare_models"]
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """Batch sizes, timed and warm-up runs per configuration, intra-op threads (None: onnxruntime's default)."""
+    """Batch sizes, timed and warm-up runs per configuration, interleaved rounds the timed runs are split
+    into, intra-op threads (None: onnxruntime's default)."""
 
     batches: tuple[int, ...] = (1, 8)
     runs: int = DEFAULT_RUNS
     warmup: int = 10
+    rounds: int = DEFAULT_ROUNDS
     threads: Optional[int] = None
 
 
@@ -55,6 +57,7 @@ class Comparison:
             "batches": list(self.settings.batches),
             "runs": self.settings.runs,
             "warmup_runs": self.settings.warmup,
+            "rounds": self.settings.rounds,
             "threads": self.settings.threads,
             "inter_op_threads": 1,
         }
@@ -68,5 +71,6 @@ def compare_models(original: str | os.PathLike, pruned: str | os.PathLike, *, pr
                    progress: Optional[Callable[[str], None]] = None) -> Comparison:
     """Benchmark ``original`` and ``pruned`` (files) on ``provider`` with ``settings``."""
     results = benchmark_models([original, pruned], providers=[provider], batches=settings.batches, runs=settings.runs,
-                               warmup=settings.warmup, threads=settings.threads, progress=progress)
+                               warmup=settings.warmup, threads=settings.threads, rounds=settings.rounds,
+                               progress=progress)
     return Comparison(results[0], results[1], provider, settings)

@@ -7,11 +7,15 @@ For every (model, provider, batch):
    sequential execution, all graph optimisations) and checked to really run on the provider;
 3. ``warmup`` runs are made and not timed;
 4. each timed run is ``time.perf_counter_ns`` around ``session.run`` alone (garbage collection paused),
-   ``runs`` times or until ``seconds`` have passed; p50/p90/p99 are reported over all runs (no trimming);
+   ``runs`` times or until ``seconds`` have passed, split into ``rounds`` (below); p50/p90/p99 are reported
+   over all runs of all rounds (no trimming);
 5. memory: peak RSS increase of the process (CPU; ``/proc/self/status`` VmHWM, reset before the session
    is created) and GPU used-memory increase (``pynvml`` or ``nvidia-smi``) for GPU providers.
 
 Each configuration runs in a fresh worker process (``isolate=True``) so process-wide peaks do not mix.
+The timed runs are split into rounds, interleaved: round 1 of every configuration, then round 2 of every
+configuration, ... (each round a fresh process with its own warm-up), so that a machine whose speed drifts
+(a shared VM, thermal throttling) slows the models of a comparison alike instead of the one measured last.
 """
 from __future__ import annotations
 
@@ -39,9 +43,10 @@ from onnxprune.bench.providers import ProviderSpec, resolve_providers
 from onnxprune.bench.results import BenchResult, LatencyStats, MemoryStats, RunResult
 from onnxprune.errors import DataError, ModelError, OnnxPruneError, ProviderError, UsageError
 
-__all__ = ["benchmark", "benchmark_models", "model_file_bytes", "DEFAULT_RUNS"]
+__all__ = ["benchmark", "benchmark_models", "model_file_bytes", "DEFAULT_RUNS", "DEFAULT_ROUNDS"]
 
 DEFAULT_RUNS = 50
+DEFAULT_ROUNDS = 3
 _JOB_IDS = itertools.count()
 PathLike = Union[str, os.PathLike]
 ShapesArg = Union[Mapping[str, Sequence[int]], Iterable[str], None]
@@ -100,7 +105,7 @@ def _providers(providers: ProvidersArg) -> list[ProviderSpec]:
     return specs or resolve_providers(names or ["cpu"])
 
 
-def _check_options(batches, runs, seconds, warmup, threads) -> tuple[list[int], Optional[int], Optional[float]]:
+def _check_options(batches, runs, seconds, warmup, threads, rounds) -> tuple[list[int], Optional[int], Optional[float]]:
     if runs is not None and seconds is not None:
         raise UsageError("give either a number of runs or a time budget in seconds, not both.")
     if seconds is None and runs is None:
@@ -109,6 +114,8 @@ def _check_options(batches, runs, seconds, warmup, threads) -> tuple[list[int], 
         raise UsageError(f"runs must be >= 1, got {runs}.")
     if seconds is not None and not float(seconds) > 0:
         raise UsageError(f"seconds must be > 0, got {seconds}.")
+    if int(rounds) < 1:
+        raise UsageError(f"rounds must be >= 1, got {rounds}.")
     if int(warmup) < 0:
         raise UsageError(f"warm-up runs must be >= 0, got {warmup}.")
     if threads is not None and int(threads) < 0:
@@ -217,15 +224,21 @@ def _run_job(job: dict, isolate: bool) -> dict:
     raise RuntimeError(f"the benchmark worker failed:\n{result.get('bug', '')}\n{proc.stderr}")
 
 
-def _measure(plan: _Plan, spec: ProviderSpec, batch: int, *, runs, seconds, warmup, threads, isolate, seed, tmp: Path) -> RunResult:
-    shapes = plan.shapes[batch]
+def _base(plan: _Plan, spec: ProviderSpec, batch: int, *, warmup: int, threads, isolate: bool) -> RunResult:
+    """The result of one configuration before it is measured (``skipped`` when its shapes do not apply)."""
     base = RunResult(provider_requested=spec.requested, provider=spec.name, batch=batch, threads=threads,
                      warmup_runs=warmup, fallback=spec.fallback_reason is not None)
+    shapes = plan.shapes[batch]
     if isinstance(shapes, str):
         base.status = "skipped"
         base.note = f"not applicable, {shapes}"
         base.memory = MemoryStats(isolated=isolate)
-        return base
+    return base
+
+
+def _job(plan: _Plan, spec: ProviderSpec, batch: int, *, warmup: int, threads, seed: int, tmp: Path) -> dict:
+    """The worker's job for one configuration (its inputs saved under ``tmp``), without runs or seconds."""
+    shapes = plan.shapes[batch]
     index = next(_JOB_IDS)
     job = {
         "model": str(plan.path),
@@ -233,8 +246,6 @@ def _measure(plan: _Plan, spec: ProviderSpec, batch: int, *, runs, seconds, warm
         "threads": threads,
         "batch": batch,
         "warmup": warmup,
-        "runs": runs,
-        "seconds": seconds,
         "seed": seed,
         "result_path": str(tmp / f"result-{index}.json"),
     }
@@ -243,27 +254,46 @@ def _measure(plan: _Plan, spec: ProviderSpec, batch: int, *, runs, seconds, warm
         names = list(shapes)
         np.savez(feeds_path, *[shapes[n] for n in names])
         job.update(feeds_path=str(feeds_path), feed_names=names)
-        input_shapes = {n: list(a.shape) for n, a in shapes.items()}
     else:
         job.update(shapes={n: list(s) for n, s in shapes.items()}, dtypes={s.name: s.dtype for s in plan.specs})
-        input_shapes = {n: list(s) for n, s in shapes.items()}
-    out = _run_job(job, isolate)
+    return job
 
-    reason = out.get("fallback_reason")
-    base.provider = out["provider"]
-    base.providers_active = out["providers_active"]
+
+def _round_shares(rounds: int, runs: Optional[int], seconds: Optional[float]) -> list[dict]:
+    """What each round times: ``runs`` split as evenly as possible (no empty round), or ``seconds / rounds``."""
+    if runs is not None:
+        rounds = min(rounds, runs)
+        return [{"runs": runs // rounds + (r < runs % rounds), "seconds": None} for r in range(rounds)]
+    return [{"runs": None, "seconds": seconds / rounds} for _ in range(rounds)]
+
+
+def _most(values: Iterable[Optional[int]]) -> Optional[int]:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def _finish(base: RunResult, spec: ProviderSpec, plan: _Plan, outs: list[dict], isolate: bool) -> RunResult:
+    """Fill ``base`` from the worker outputs of its rounds: latency over the runs of all rounds pooled,
+    memory as the largest increase of any round, session creation time as the median."""
+    first = outs[0]
+    reason = first.get("fallback_reason")
+    base.provider = first["provider"]
+    base.providers_active = first["providers_active"]
     base.fallback = base.provider != spec.name or spec.fallback_reason is not None or reason is not None
     if base.fallback:
         base.note = f"{spec.requested} requested; ran on {base.provider}" + (f" ({reason})" if reason else "")
-    base.input_shapes = input_shapes
-    base.session_create_ms = out["session_create_ms"]
-    base.latency = LatencyStats(**out["latency"]) if out.get("latency") else None
+    base.input_shapes = {n: list(np.shape(s)) if isinstance(s, np.ndarray) else list(s)
+                         for n, s in plan.shapes[base.batch].items()}
+    base.rounds = len(outs)
+    base.session_create_ms = float(np.median([o["session_create_ms"] for o in outs]))
+    samples = [t for o in outs for t in o["samples_ns"]]
+    base.latency = LatencyStats.from_ns(samples) if samples else None
     base.memory = MemoryStats(
-        host_session_bytes=out["host_session_bytes"],
-        host_peak_bytes=out["host_peak_bytes"],
-        host_source=out["host_source"],
-        device_bytes=out["device_bytes"],
-        device_source=out["device_source"],
+        host_session_bytes=_most(o["host_session_bytes"] for o in outs),
+        host_peak_bytes=_most(o["host_peak_bytes"] for o in outs),
+        host_source=first["host_source"],
+        device_bytes=_most(o["device_bytes"] for o in outs),
+        device_source=first["device_source"],
         isolated=isolate,
     )
     return base
@@ -282,13 +312,14 @@ def benchmark_models(
     feeds: Optional[Mapping[str, np.ndarray]] = None,
     isolate: bool = True,
     seed: int = 0,
+    rounds: int = DEFAULT_ROUNDS,
     progress: Optional[Callable[[str], None]] = None,
 ) -> list[BenchResult]:
     """Benchmark several models with the same settings; every model is checked before any is measured.
 
     See ``benchmark`` for the arguments; ``progress`` receives one line per configuration.
     """
-    batch_list, runs, seconds = _check_options(batches, runs, seconds, warmup, threads)
+    batch_list, runs, seconds = _check_options(batches, runs, seconds, warmup, threads, rounds)
     threads = None if not threads else int(threads)
     specs = _providers(providers)
     overrides = _overrides(shapes)
@@ -300,19 +331,24 @@ def benchmark_models(
     if not plans:
         raise UsageError("give at least one model.")
 
-    total = len(plans) * len(specs) * len(batch_list)
+    configs = [(plan, spec, batch) for plan in plans for spec in specs for batch in batch_list]
+    bases = [_base(*c, warmup=int(warmup), threads=threads, isolate=isolate) for c in configs]
+    measured = [i for i, base in enumerate(bases) if base.ok]
+    shares = _round_shares(int(rounds), runs, seconds)
+    outs: dict[int, list[dict]] = {i: [] for i in measured}
     done = 0
     with tempfile.TemporaryDirectory(prefix="onnxprune-bench-") as tmp:
-        for plan in plans:
-            for spec in specs:
-                for batch in batch_list:
-                    done += 1
-                    if progress is not None:
-                        progress(f"[{done}/{total}] {plan.path.name} on {spec.requested}, batch {batch}")
-                    plan.result.runs.append(
-                        _measure(plan, spec, batch, runs=runs, seconds=seconds, warmup=int(warmup),
-                                 threads=threads, isolate=isolate, seed=seed, tmp=Path(tmp))
-                    )
+        jobs = {i: _job(*configs[i], warmup=int(warmup), threads=threads, seed=seed, tmp=Path(tmp)) for i in measured}
+        for number, share in enumerate(shares, 1):
+            for i in measured:
+                plan, spec, batch = configs[i]
+                done += 1
+                if progress is not None:
+                    of = f", round {number}/{len(shares)}" if len(shares) > 1 else ""
+                    progress(f"[{done}/{len(measured) * len(shares)}] {plan.path.name} on {spec.requested}, batch {batch}{of}")
+                outs[i].append(_run_job({**jobs[i], **share}, isolate))
+    for i, (plan, spec, _) in enumerate(configs):
+        plan.result.runs.append(_finish(bases[i], spec, plan, outs[i], isolate) if i in outs else bases[i])
     return [plan.result for plan in plans]
 
 
@@ -329,6 +365,7 @@ def benchmark(
     feeds: Optional[Mapping[str, np.ndarray]] = None,
     isolate: bool = True,
     seed: int = 0,
+    rounds: int = DEFAULT_ROUNDS,
     progress: Optional[Callable[[str], None]] = None,
 ) -> BenchResult:
     """Measure one model on each provider at each batch size; one ``RunResult`` per (provider, batch).
@@ -345,8 +382,12 @@ def benchmark(
         axis 0 to each batch size.
     isolate: measure each configuration in a fresh process (False: in this process; memory figures are then
         affected by what this process did before).
+    rounds: split the timed runs (or seconds) of every configuration into this many rounds, each a fresh
+        process with its own warm-up; round 1 of every configuration runs before round 2 of any, so a
+        machine that slows down for a while slows every model alike. Latency percentiles are over the
+        runs of all rounds together.
     """
     return benchmark_models(
         [model_path], providers=providers, batches=batches, runs=runs, seconds=seconds, warmup=warmup,
-        threads=threads, shapes=shapes, feeds=feeds, isolate=isolate, seed=seed, progress=progress,
+        threads=threads, shapes=shapes, feeds=feeds, isolate=isolate, seed=seed, rounds=rounds, progress=progress,
     )[0]

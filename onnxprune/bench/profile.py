@@ -133,18 +133,25 @@ def _compute_sources(node: onnx.NodeProto, producer: Mapping[str, onnx.NodeProto
 @functools.lru_cache(maxsize=None)
 def cpu_channel_block() -> int:
     """The channel block of onnxruntime's NCHWc convolutions on this CPU (16 with AVX-512, 8 with AVX2), or 1
-    where the CPU provider does not use that layout. Found by profiling two small convolutions: onnxruntime
-    only converts one whose input channels are a multiple of the block (or fewer than it)."""
-    cpu = resolve_providers(["cpu"])[0]
-    for block in (8, 16):
-        cin = block * 3  # a multiple of this block, and of no larger one
-        graph = helper.make_graph(
-            [helper.make_node("Conv", ["x", "w"], ["y"], name="probe", pads=[1, 1, 1, 1])], "probe",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 8, 8])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
-            [numpy_helper.from_array(np.zeros((16, cin, 3, 3), np.float32), "w")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-        events = profile_events(model, {"x": np.zeros((1, cin, 8, 8), np.float32)}, cpu, threads=1)
-        if any(e.get("name", "").endswith("_nchwc_kernel_time") for e in events):
-            return block
-    return 1
+    where the CPU provider does not use that layout.
+
+    Read from the graph onnxruntime optimises: it pads a convolution's output channels up to the block, so
+    a probe convolution with one output channel gets a weight with ``block`` of them."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="probe", pads=[1, 1, 1, 1])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [numpy_helper.from_array(np.ones((1, 3, 3, 3), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with tempfile.TemporaryDirectory(prefix="onnxprune-probe-") as tmp:
+        path = Path(tmp) / "optimized.onnx"
+
+        def keep_optimized(options) -> None:
+            options.optimized_model_filepath = str(path)
+            options.log_severity_level = 3  # onnxruntime warns that an NCHWc graph is specific to this CPU
+
+        open_session(model.SerializeToString(), resolve_providers(["cpu"])[0], 1, configure=keep_optimized)
+        optimized = onnx.load(str(path))
+    weights = {i.name: tuple(i.dims) for i in optimized.graph.initializer}
+    blocked = [n for n in optimized.graph.node if n.op_type == "Conv" and n.domain.endswith("nchwc")]
+    return int(weights[blocked[0].input[1]][0]) if blocked else 1

@@ -124,6 +124,7 @@ class RunResult:
     providers_active: List[str] = field(default_factory=list)
     threads: Optional[int] = None
     warmup_runs: int = 0
+    rounds: int = 1
     input_shapes: Dict[str, List[int]] = field(default_factory=dict)
     session_create_ms: Optional[float] = None
     latency: Optional[LatencyStats] = None
@@ -157,6 +158,7 @@ class RunResult:
             "threads": self.threads,
             "inter_op_threads": 1,
             "warmup_runs": self.warmup_runs,
+            "rounds": self.rounds,
             "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
             "session_create_ms": self.session_create_ms,
             "latency": self.latency.to_dict() if self.latency else None,

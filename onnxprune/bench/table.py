@@ -158,11 +158,13 @@ def format_table(results: Sequence[BenchResult], *, model_width: int = 18, width
     runs = sorted({r.latency.runs for res in results for r in res.runs if r.ok and r.latency})
     isolated = all(r.memory.isolated for res in results for r in res.runs if r.ok)
     warm = sorted({r.warmup_runs for res in results for r in res.runs if r.ok})
+    rounds = sorted({r.rounds for res in results for r in res.runs if r.ok and r.latency})
     peak = "peak RSS increase of a fresh process" if isolated else "peak RSS increase of this process (not isolated)"
     if device_note:
         peak += " (GPU rows: device memory increase)"
     legend = (
-        f"p50/p90/p99: latency of session.run in ms over {'/'.join(map(str, runs)) or '-'} timed runs after "
+        f"p50/p90/p99: latency of session.run in ms over {'/'.join(map(str, runs)) or '-'} timed runs in "
+        f"{'/'.join(map(str, rounds)) or '-'} interleaved round(s) of a fresh process, each after "
         f"{'/'.join(map(str, warm)) or '-'} warm-up runs; thrpt: samples/s = batch / mean latency; "
         f"peak: {peak}; file: model file with external data; MB = 10^6 bytes; MACs: multiply-adds per sample."
     )

@@ -24,11 +24,10 @@ def _load_feeds(path: str, names: list) -> dict:
 
 
 def run_job(job: dict) -> dict:
-    """Create the session, warm up, time the runs; return a dict of measurements (see ``measure``)."""
+    """Create the session, warm up, time the runs; return a dict of measurements (``samples_ns``: each timed run)."""
     from onnxprune.bench import memory
     from onnxprune.bench.inputs import random_feeds
     from onnxprune.bench.providers import ProviderSpec, open_session
-    from onnxprune.bench.results import LatencyStats
 
     spec = ProviderSpec.from_dict(job["provider"])
     threads: Optional[int] = job.get("threads")
@@ -105,7 +104,7 @@ def run_job(job: dict) -> dict:
         "providers_active": active,
         "fallback_reason": fallback_reason,
         "session_create_ms": session_ms,
-        "latency": LatencyStats.from_ns(samples).to_dict() if samples else None,
+        "samples_ns": samples,
         "host_session_bytes": delta(peak_session, rss_before),
         "host_peak_bytes": delta(peak_end, rss_before),
         "host_source": memory.host_memory_source() + ("" if was_reset else " (peak not reset)"),
