@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.bench.measure import DEFAULT_ROUNDS
+from onnxprune.bench.measure import DEFAULT_ROUNDS, DEFAULT_RUNS
 from onnxprune.cli.options import check_figure_output, cpu_cores, html_option, parse_batches, show_progress, split_list
 from onnxprune.errors import UsageError
 
@@ -111,7 +111,7 @@ def bench(models, providers, batches, runs, seconds, warmup, rounds, threads, sh
         settings = {
             "providers": list(providers),
             "batches": list(batches),
-            "runs": runs if runs is not None or seconds is not None else 50,
+            "runs": runs if runs is not None or seconds is not None else DEFAULT_RUNS,
             "seconds": seconds,
             "warmup_runs": warmup,
             "rounds": rounds,

@@ -34,9 +34,9 @@ from onnxprune.reporting.pages import compress_page
 @click.option("--target-latency", metavar="F",
               help="Keep at most this fraction of the original's latency on --provider (0 < F <= 1, e.g. 0.6), "
                    "alone or besides --target-flops/--target-params (both then hold). Latency is predicted from "
-                   "per-layer kernel times that onnxruntime's profiler measures on uniformly thinned copies of the "
-                   "model (4 copies, 3 rounds of --latency-runs runs each; seconds), so channels are cut where they cost "
-                   "time on that backend, not only multiply-adds.")
+                   "per-layer kernel times that onnxruntime's profiler measures on thinned copies of the model (the "
+                   "original and 8 copies, 3 rounds of --latency-runs runs each; seconds), so channels are cut where "
+                   "they cost time on that backend, not only multiply-adds.")
 @click.option("--latency-batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Batch size (samples per run) at which --target-latency is measured and met.")
 @click.option("--latency-runs", type=click.IntRange(min=1), default=10, show_default=True, metavar="N",

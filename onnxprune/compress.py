@@ -296,7 +296,8 @@ def fast_counts(allocation: AllocationSettings, provider: str, notes: list[str])
     if provider != "cpu" or allocation.round_to != 1 or (block := cpu_channel_block()) == 1:
         return allocation
     notes.append(f"--target-latency on cpu: kept counts are multiples of {block} or fewer than {block} "
-                 f"(onnxruntime's NCHWc channel block on this CPU; other counts fall back to slower kernels); "
+                 f"(onnxruntime's NCHWc channel block on this CPU; other counts are padded to it or fall back to "
+                 "slower kernels); "
                  "--round-to chooses otherwise")
     return replace(allocation, round_to=block, allow_below=True)
 

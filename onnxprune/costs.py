@@ -58,6 +58,10 @@ class CostModel:
         """Term ``t``'s cost at the kept sizes ``dims``."""
         return self.terms[t][0] * float(np.prod(dims))
 
+    def shares(self, t: int, dims: Sequence[float] | None = None) -> list[float]:
+        """Term ``t``'s kept share (0–1) of each sliced axis at ``dims`` (default: the current state)."""
+        return [d / o for d, o in zip(self.terms[t][1] if dims is None else dims, self._orig[t])]
+
     def _sum_terms(self) -> float:
         return sum(self._value(t, d) for t, (_, d) in enumerate(self.terms))
 

@@ -118,17 +118,17 @@ def two_colours(analysis: Analysis, flops: CostModel) -> list[set[int]]:
     for i, g in enumerate(analysis.groups):
         if g.prunable:
             group_of[g.classes] = i
-    on_axis: dict[tuple[int, int], set[int]] = {}
+    axes: dict[int, dict[int, set[int]]] = {}  # term -> axis -> groups on it
     for cls, uses in flops.touches.items():
         if group_of[cls] >= 0:
             for t, a, _ in uses:
-                on_axis.setdefault((t, a), set()).add(int(group_of[cls]))
+                axes.setdefault(t, {}).setdefault(a, set()).add(int(group_of[cls]))
     neighbours: dict[int, set[int]] = {}
-    for (t, a), groups in on_axis.items():
-        for (t2, b), others in on_axis.items():
-            if t2 == t and b != a:
-                for g in groups:
-                    neighbours.setdefault(g, set()).update(others - {g})
+    for on_axis in axes.values():
+        for a, groups in on_axis.items():
+            others = set().union(*(g for b, g in on_axis.items() if b != a))
+            for g in groups:
+                neighbours.setdefault(g, set()).update(others - {g})
     colour: dict[int, int] = {}
     for start in (i for i, g in enumerate(analysis.groups) if g.prunable):
         if start in colour:
@@ -179,7 +179,7 @@ def measure_latency(model: onnx.ModelProto, analysis: Analysis, feeds: Mapping[s
             continue
         flops.evaluate(kept)
         for t, node in enumerate(flops.term_nodes):
-            shares = [d / o for d, o in zip(flops.terms[t][1], flops._orig[t])]
+            shares = flops.shares(t)
             changed = [a for a, x in enumerate(shares) if x < 1.0 - 1e-9]
             if node not in full or not full[node] > 0 or not changed:
                 continue
@@ -211,4 +211,4 @@ class LatencyCost(CostModel):
         self.kind, self.before = "latency", table.total
 
     def _value(self, t: int, dims: Sequence[float]) -> float:
-        return self.table.time(self.term_nodes[t], [d / o for d, o in zip(dims, self._orig[t])])
+        return self.table.time(self.term_nodes[t], self.shares(t, dims))

@@ -281,14 +281,25 @@ def _allocate(model, analysis: Analysis, ranked: list[RankedGroup], target: Targ
 def _budget(model, analysis: Analysis, target: Target | None, counts,
             allocation: AllocationSettings) -> tuple[CostModel | Budgets, float]:
     """The cost the allocation must bring under its budget: the target's, the latency's, or both at once."""
-    costs, budgets = [], []
-    if target is not None:
-        costs.append(CostModel(model, analysis, counts, target.kind))
-        budgets.append(target.fraction * costs[-1].before)
-    if allocation.latency is not None:
-        costs.append(LatencyCost(model, analysis, counts, allocation.latency.table))
-        budgets.append(allocation.latency.fraction * costs[-1].before)
+    wanted = _wanted(target, allocation)
+    costs = [cost_model(model, analysis, kind, counts, allocation) for kind, _ in wanted]
+    budgets = [fraction * cost.before for (_, fraction), cost in zip(wanted, costs)]
     return (costs[0], budgets[0]) if len(costs) == 1 else (Budgets(costs, budgets), 1.0)
+
+
+def _wanted(target: Target | None, allocation: AllocationSettings) -> list[tuple[str, float]]:
+    """(kind, fraction) of every budget a run must meet: the target's, then the latency's."""
+    wanted = [] if target is None else [(target.kind, target.fraction)]
+    if allocation.latency is not None:
+        wanted.append(("latency", allocation.latency.fraction))
+    return wanted
+
+
+def cost_model(model, analysis: Analysis, kind: str, counts, allocation: AllocationSettings) -> CostModel:
+    """The cost of ``kind``: 'flops' or 'params' counted exactly, 'latency' as ``allocation.latency`` predicts it."""
+    if kind == "latency":
+        return LatencyCost(model, analysis, counts, allocation.latency.table)
+    return CostModel(model, analysis, counts, kind)
 
 
 def _outcome(g: ChannelGroup, kept: np.ndarray, error: float | None) -> GroupOutcome:
@@ -300,10 +311,7 @@ def check_target(model, analysis: Analysis, target: Target | None, counts,
                  allocation: AllocationSettings = AllocationSettings()) -> None:
     """Raise UsageError before any calibration when the target (or the latency budget) is below what the
     prunable groups allow."""
-    wanted = [] if target is None else [(target.kind, target.fraction)]
-    if allocation.latency is not None:
-        wanted.append(("latency", allocation.latency.fraction))
-    for kind, fraction in wanted:
+    for kind, fraction in _wanted(target, allocation):
         floor = minimum_fraction(model, analysis, kind, counts, allocation)
         if floor > fraction:
             what = "latency predicted on the provider" if kind == "latency" else kind
@@ -318,8 +326,7 @@ def minimum_fraction(model, analysis: Analysis, kind: str, counts,
                      allocation: AllocationSettings = AllocationSettings()) -> float:
     """The smallest share of the original cost ('flops', 'params', or 'latency' as ``allocation.latency``
     predicts it) that the prunable groups can reach."""
-    cost = (LatencyCost(model, analysis, counts, allocation.latency.table) if kind == "latency"
-            else CostModel(model, analysis, counts, kind))
+    cost = cost_model(model, analysis, kind, counts, allocation)
     curves = [allocation.curve(g, np.lexsort((np.arange(g.size), ~g.frozen)), np.zeros(g.size + 1))
               for g in analysis.groups if g.prunable]
     return minimum_cost(curves, cost, analysis.n_classes) / cost.before

@@ -282,8 +282,7 @@ def _finish(base: RunResult, spec: ProviderSpec, plan: _Plan, outs: list[dict], 
     base.fallback = base.provider != spec.name or spec.fallback_reason is not None or reason is not None
     if base.fallback:
         base.note = f"{spec.requested} requested; ran on {base.provider}" + (f" ({reason})" if reason else "")
-    base.input_shapes = {n: list(np.shape(s)) if isinstance(s, np.ndarray) else list(s)
-                         for n, s in plan.shapes[base.batch].items()}
+    base.input_shapes = {n: list(getattr(s, "shape", s)) for n, s in plan.shapes[base.batch].items()}
     base.rounds = len(outs)
     base.session_create_ms = float(np.median([o["session_create_ms"] for o in outs]))
     samples = [t for o in outs for t in o["samples_ns"]]

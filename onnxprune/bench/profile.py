@@ -148,7 +148,6 @@ def cpu_channel_block() -> int:
 
         def keep_optimized(options) -> None:
             options.optimized_model_filepath = str(path)
-            options.log_severity_level = 3  # onnxruntime warns that an NCHWc graph is specific to this CPU
 
         open_session(model.SerializeToString(), resolve_providers(["cpu"])[0], 1, configure=keep_optimized)
         optimized = onnx.load(str(path))
