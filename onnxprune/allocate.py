@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxprune.costs import CostModel
+from onnxprune.solvers.ties import first_largest, first_smallest
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class _Allocation:
             scores = [(np.inf, 0) if g == exclude else self.removal_score(g) for g in range(len(self.curves))]
             if not scores or not np.isfinite(min(scores)[0]):
                 return False
-            g = min(range(len(scores)), key=lambda i: scores[i][0])
+            g = first_smallest([score for score, _ in scores])
             self.remove(g, scores[g][1])
         return True
 
@@ -101,7 +102,7 @@ class _Allocation:
             fits = [g for g, e in extra.items() if now + e <= budget]
             if not fits:
                 return
-            self.restore(max(fits, key=lambda g: self.restore_gain(g, extra[g])))
+            self.restore(fits[first_largest([self.restore_gain(g, extra[g]) for g in fits])])
 
     def snapshot(self) -> tuple[np.ndarray, list[int]]:
         return self.kept.copy(), list(self.k)

@@ -1,7 +1,8 @@
 """Compress's first calibration pass on its own, over one shard of the calibration set: ``onnxprune calibrate``.
 
 Run shard K of N on N machines (or one after another), then ``compress --stats`` sums the N files instead of
-calibrating: statistics add, and each shard samples the same positions a single pass would.
+calibrating: statistics add, each shard samples the same positions a single pass would, and the files are summed
+in the order a single pass sums its blocks (``calibration/blocks.py``), so the model comes out byte for byte the same.
 """
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ def calibrate(model_path: str | os.PathLike, data_path: str | os.PathLike, outpu
                          note="'onnxprune analyze' shows why")
     k, n = shard
     if progress is None:
-        stats = first.collect(k, n)
+        partial = first.collect(k, n)
     else:
         with progress("calibrating", len(first.shard(k, n)[0])) as bar:
-            stats = first.collect(k, n, bar.update)
-    header = first.header(stats, k, n)
-    write_statistics(out, header, stats)
+            partial = first.collect(k, n, bar.update)
+    if partial.complete:
+        partial.total()  # the whole split: one node, the sum a single pass takes
+    header = first.header(partial, k, n)
+    write_statistics(out, header, partial)
     return header

@@ -218,9 +218,10 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     with _stage(timings, "calibrate"):
         if not skip and not stats:
             with progress("calibrating", len(calib_idx)) as bar:
-                stats = first.collect(progress=bar.update)
+                partial = first.collect(progress=bar.update)
+            stats = partial.total()
             if cache is not None:
-                cache.put(first, stats)
+                cache.put(first, partial)
     with _stage(timings, "solve"):
         with progress("solving", len(analysis.groups)) as bar:
             ranked = rank_groups(model, analysis, stats, options.solver, bar.update) if not skip else []

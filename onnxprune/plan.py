@@ -17,6 +17,7 @@ from onnxprune.latency import LatencyCost, LatencyTable
 from onnxprune.residual import landing_gains, output_consumers
 from onnxprune.solvers import ConsumerProblem, Refit, error_curve, rank_channels, refit
 from onnxprune.solvers.shrinkage import effective_rows_factor, prior_error_curve, refit_towards
+from onnxprune.solvers.ties import settled
 from onnxprune.calibration.collect import ConsumerStats
 
 METHODS = ("entropic", "l1", "l2", "random", "activation")
@@ -255,8 +256,8 @@ def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context, gains: Mapping
     mats = [consumer_weight_matrix(nodes[c.node], c, weights) for c in group.consumers]
     scores = rank_channels(settings.method, problems, group.size, weights=mats, seed=settings.seed + group.id,
                            rho=settings.rho, tau=settings.tau)
-    # frozen channels first, then by decreasing score (stable for ties)
-    order = np.lexsort((-scores, ~group.frozen))
+    # frozen channels first, then by decreasing score (ties within round-off by index)
+    order = np.lexsort((-settled(scores), ~group.frozen))
     curve = np.zeros(group.size + 1)
     for cons, prob, w0 in zip(group.consumers, problems, mats):
         # best of the two ends of the shrinkage path: the exact re-fit's in-sample error inflated by GCV

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from onnxprune.calibration.collect import collect_statistics
+from onnxprune.calibration.collect import collect_blocks
 from onnxprune.metrics import count_model
 
 from conftest import SAMPLES, random_feed, real_inputs, run_model, write_calibration
@@ -157,8 +157,8 @@ def test_float16_model_is_pruned_and_stays_float16(work, monkeypatch, keep_io_ty
     model = _save(half, work / "half.onnx")
     data = write_calibration(CHAIN_A, work)
     calibrated = []
-    monkeypatch.setattr("onnxprune.calibration.store.collect_statistics",
-                        lambda m, *a, **k: calibrated.append(_float_types(m)) or collect_statistics(m, *a, **k))
+    monkeypatch.setattr("onnxprune.calibration.store.collect_blocks",
+                        lambda m, *a, **k: calibrated.append(_float_types(m)) or collect_blocks(m, *a, **k))
     result = run(["compress", model, "--data", data, "--target-flops", "0.5", "-o", work / "out.onnx", "-q"])
     assert result.exit_code == 0, result.output
     assert calibrated == [{TensorProto.FLOAT}]  # statistics come from a float32 copy
@@ -208,7 +208,7 @@ def _interrupt_mid_write(model, path, *args, **kwargs):
 
 
 @pytest.mark.parametrize("target,stand_in", [
-    ("onnxprune.calibration.store.collect_statistics", _interrupt),   # during calibration
+    ("onnxprune.calibration.store.collect_blocks", _interrupt),   # during calibration
     ("onnx.save_model", _interrupt_mid_write),                 # while the output file is being written
 ], ids=["calibrating", "saving"])
 def test_ctrl_c_leaves_no_file(work, monkeypatch, target, stand_in):

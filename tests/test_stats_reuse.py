@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from onnxprune.analysis import find_groups
-from onnxprune.calibration.collect import CalibrationSettings
+from onnxprune.calibration.blocks import PairwiseSum
+from onnxprune.calibration.collect import CalibrationSettings, merge_blocks
 from onnxprune.calibration.store import FirstPass
 from onnxprune.compress import CompressOptions, calibrated_consumers, compress, load_inputs
 from onnxprune.errors import OnnxPruneWarning
@@ -57,25 +58,28 @@ def test_summed_shards_give_the_single_pass_model(tmp_path, model, n, extra):
     assert not list(tmp_path.glob("*.tmp")) and len(paths) == n
 
 
-def test_shards_add_up_to_the_single_pass_statistics():
-    """Same rows and folds: the sums agree to rounding (float64 additions grouped differently)."""
+def test_shards_add_up_to_the_single_pass_statistics_bit_for_bit():
+    """Same rows, folds and reduction order: the summed shards are the one-pass sums to the last bit."""
     options = CompressOptions(calibration=CalibrationSettings(batch_size=16, max_positions=8), independent=True)
     loaded = load_inputs(LENET, DIGITS, options)
     consumers = calibrated_consumers(find_groups(loaded.model, loaded.shapes))
     first = FirstPass(loaded.model, consumers, loaded.data, loaded.calib_idx, options.calibration, folds=True)
-    single = first.collect()
-    shards = [first.collect(k, 3) for k in (1, 2, 3)]
+    single = first.collect().total()
+    summed = PairwiseSum(first.layout.count, merge_blocks)
+    for k in (1, 2, 3):
+        summed.extend(first.collect(k, 3).nodes)
+    summed = summed.total()
     assert sum(len(first.shard(k, 3)[0]) for k in (1, 2, 3)) == len(loaded.calib_idx)
+    assert summed.keys() == single.keys()
     for node, entry in single.items():
         for part in ("full", "odd"):
-            expected = getattr(entry, part)
+            expected, total = getattr(entry, part), getattr(summed[node], part)
             if expected is None:
-                assert all(getattr(s[node], part) is None for s in shards)
+                assert total is None
                 continue
-            total = getattr(shards[0][node], part) + getattr(shards[1][node], part) + getattr(shards[2][node], part)
             assert total.n_samples_seen_ == expected.n_samples_seen_
             for key, value in expected.to_arrays().items():
-                np.testing.assert_allclose(total.to_arrays()[key], value, rtol=1e-12, atol=1e-12 * np.abs(value).max())
+                assert np.array_equal(total.to_arrays()[key], value), (node, part, key)
 
 
 def test_error_correcting_mode_sums_the_first_pass_and_still_reads_the_data(tmp_path):
@@ -148,7 +152,7 @@ def test_mismatched_statistics_are_refused_with_one_line(tmp_path, lenet_shards,
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_calibrate_refuses_more_shards_than_batches(tmp_path):
+def test_calibrate_refuses_more_shards_than_blocks(tmp_path):
     result = run(["calibrate", LENET, "--data", DIGITS, "--batch-size", "256", "--shard", "4/4",
                   "-o", tmp_path / "s.npz"])
     assert result.exit_code == 4 and "4 shards are too many" in result.stderr
@@ -174,7 +178,7 @@ def test_cache_skips_calibration_on_the_second_run(tmp_path, monkeypatch):
     def no_calibration(*args, **kwargs):
         raise AssertionError("the first calibration pass ran despite the cache")
 
-    monkeypatch.setattr("onnxprune.calibration.store.collect_statistics", no_calibration)
+    monkeypatch.setattr("onnxprune.calibration.store.collect_blocks", no_calibration)
     cached = _cached(tmp_path, 0.5, cache, "cached.onnx")
     assert "no calibration pass: first-pass statistics from the cache" in cached.report.notes
     assert "error-correcting re-fit" in " ".join(cached.report.notes)

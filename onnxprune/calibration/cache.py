@@ -12,7 +12,7 @@ import os
 import warnings
 from pathlib import Path
 
-from onnxprune.calibration.collect import ConsumerStats
+from onnxprune.calibration.collect import ConsumerStats, Partial
 from onnxprune.calibration.store import FirstPass, read_header, read_statistics, write_statistics
 from onnxprune.errors import DataError, OnnxPruneWarning, UsageError
 
@@ -49,10 +49,10 @@ class StatsCache:
         warnings.warn(f"{problem} Ignored: the cache entry is computed again.", OnnxPruneWarning, stacklevel=2)
         return None
 
-    def put(self, first: FirstPass, stats: dict[str, ConsumerStats]) -> None:
-        """Keep ``stats`` for ``first`` (atomically; a failed write only warns)."""
+    def put(self, first: FirstPass, partial: Partial) -> None:
+        """Keep the statistics ``partial`` of the whole split for ``first`` (atomically; a failed write only warns)."""
         try:
-            write_statistics(self.path(first), first.header(stats), stats)
+            write_statistics(self.path(first), first.header(partial), partial)
         except OSError as exc:
             warnings.warn(f"could not write the cache entry in '{self.folder}' ({exc}).", OnnxPruneWarning,
                           stacklevel=2)

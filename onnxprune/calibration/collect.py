@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.model import Consumer
+from onnxprune.calibration.blocks import BlockLayout, PairwiseSum
 from onnxprune.calibration.patches import conv_geometry, transposed_as_conv, unfold, unfold_at
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError
@@ -70,6 +71,17 @@ class ConsumerStats:
                 self.odd.partial_fit(np.concatenate(Xo),
                                      np.concatenate([y[o].reshape(-1, m) for _, y, o in self._pending if o.any()]))
         self._pending, self._rows = [], 0
+        return self
+
+    def merge(self, other: "ConsumerStats") -> "ConsumerStats":
+        """Add another block's statistics of the same consumer in place; returns self."""
+        self.flush()
+        other.flush()
+        self.full.merge(other.full)
+        if self.odd is not None:
+            self.odd.merge(other.odd)
+        if other.energy is not None:
+            self.energy = other.energy.copy() if self.energy is None else self.energy + other.energy
         return self
 
     def folds(self):
@@ -142,23 +154,47 @@ def _sampled_positions(rng: np.random.Generator, n: int, positions: int,
     return np.argsort(rng.random((n, positions)), axis=1)[:, :max_positions]
 
 
+Partial = PairwiseSum[dict[str, ConsumerStats]]
+
+
+def merge_blocks(left: dict[str, ConsumerStats], right: dict[str, ConsumerStats]) -> dict[str, ConsumerStats]:
+    """Add the statistics of a later run of blocks into ``left`` (in place) and return it."""
+    for node, entry in right.items():
+        left[node].merge(entry)
+    return left
+
+
 def collect_statistics(model: onnx.ModelProto, consumers: Sequence[Consumer], data: CalibrationData,
                        indices: Iterable[int], settings: CalibrationSettings = CalibrationSettings(),
                        progress: Callable[[int], None] | None = None, folds: bool = True,
-                       inputs_model: onnx.ModelProto | None = None, *, offset: int = 0,
-                       fold_samples: int | None = None, landings: Mapping[str, Landing] | None = None,
+                       inputs_model: onnx.ModelProto | None = None, *,
+                       landings: Mapping[str, Landing] | None = None,
                        output_masks: Mapping[str, np.ndarray] | None = None) -> dict[str, ConsumerStats]:
     """One pass over ``indices`` of ``data``; returns float64 sufficient statistics per consumer node name.
+
+    :func:`collect_blocks` over all blocks, summed in the fixed order of ``blocks.py``.
+    """
+    return collect_blocks(model, consumers, data, indices, settings, progress, folds, inputs_model,
+                          landings=landings, output_masks=output_masks).total()
+
+
+def collect_blocks(model: onnx.ModelProto, consumers: Sequence[Consumer], data: CalibrationData,
+                   indices: Iterable[int], settings: CalibrationSettings = CalibrationSettings(),
+                   progress: Callable[[int], None] | None = None, folds: bool = True,
+                   inputs_model: onnx.ModelProto | None = None, *, blocks: tuple[int, int] | None = None,
+                   landings: Mapping[str, Landing] | None = None,
+                   output_masks: Mapping[str, np.ndarray] | None = None) -> Partial:
+    """The statistics of blocks [first, stop) = ``blocks`` (default: all) of the calibration split ``indices``
+    of ``data`` (:class:`BlockLayout`), per consumer node name, as the tree nodes of that run of blocks.
 
     Targets Y are the consumers' outputs in ``model``; inputs X come from ``inputs_model`` when given
     (the network as pruned so far, for error-correcting statistics), else from ``model`` too.
     ``folds`` keeps a second accumulator over the odd samples of layers with few rows per column
     (for cross-validating their re-fit); without it only the totals are kept.
 
-    A shard of a larger calibration set passes ``offset``, the number of samples before ``indices``
-    (whole batches), and ``fold_samples``, the size of the whole set: it then samples the same
-    positions and keeps the same folds as one pass over the whole set would (samples must have one
-    shape, so every sample takes the same number of random draws).
+    A run of blocks samples the same positions and keeps the same folds as one pass over the whole split
+    (samples must have one shape, so every sample takes the same number of random draws), and its nodes
+    pushed with the other runs' in block order give the one-pass sums bit for bit.
 
     ``landings`` names the consumers that write into a residual sum. From the original network alone,
     each one's gain E(output)/E(sum) is measured (``ConsumerStats.gain``); with ``inputs_model`` its
@@ -168,8 +204,13 @@ def collect_statistics(model: onnx.ModelProto, consumers: Sequence[Consumer], da
     Only the statistics are kept: each batch's activations are unfolded, subsampled (a seeded random
     subset of ``max_positions`` positions per sample) and discarded.
     """
-    if not consumers:
-        return {}
+    indices = np.asarray(list(indices), dtype=np.int64)
+    batch = calibration_batch(model, settings)
+    layout = BlockLayout(len(indices), batch)
+    first, stop = blocks or (0, layout.count)
+    partial: Partial = PairwiseSum(layout.count, merge_blocks)
+    if not consumers or first >= stop:
+        return partial
     nodes = {n.name: n for n in model.graph.node}
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
     landings = {c.node: landings[c.node] for c in consumers if c.node in landings} if landings else {}
@@ -181,45 +222,45 @@ def collect_statistics(model: onnx.ModelProto, consumers: Sequence[Consumer], da
     else:
         sessions = [(create_session(probe_model(model, outputs), settings.provider), outputs, True, False),
                     (create_session(probe_model(inputs_model, inputs), settings.provider), inputs, False, True)]
-    energy = {node: np.zeros(2) for node in landings} if inputs_model is None else {}
-    batch = calibration_batch(model, settings)
+    measure_gains = inputs_model is None
     rng = np.random.default_rng(settings.seed)
-    indices = list(indices)
-    fold_samples = len(indices) if fold_samples is None else fold_samples
-    stats: dict[str, ConsumerStats] = {}
-    for idx, feed in data.batches(indices, batch):
-        values, sources = {}, {}   # original network's tensors; inputs from the pruned network
-        for session, names, original, source in sessions:
-            got = dict(zip(names, session.run(names, feed)))
-            if original:
-                values.update(got)
-            if source:
-                sources.update(got)
-        del got  # else the previous batch's outputs stay alive through the next batch's runs
-        if offset and settings.max_positions is not None:  # skip the position draws of the samples before the shard
-            draws = sum(p for c in consumers if (p := _positions(c, values[c.output])) > settings.max_positions)
-            rng.bit_generator.advance(offset * draws)
-        offset = 0
-        odd = np.asarray(idx) % 2 == 1
-        for cons in consumers:
-            x, y = sources[cons.input], values[cons.output]
-            if cons.node in energy:
-                energy[cons.node] += (_energy(y), _energy(values[landings[cons.node].total]))
-            elif cons.node in landings:
-                y = _residual_target(values[landings[cons.node].total], sources[landings[cons.node].other],
-                                     output_masks[cons.node])
-            X, Y = consumer_rows(nodes[cons.node], cons, x, y, weights[cons.weight], rng, settings.max_positions)
-            if not (np.isfinite(X).all() and np.isfinite(Y).all()):
-                raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration data.",
-                                note="check the preprocessing (--mean/--std, --raw-pixels)")
-            if cons.node not in stats:
-                stats[cons.node] = ConsumerStats.for_rows(X, Y, fold_samples if folds else 0)
-            stats[cons.node].add(X, Y, odd)
-        if progress:
-            progress(len(idx))
-    for node, value in energy.items():
-        stats[node].energy = value
-    return {k: v.flush() for k, v in stats.items()}
+    offset = layout.span(first, stop)[0]
+    for block in range(first, stop):
+        stats: dict[str, ConsumerStats] = {}
+        for idx, feed in data.batches(indices[slice(*layout.span(block, block + 1))], batch):
+            values, sources = {}, {}   # original network's tensors; inputs from the pruned network
+            for session, names, original, source in sessions:
+                got = dict(zip(names, session.run(names, feed)))
+                if original:
+                    values.update(got)
+                if source:
+                    sources.update(got)
+            del got  # else the previous batch's outputs stay alive through the next batch's runs
+            if offset and settings.max_positions is not None:  # skip the position draws of the samples before the run
+                draws = sum(p for c in consumers if (p := _positions(c, values[c.output])) > settings.max_positions)
+                rng.bit_generator.advance(offset * draws)
+            offset = 0
+            odd = np.asarray(idx) % 2 == 1
+            for cons in consumers:
+                x, y = sources[cons.input], values[cons.output]
+                if cons.node in landings and not measure_gains:
+                    y = _residual_target(values[landings[cons.node].total], sources[landings[cons.node].other],
+                                         output_masks[cons.node])
+                X, Y = consumer_rows(nodes[cons.node], cons, x, y, weights[cons.weight], rng, settings.max_positions)
+                if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+                    raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration data.",
+                                    note="check the preprocessing (--mean/--std, --raw-pixels)")
+                if cons.node not in stats:
+                    stats[cons.node] = ConsumerStats.for_rows(X, Y, len(indices) if folds else 0)
+                    if cons.node in landings and measure_gains:
+                        stats[cons.node].energy = np.zeros(2)
+                if cons.node in landings and measure_gains:
+                    stats[cons.node].energy += (_energy(y), _energy(values[landings[cons.node].total]))
+                stats[cons.node].add(X, Y, odd)
+            if progress:
+                progress(len(idx))
+        partial.push(block, 1, {k: v.flush() for k, v in stats.items()})
+    return partial
 
 
 def _energy(t: np.ndarray) -> float:

@@ -1,10 +1,11 @@
 """First-pass statistics on disk: the files ``onnxprune calibrate`` writes and ``compress --stats``/``--cache`` read.
 
 A statistics file is an uncompressed .npz: ``header`` (JSON, :class:`StatsHeader`: what the statistics were
-computed from) and, for consumer i of the header's list, its raw sums ``i.full.KEY`` and, where the odd fold was
-kept, ``i.odd.KEY`` (the keys of :meth:`LinearStatistics.to_arrays`). Statistics add (entropic-regression.md §2),
-so the N shards of one calibration set are summed; a file of another model, other samples, another split or other
-settings is refused with one line.
+computed from) and, for tree node j of the header's list (``blocks.py``: the file's run of blocks) and consumer i
+of its list, the raw sums ``j.i.full.KEY`` and, where the odd fold was kept, ``j.i.odd.KEY`` (the keys of
+:meth:`LinearStatistics.to_arrays`). Statistics add (entropic-regression.md §2), so the N shards of one
+calibration set are summed, in the one order a single pass sums them; a file of another model, other samples,
+another split or other settings is refused with one line.
 """
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ import onnx
 
 from onnxprune.analysis.model import Consumer
 from onnxprune.atomic import atomic_path
-from onnxprune.calibration.collect import CalibrationSettings, ConsumerStats, calibration_batch, collect_statistics
+from onnxprune.calibration.blocks import BlockLayout, Node, PairwiseSum
+from onnxprune.calibration.collect import (CalibrationSettings, ConsumerStats, Partial, calibration_batch,
+                                            collect_blocks, merge_blocks)
 from onnxprune.calibration.fingerprint import data_fingerprint, indices_fingerprint, model_fingerprint
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError, UsageError
 from onnxprune.residual import Landing
 from onnxprune.solvers.statistics import LinearStatistics
 
-FORMAT = "onnxprune-statistics/1"
+FORMAT = "onnxprune-statistics/2"
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
 
@@ -50,6 +53,8 @@ class StatsHeader:
     max_positions: int | None
     folds: bool                 # odd-fold statistics kept (for compress --independent)
     provider: str
+    blocks: int                 # blocks of the whole split (BlockLayout.count)
+    nodes: list[list[int]]      # [first block, block count] per tree node in the file
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -59,18 +64,19 @@ class StatsHeader:
     def from_json(cls, text: str) -> "StatsHeader":
         raw = json.loads(text)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise ValueError(f"not an {FORMAT} header")
+            found = raw.get("format") if isinstance(raw, dict) else None
+            raise ValueError(f"format {found} is not {FORMAT}" if found else f"not an {FORMAT} header")
         return cls(**raw)
 
     def identity(self) -> dict:
-        """Every field but the consumer shapes: what the statistics were computed from."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "shapes"}
+        """Every field but the consumer shapes and tree nodes: what the statistics were computed from."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("shapes", "nodes")}
 
 
 class FirstPass:
     """Compress's first calibration pass: statistics of ``consumers`` of the float32 ``model`` over the calibration
-    split ``indices`` of ``data``, in one pass or in shards of whole batches that sum to the same statistics
-    (``landings``: the consumers writing into a residual sum, whose gains the pass measures)."""
+    split ``indices`` of ``data``, in one pass or in shards of whole blocks (``blocks.py``) that sum to the same
+    statistics, bit for bit (``landings``: the consumers writing into a residual sum, whose gains the pass measures)."""
 
     def __init__(self, model: onnx.ModelProto, consumers: Sequence[Consumer], data: CalibrationData,
                  indices: np.ndarray, settings: CalibrationSettings, folds: bool,
@@ -83,6 +89,7 @@ class FirstPass:
         self.folds = folds
         self.landings = landings
         self.batch = calibration_batch(model, settings)
+        self.layout = BlockLayout(len(self.indices), self.batch)
         self._data_fingerprints: dict[tuple[int, int], str] = {}
 
     @cached_property
@@ -90,25 +97,27 @@ class FirstPass:
         return model_fingerprint(self.model)
 
     def shard(self, k: int, n: int) -> tuple[np.ndarray, int]:
-        """Indices of shard ``k`` of ``n`` (a fixed run of whole batches) and the number of samples before it."""
-        batches = -(-len(self.indices) // self.batch)
-        if not 1 <= k <= n:
-            raise UsageError(f"shard {k}/{n} does not exist: K must be between 1 and N.")
-        if n > batches:
-            raise UsageError(f"{n} shards are too many: the {len(self.indices)} calibration samples make {batches} "
-                             f"batch(es) of {self.batch}.",
-                             note=f"use at most {batches} shards or a smaller --batch-size")
-        start = (k - 1) * batches // n * self.batch
-        stop = min(k * batches // n * self.batch, len(self.indices))
+        """Indices of shard ``k`` of ``n`` (a fixed run of whole blocks) and the number of samples before it."""
+        start, stop = self.layout.span(*self.blocks(k, n))
         return self.indices[start:stop], start
 
+    def blocks(self, k: int, n: int) -> tuple[int, int]:
+        """Blocks [first, stop) of shard ``k`` of ``n``; UsageError when there is no such shard."""
+        count = self.layout.count
+        if not 1 <= k <= n:
+            raise UsageError(f"shard {k}/{n} does not exist: K must be between 1 and N.")
+        if n > count:
+            raise UsageError(f"{n} shards are too many: the {len(self.indices)} calibration samples make {count} "
+                             f"block(s) of {self.layout.block_samples} samples (whole batches of {self.batch}).",
+                             note=f"use at most {count} shards")
+        return self.layout.shard(k, n)
+
     def collect(self, k: int = 1, n: int = 1,
-                progress: Callable[[int], None] | None = None) -> dict[str, ConsumerStats]:
-        """Statistics of shard ``k`` of ``n``, with the positions and folds one pass over the whole split would take."""
-        indices, offset = self.shard(k, n)
-        return collect_statistics(self.model, self.consumers, self.data, indices, self.settings, progress,
-                                  folds=self.folds, offset=offset, fold_samples=len(self.indices),
-                                  landings=self.landings)
+                progress: Callable[[int], None] | None = None) -> Partial:
+        """Statistics of shard ``k`` of ``n``, with the positions and folds one pass over the whole split would take
+        (``.total()`` of the whole split's gives the summed statistics)."""
+        return collect_blocks(self.model, self.consumers, self.data, self.indices, self.settings, progress,
+                              folds=self.folds, blocks=self.blocks(k, n), landings=self.landings)
 
     def data_fingerprint(self, k: int = 1, n: int = 1) -> str:
         """Fingerprint of the samples of shard ``k`` of ``n`` (computed once: it reads them all)."""
@@ -116,10 +125,12 @@ class FirstPass:
             self._data_fingerprints[k, n] = data_fingerprint(self.data, self.shard(k, n)[0], self.batch)
         return self._data_fingerprints[k, n]
 
-    def header(self, stats: dict[str, ConsumerStats], k: int = 1, n: int = 1) -> StatsHeader:
-        """The header of shard ``k`` of ``n`` with statistics ``stats``."""
+    def header(self, partial: Partial, k: int = 1, n: int = 1) -> StatsHeader:
+        """The header of shard ``k`` of ``n`` with statistics ``partial``."""
+        stats = partial.nodes[0].value
         shapes = [[stats[c.node].full.n_features, stats[c.node].full.n_targets] for c in self.consumers]
-        return StatsHeader(shapes=shapes, **self.identity(k, n))
+        return StatsHeader(shapes=shapes, nodes=[[node.first, node.size] for node in partial.nodes],
+                           **self.identity(k, n))
 
     def identity(self, k: int = 1, n: int = 1) -> dict:
         """What shard ``k`` of ``n`` is computed from (:meth:`StatsHeader.identity`)."""
@@ -128,7 +139,7 @@ class FirstPass:
             "data": self.data_fingerprint(k, n), "indices": indices_fingerprint(self.indices),
             "samples": len(self.shard(k, n)[0]), "total": len(self.indices), "shard": [k, n], "batch": self.batch,
             "seed": self.settings.seed, "max_positions": self.settings.max_positions, "folds": self.folds,
-            "provider": self.settings.provider, "format": FORMAT,
+            "provider": self.settings.provider, "blocks": self.layout.count, "format": FORMAT,
         }
 
     def check(self, header: StatsHeader, where: str) -> None:
@@ -152,24 +163,30 @@ class FirstPass:
                              note="compute it with 'onnxprune calibrate --independent'")
 
 
-def write_statistics(path: str | os.PathLike, header: StatsHeader, stats: dict[str, ConsumerStats]) -> None:
-    """Write ``stats`` under ``header`` to ``path`` atomically (uncompressed; the sums are not copied)."""
+def write_statistics(path: str | os.PathLike, header: StatsHeader, partial: Partial) -> None:
+    """Write the tree nodes of ``partial`` under ``header`` to ``path`` atomically (uncompressed; the sums are not
+    copied)."""
     arrays = {"header": np.array(header.to_json())}
-    for i, node in enumerate(header.consumers):
-        for part, sums in (("full", stats[node].full), ("odd", stats[node].odd)):
-            if sums is not None:
-                arrays.update({f"{i}.{part}.{key}": value for key, value in sums.to_arrays().items()})
-        if stats[node].energy is not None:
-            arrays[f"{i}.energy"] = stats[node].energy
+    for j, node in enumerate(partial.nodes):
+        for i, consumer in enumerate(header.consumers):
+            entry = node.value[consumer]
+            for part, sums in (("full", entry.full), ("odd", entry.odd)):
+                if sums is not None:
+                    arrays.update({f"{j}.{i}.{part}.{key}": value for key, value in sums.to_arrays().items()})
+            if entry.energy is not None:
+                arrays[f"{j}.{i}.energy"] = entry.energy
     with atomic_path(path) as tmp, open(tmp, "wb") as fp:
         np.savez(fp, **arrays)
 
 
 def read_statistics(path: str | os.PathLike, header: StatsHeader) -> dict[str, ConsumerStats]:
-    """The statistics of a file whose header is ``header``; DataError (one line) when it is not readable."""
+    """The summed statistics of a file of the whole split whose header is ``header``; DataError (one line) when it
+    is not readable."""
+    partial: Partial = PairwiseSum(header.blocks, merge_blocks)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return dict(_consumers(archive, header, folds=True))
+            partial.extend(_nodes(archive, header, folds=True))
+        return partial.total()
     except _READ_ERRORS as exc:
         raise _unreadable(path, exc) from None
 
@@ -184,10 +201,11 @@ def read_header(path: str | os.PathLike) -> StatsHeader:
 
 
 def sum_shards(paths: Sequence[str | os.PathLike], first: FirstPass) -> dict[str, ConsumerStats]:
-    """The statistics of ``first`` summed from the files of its N shards, each checked against it.
+    """The statistics of ``first`` summed from the files of its N shards, each checked against it, in the fixed
+    order of ``blocks.py`` (the same bits as one pass).
 
     Refuses files of another model, split or settings, shards given twice, missing or of different
-    shardings, and shards computed on other samples. Memory holds the sum and one consumer of one file.
+    shardings, and shards computed on other samples. Memory holds one file and the tree nodes not yet combined.
     """
     headers = {Path(p): read_header(p) for p in paths}
     for path, header in headers.items():
@@ -198,22 +216,14 @@ def sum_shards(paths: Sequence[str | os.PathLike], first: FirstPass) -> dict[str
         if headers[path].data != first.data_fingerprint(k, n):
             raise DataError(f"{path} (shard {k}/{n}) was computed on other calibration samples.",
                             note="use the same --data and preprocessing options as calibrate")
-    total: dict[str, ConsumerStats] = {}
+    total: Partial = PairwiseSum(first.layout.count, merge_blocks)
     for path in ordered:
         try:
             with np.load(path, allow_pickle=False) as archive:
-                for node, entry in _consumers(archive, headers[path], folds=first.folds):
-                    if node not in total:
-                        total[node] = entry
-                        continue
-                    total[node].full.merge(entry.full)
-                    if entry.odd is not None:
-                        total[node].odd.merge(entry.odd)
-                    if entry.energy is not None:
-                        total[node].energy += entry.energy
+                total.extend(_nodes(archive, headers[path], folds=first.folds))
         except _READ_ERRORS as exc:
             raise _unreadable(path, exc) from None
-    return total
+    return total.total()
 
 
 def _in_shard_order(headers: dict[Path, StatsHeader]) -> list[Path]:
@@ -237,18 +247,20 @@ def _in_shard_order(headers: dict[Path, StatsHeader]) -> list[Path]:
     return [by_shard[k] for k in range(1, n + 1)]
 
 
-def _consumers(archive, header: StatsHeader, folds: bool) -> Iterator[tuple[str, ConsumerStats]]:
-    """Each consumer's statistics from an open archive, one at a time (odd folds only with ``folds``)."""
+def _nodes(archive, header: StatsHeader, folds: bool) -> Iterator[Node[dict[str, ConsumerStats]]]:
+    """The tree nodes of an open archive, one at a time (odd folds only with ``folds``)."""
     if len(header.shapes) != len(header.consumers):
         raise ValueError("the header lists a shape per consumer")
-    for i, (node, (p, m)) in enumerate(zip(header.consumers, header.shapes)):
-        full = _sums(archive, f"{i}.full.", p, m)
-        if full is None:
-            raise KeyError(f"no statistics for consumer {node!r}")
-        entry = ConsumerStats.of(full, _sums(archive, f"{i}.odd.", p, m) if folds else None)
-        if f"{i}.energy" in archive.files:
-            entry.energy = np.asarray(archive[f"{i}.energy"], dtype=np.float64)
-        yield node, entry
+    for j, (first, size) in enumerate(header.nodes):
+        stats = {}
+        for i, (consumer, (p, m)) in enumerate(zip(header.consumers, header.shapes)):
+            full = _sums(archive, f"{j}.{i}.full.", p, m)
+            if full is None:
+                raise KeyError(f"no statistics for consumer {consumer!r}")
+            stats[consumer] = ConsumerStats.of(full, _sums(archive, f"{j}.{i}.odd.", p, m) if folds else None)
+            if f"{j}.{i}.energy" in archive.files:
+                stats[consumer].energy = np.asarray(archive[f"{j}.{i}.energy"], dtype=np.float64)
+        yield Node(first, size, stats)
 
 
 def _sums(archive, prefix: str, p: int, m: int) -> LinearStatistics | None:

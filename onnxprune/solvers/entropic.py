@@ -20,6 +20,7 @@ import scipy.linalg
 from . import lowrank
 from .refit import Refit, cholesky_jittered, columns_of, refit
 from .statistics import CentredStatistics
+from .ties import decreasing
 
 W_STEPS = ("both", "lambda", "w")
 _LOG_W_MIN = np.log(1e-300)
@@ -447,7 +448,7 @@ def _as_problems(
 
 def _top_k(w: np.ndarray, k: int) -> np.ndarray:
     keep = np.zeros(w.size, dtype=bool)
-    keep[np.argsort(-w, kind="stable")[:k]] = True
+    keep[decreasing(w)[:k]] = True
     return keep
 
 
