@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from onnxprune.bench.measure import DEFAULT_ROUNDS, DEFAULT_RUNS
-from onnxprune.cli.options import check_figure_output, cpu_cores, html_option, parse_batches, show_progress, split_list
+from onnxprune.cli.options import traceback_option, check_figure_output, cpu_cores, html_option, parse_batches, show_progress, split_list
 from onnxprune.errors import UsageError
 
 _PROVIDERS = ("cpu", "cuda", "tensorrt")
@@ -67,6 +67,7 @@ def _at_least(minimum: float, what: str):
                    "sizes in bytes and MB); written atomically.")
 @html_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress or notes on stderr; only the table on stdout.")
+@traceback_option
 def bench(models, providers, batches, runs, seconds, warmup, rounds, threads, shapes, allow_fallback, trt_fp16,
           trt_cache, trt_workspace, device_id, json_path, html_path, quiet) -> None:
     """Measure latency (p50/p90/p99 ms), throughput (samples/s) and peak memory of MODELs.

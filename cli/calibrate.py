@@ -1,13 +1,15 @@
 """``onnxprune calibrate``: compress's first calibration pass over one shard, written to a statistics file."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import click
 
-from onnxprune.cli.options import (calibration_settings, data_option, echo, exclude_option, image_options,
+from onnxprune.cli.options import (traceback_option, calibration_settings, data_option, echo, exclude_option, image_options,
                                    image_settings,
                                    progress_factory, provider_option, sampling_options, show_progress)
+from onnxprune.cli.options import executor_for, ray_options
 from onnxprune.errors import UsageError
 
 
@@ -34,9 +36,12 @@ def parse_shard(ctx: click.Context, param: click.Parameter, text: str) -> tuple[
 @image_options
 @sampling_options
 @provider_option
+@ray_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@traceback_option
 def calibrate(model, data, output, shard, independent, force, exclude, image_size, raw_pixels, mean, std, layout, bgr,
-              num_samples, holdout, seed, batch_size, max_positions, provider, quiet) -> None:
+              resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions, provider,
+              quiet, ray_address=None, ray_ship_data=False) -> None:
     """Compute the calibration statistics of MODEL that compress's first pass collects, for one shard.
 
     Use the data, image and sampling options of the compress run they are for; that run then takes
@@ -49,14 +54,15 @@ def calibrate(model, data, output, shard, independent, force, exclude, image_siz
 
     options = CompressOptions(
         calibration=calibration_settings(batch_size, max_positions, seed, provider),
-        image=image_settings(image_size, raw_pixels, mean, std, layout, bgr),
+        image=image_settings(image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple),
         num_samples=num_samples,
         holdout=holdout,
         independent=independent,
         exclude=tuple(exclude),
     )
-    header = run_calibrate(model, data, output, options, shard=shard, force=force,
-                           progress=progress_factory(show_progress(quiet)))
+    with executor_for(ray_address, ray_ship_data, provider) as executor:
+        header = run_calibrate(model, data, output, dataclasses.replace(options, executor=executor), shard=shard,
+                               force=force, progress=progress_factory(show_progress(quiet)))
     k, n = header.shard
     echo(f"wrote {output}: shard {k}/{n}, {header.samples} of {header.total} calibration samples, "
          f"{len(header.consumers)} consumers{', with folds' if header.folds else ''}", quiet)

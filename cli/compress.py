@@ -1,15 +1,18 @@
 """``onnxprune compress``: prune a model with calibration data and write the smaller model."""
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from onnxprune.atomic import check_destination, write_text_atomic
 from onnxprune.bench.compare import BenchSettings
 from onnxprune.bench.measure import DEFAULT_RUNS
 from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, cpu_cores, data_option,
-                                   echo, exclude_option, expand_paths, html_option, image_options, image_settings, parse_batches,
+                                   echo, exclude_option, fidelity_option, expand_paths, html_option, image_options, image_settings, parse_batches,
                                    parse_fraction, progress_factory, provider_option, sampling_options, show_progress,
                                    write_json)
+from onnxprune.cli.options import executor_for, ray_options
 from onnxprune.compress import CompressOptions, compress as run_compress, default_output
 from onnxprune.errors import UsageError
 from onnxprune.latency import LatencyTarget
@@ -42,8 +45,12 @@ from onnxprune.reporting.pages import compress_page
 @click.option("--latency-runs", type=click.IntRange(min=1), default=10, show_default=True, metavar="N",
               help="Profiled runs per thinned copy and round for --target-latency (after 5 warm-up runs).")
 @click.option("--target-fidelity", type=float, metavar="A",
-              help="Instead of a budget: prune as far as the held-out top-1 agreement with the original stays >= A "
-                   "(0 < A <= 1), by bisection over the FLOPs budget (about 7 re-fits; slower). Needs --holdout > 0.")
+              help="Instead of a budget: prune as far as the held-out fidelity with the original stays >= A "
+                   "(0 < A <= 1), by bisection over the FLOPs budget (about 7 re-fits; slower). Needs --holdout > 0. "
+                   "The figure is the --fidelity kind's headline: top-1 agreement (classes), share of identical "
+                   "decoded sequences (sequence), IoU or per-pixel agreement (dense), box F1 (yolo); "
+                   "1 - relative output error otherwise.")
+@fidelity_option
 @click.option("--method", type=click.Choice(METHODS), default="entropic", show_default=True,
               help="How channels are ranked: entropic regression, L1/L2 weight norm, random, or activation "
                    "(weight norm x input activation RMS, as in Wanda).")
@@ -88,6 +95,7 @@ from onnxprune.reporting.pages import compress_page
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Keep the first-pass statistics in DIR, keyed by model, data, split and calibration options, "
                    "so that another run (e.g. another target) skips the calibration pass.")
+@ray_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON to this file.")
 @click.option("--bench", is_flag=True,
               help="After compressing, measure the latency of the original and the pruned model on --provider "
@@ -97,11 +105,13 @@ from onnxprune.reporting.pages import compress_page
 @bench_runs_option
 @html_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary (errors still go to stderr).")
-@click.option("-v", "--verbose", is_flag=True, help="List every group in the summary, with why untouched ones were left alone.")
+@click.option("-v", "--verbose", is_flag=True, help="List every group in the summary, with why untouched ones were left alone; on an "
+                                                  "internal error, print its traceback.")
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_latency, latency_batch,
-             latency_runs, target_fidelity, method, rho, tau, threshold, ridge, no_refit,
-             independent, residual_power, output_weight, min_keep, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size, max_positions,
-             provider, stats_files, cache_dir, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose) -> None:
+             latency_runs, target_fidelity, fidelity, method, rho, tau, threshold, ridge, no_refit,
+             independent, residual_power, output_weight, min_keep, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions,
+             provider, stats_files, cache_dir, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
+             ray_address=None, ray_ship_data=False) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
 
     Example: onnxprune compress model.onnx --data calib/ --target-flops 0.5 -o model.pruned.onnx
@@ -114,7 +124,7 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
     elif target_params is not None:
         target = Target("params", parse_fraction(target_params, "--target-params"))
     delta = None if ridge == "auto" else _parse_ridge(ridge)
-    image = image_settings(image_size, raw_pixels, mean, std, layout, bgr)
+    image = image_settings(image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple)
     check_figure_output(html_path, "--html", "report.html")
     if report_path:
         check_destination(report_path, "--report", "report.json")
@@ -137,12 +147,14 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
         allocation=AllocationSettings(min_keep=min_keep, round_to=round_to, allow_below=allow_below),
         exclude=tuple(exclude),
         target_fidelity=target_fidelity,
+        fidelity=fidelity,
         latency=None if target_latency is None else LatencyTarget(
             parse_fraction(target_latency, "--target-latency"), latency_batch, cpu_cores(), latency_runs),
     )
     out = output or str(default_output(model))
-    result = run_compress(model, data, options, output=out, force=force, progress=progress_factory(show_progress(quiet)),
-                          write_unchanged=write_unchanged)
+    with executor_for(ray_address, ray_ship_data, provider) as executor:
+        result = run_compress(model, data, dataclasses.replace(options, executor=executor), output=out, force=force,
+                              progress=progress_factory(show_progress(quiet)), write_unchanged=write_unchanged)
     if report_path:
         write_json(report_path, result.report.to_dict())
     if html_path:

@@ -2,32 +2,63 @@
 from __future__ import annotations
 
 import sys
+import traceback
 import warnings
 from typing import Callable
 
 import click
 
 from onnxprune import __version__
-from onnxprune.errors import OnnxPruneError, OnnxPruneWarning
+from onnxprune.errors import InternalError, OnnxPruneError, OnnxPruneWarning
 
 
 class _Group(click.Group):
-    """Turns library errors into one line on stderr and a meaningful exit code, and Ctrl-C into 130."""
+    """Turns library errors into one line on stderr and a meaningful exit code, and Ctrl-C into 130; anything
+    unexpected too (an internal error, exit 1), with its traceback when the command was given -v."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        ctx.meta["onnxprune.args"] = list(args)  # the subcommand's own arguments, for -v on an internal error
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context):
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _one_line_warnings(warnings.showwarning)
                 return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except OnnxPruneError as exc:
-            click.echo(f"onnxprune: error: {exc.one_line()}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(ctx, exc)
         except KeyboardInterrupt:
             click.echo("onnxprune: interrupted; no output was written.", err=True)
             sys.exit(130)
         except MemoryError:
             click.echo("onnxprune: error: out of memory. Note: lower --batch-size or --max-positions.", err=True)
             sys.exit(6)
+        except Exception as exc:  # noqa: BLE001 - a bug outside any stage: still one line
+            error = InternalError(f"running 'onnxprune {_command(ctx)}'", exc)
+            error.__cause__ = exc
+            _fail(ctx, error)
+
+
+def _fail(ctx: click.Context, exc: OnnxPruneError) -> None:
+    """Print ``exc`` as one line (after the traceback of an internal error's cause with -v) and exit with its code."""
+    if isinstance(exc, InternalError) and _verbose(ctx):
+        traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+    click.echo(f"onnxprune: error: {exc.one_line()}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _command(ctx: click.Context) -> str:
+    args = ctx.meta.get("onnxprune.args") or ["?"]
+    return args[0]
+
+
+def _verbose(ctx: click.Context) -> bool:
+    """Whether the subcommand's arguments (before any ``--``) hold -v/--verbose."""
+    args = ctx.meta.get("onnxprune.args", [])[1:]
+    args = args[:args.index("--")] if "--" in args else args
+    return any(a in ("-v", "--verbose") for a in args)
 
 
 def _one_line_warnings(show: Callable) -> Callable:

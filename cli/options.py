@@ -119,7 +119,25 @@ data_option = click.option(
 
 image_options = _stacked(
     click.option("--image-size", metavar="H[,W]",
-                 help="Resize images to H x W pixels (default: the model's static size)."),
+                 help="Resize images to H x W pixels (default: the model's static size). With --resize keep-ratio, "
+                      "H is the height and W the maximum width."),
+    click.option("--resize", type=click.Choice(["stretch", "letterbox", "keep-ratio"]), default="stretch",
+                 show_default=True,
+                 help="How images are fitted to --image-size H,W (bilinear). stretch: resized to H x W. letterbox "
+                      "(ultralytics/YOLO): scaled to fit inside H x W keeping the aspect ratio, centred, borders "
+                      "padded with --pad-value; needs --image-size when the model's H/W are dynamic. keep-ratio "
+                      "(PaddleOCR recogniser): height H, width ceil(H*w/h) rounded up to --size-multiple and capped "
+                      "at W, right-padded with --pad-value to W (to the widest image of the data set when the "
+                      "model's width is dynamic and --image-size is not given)."),
+    click.option("--pad-value", type=float, metavar="V",
+                 help="Pixel value of the padding in 0..255 units (a float), before the /255 scaling and "
+                      "--mean/--std, like the image's own pixels (127.5 becomes 0 with --mean 0.5 --std 0.5). "
+                      "Default: 114 with letterbox (ultralytics' grey); with keep-ratio the value that becomes 0 "
+                      "after normalisation, as PaddleOCR pads (mean*255; 0 without --mean)."),
+    click.option("--size-multiple", type=int, metavar="N",
+                 help="Pixels. keep-ratio: round each resized width up to a multiple of N before the cap at W "
+                      "(e.g. 4 or 8 for text recognisers). letterbox: round the H x W canvas up to multiples of N "
+                      "(e.g. 32, the detector's stride), as ultralytics rounds imgsz. [default: 1]"),
     click.option("--raw-pixels", is_flag=True, help="Keep pixel values in 0..255 instead of scaling them to [0, 1]."),
     click.option("--mean", metavar="R,G,B", help="Per-channel mean subtracted after scaling (one value or three)."),
     click.option("--std", metavar="R,G,B", help="Per-channel standard deviation divided after the mean."),
@@ -149,6 +167,18 @@ exclude_option = click.option(
 provider_option = click.option(
     "--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
     help="ONNX Runtime execution provider used for calibration and verification.")
+
+ray_options = _stacked(
+    click.option("--ray", "ray_address", metavar="ADDRESS",
+                 help="Run the calibration passes and per-group rankings as tasks on a Ray cluster (needs "
+                      "pip install \"onnxprune[ray]\"): auto (RAY_ADDRESS, or the cluster 'ray start' runs here), "
+                      "HOST:PORT (the head's address), or local[:N] (a Ray with N CPUs started for this run). "
+                      "The output is byte-identical to a run without --ray. Every node reads --data at the same "
+                      "path unless --ray-ship-data is given."),
+    click.option("--ray-ship-data", is_flag=True,
+                 help="With --ray: read the calibration samples here and send them to the workers through Ray's "
+                      "object store, for nodes that do not see the --data path."),
+)
 
 bench_runs_option = click.option(
     "--bench-runs", type=click.IntRange(min=1), metavar="N",
@@ -182,9 +212,13 @@ def expand_paths(ctx: click.Context, param: click.Parameter, values: Sequence[st
 
 
 def image_settings(image_size: str | None, raw_pixels: bool, mean: str | None, std: str | None, layout: str | None,
-                   bgr: bool) -> ImageOptions:
-    """The values of ``image_options`` as the library's ImageOptions."""
+                   bgr: bool, resize: str = "stretch", pad_value: float | None = None,
+                   size_multiple: int | None = None) -> ImageOptions:
+    """The values of ``image_options`` as the library's ImageOptions (validated when the data is opened)."""
     return ImageOptions(
+        resize=resize,
+        pad_value=pad_value,
+        size_multiple=1 if size_multiple is None else size_multiple,
         size=parse_image_size(image_size) if image_size else None,
         raw_pixels=raw_pixels,
         mean=parse_floats(mean, "--mean") if mean else None,
@@ -203,3 +237,40 @@ def check_figure_output(path: str | None, option: str, example: str) -> None:
 
     require_matplotlib(option)
     check_destination(path, option, example)
+
+
+traceback_option = click.option("-v", "--verbose", is_flag=True, expose_value=False,
+                                help="On an internal error, also print its traceback (for a bug report).")
+
+
+def _fidelity_option() -> Callable:
+    from onnxprune.fidelity_kinds import KINDS
+
+    return click.option(
+        "--fidelity", "fidelity", type=click.Choice(KINDS), default="auto", show_default=True,
+        help="How the held-out outputs of the pruned model are judged against the original's (first output; every "
+             "output also gets its relative error). classes: top-1 agreement. sequence: greedy CTC decoding "
+             "(blank 0) - share of identical decoded sequences, per-step agreement, character error rate. dense: "
+             "IoU of one-channel maps above 0.5 (0 for logits) pooled over all pixels, or per-pixel argmax "
+             "agreement. yolo: boxes (confidence > 0.25, class-aware NMS at IoU 0.45) matched to the original's "
+             "at IoU 0.5 - precision, recall, F1. auto: [N, C] -> classes; [N, T, C] after a Softmax over the last "
+             "axis or a MatMul whose T grows with the input width -> sequence; [N, C, H, W] at >= 1/4 of the "
+             "input's resolution -> dense; [N, 4+C, A] or [N, A, 5+C] with A >= 4x the row -> yolo; otherwise "
+             "relative output error only.")
+
+
+fidelity_option = _fidelity_option()
+
+
+@contextlib.contextmanager
+def executor_for(address: str | None, ship_data: bool, provider: str = "cpu") -> Iterator:
+    """The executor of ``--ray ADDRESS`` (connected before any work, closed at the end), or None without it."""
+    if address is None:
+        if ship_data:
+            raise UsageError("--ray-ship-data needs --ray ADDRESS.")
+        yield None
+        return
+    from onnxprune.executor import RayExecutor
+
+    with RayExecutor(address, gpus_per_task=1 if provider in ("cuda", "tensorrt") else 0, ship_data=ship_data) as ex:
+        yield ex

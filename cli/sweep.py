@@ -1,12 +1,15 @@
 """``onnxprune sweep``: compress at several FLOPs targets and compare fidelity and CPU latency."""
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, cpu_cores, data_option,
-                                   echo, html_option,
+from onnxprune.cli.options import (traceback_option, bench_runs_option, calibration_settings, check_figure_output, cpu_cores, data_option,
+                                   echo, fidelity_option, html_option,
                                    image_options, image_settings, parse_fraction, sampling_options, show_progress,
                                    split_list, write_json)
+from onnxprune.cli.options import executor_for, ray_options
 
 
 @click.command("sweep")
@@ -19,6 +22,7 @@ from onnxprune.cli.options import (bench_runs_option, calibration_settings, chec
 @click.option("--bench-batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Batch size of the CPU latency measurement.")
 @bench_runs_option
+@fidelity_option
 @click.option("--out-dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Keep the pruned models in this existing folder as MODEL.flopsNN.onnx (default: discarded).")
 @click.option("--force", is_flag=True, help="Overwrite pruned models already in --out-dir.")
@@ -27,9 +31,12 @@ from onnxprune.cli.options import (bench_runs_option, calibration_settings, chec
 @html_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="PNG",
               help="Write the figure of fidelity and latency versus FLOPs kept as a PNG (needs matplotlib).")
+@ray_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no table.")
-def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, num_samples, holdout, seed, batch_size,
-          max_positions, bench_batch, bench_runs, out_dir, force, json_path, html_path, plot_path, quiet) -> None:
+@traceback_option
+def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size,
+          max_positions, bench_batch, bench_runs, fidelity, out_dir, force, json_path, html_path, plot_path, quiet,
+          ray_address=None, ray_ship_data=False) -> None:
     """Compress MODEL at each FLOPs target; table held-out fidelity and CPU latency against FLOPs kept.
 
     Example: onnxprune sweep model.onnx --data calib/ --targets 0.9,0.7,0.5,0.35 --html sweep.html
@@ -46,13 +53,15 @@ def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, 
     check_figure_output(plot_path, "--plot", "sweep.png")
     options = CompressOptions(
         calibration=calibration_settings(batch_size, max_positions, seed),
-        image=image_settings(image_size, raw_pixels, mean, std, layout, bgr),
+        image=image_settings(image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple),
         num_samples=num_samples,
         holdout=holdout,
+        fidelity=fidelity,
     )
     log = (lambda line: click.echo(line, err=True)) if show_progress(quiet) else None
-    result = run_sweep(model, data, fractions, options, batch=bench_batch, runs=bench_runs or DEFAULT_RUNS,
-                       threads=cpu_cores(), out_dir=out_dir, force=force, log=log)
+    with executor_for(ray_address, ray_ship_data) as executor:
+        result = run_sweep(model, data, fractions, dataclasses.replace(options, executor=executor), batch=bench_batch,
+                           runs=bench_runs or DEFAULT_RUNS, threads=cpu_cores(), out_dir=out_dir, force=force, log=log)
     echo(format_sweep_table(result), quiet)
     if json_path:
         write_json(json_path, result.to_dict())

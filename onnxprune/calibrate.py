@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from onnxprune.analysis import exclude_nodes, find_groups
+from onnxprune.calibration.parallel import Passes
 from onnxprune.calibration.store import StatsHeader, write_statistics
 from onnxprune.compress import CompressOptions, ProgressFactory, first_pass, load_inputs
 from onnxprune.errors import UsageError
@@ -32,11 +33,12 @@ def calibrate(model_path: str | os.PathLike, data_path: str | os.PathLike, outpu
         raise UsageError(f"nothing to calibrate in '{model_path}': every channel group is frozen.",
                          note="'onnxprune analyze' shows why")
     k, n = shard
+    passes = Passes(options.executor) if options.executor is not None and options.executor.remote else None
     if progress is None:
-        partial = first.collect(k, n)
+        partial = first.collect(k, n, passes=passes)
     else:
         with progress("calibrating", len(first.shard(k, n)[0])) as bar:
-            partial = first.collect(k, n, bar.update)
+            partial = first.collect(k, n, bar.update, passes=passes)
     if partial.complete:
         partial.total()  # the whole split: one node, the sum a single pass takes
     header = first.header(partial, k, n)

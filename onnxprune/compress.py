@@ -19,9 +19,11 @@ from onnxprune.bench.profile import cpu_channel_block
 from onnxprune.bench.providers import resolve_providers
 from onnxprune.calibration.cache import StatsCache
 from onnxprune.calibration.collect import CalibrationSettings
+from onnxprune.calibration.parallel import Passes
 from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
 from onnxprune.calibration.store import FirstPass, sum_shards
-from onnxprune.errors import UsageError
+from onnxprune.errors import UsageError, during
+from onnxprune.executor import Executor, LocalExecutor
 from onnxprune.graph.io import check_output_path, load_model, model_inputs, save_model
 from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.graph.precision import refuse_quantised, restore_float16, to_float32
@@ -35,6 +37,7 @@ from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
 from onnxprune.sequential import consumer_stages, refit_errors, sequential_refit
 from onnxprune.search import search_budget
+from onnxprune.fidelity_kinds import KINDS as FIDELITY_KINDS, choose_judge
 from onnxprune.verify import Fidelity, check_pruned, measure_fidelity
 
 
@@ -60,9 +63,12 @@ class CompressOptions:
     stats_files: tuple[str | os.PathLike, ...] = ()  # `onnxprune calibrate` shards summed instead of the first pass
     cache_dir: str | os.PathLike | None = None       # first-pass statistics kept between runs
     allocation: AllocationSettings = field(default_factory=AllocationSettings)  # --min-keep, --round-to
-    target_fidelity: float | None = None  # prune as far as the held-out top-1 agreement stays at least this
+    target_fidelity: float | None = None  # prune as far as the held-out headline fidelity stays at least this
+    fidelity: str = "auto"        # how the held-out outputs are judged: auto, classes, sequence, dense, yolo
     exclude: tuple[str, ...] = ()     # node-name patterns whose groups are left alone
     latency: LatencyTarget | None = None  # a latency budget on the calibration provider, besides the target
+    # where the calibration passes and per-group rankings run (None: this process); see onnxprune/executor.py
+    executor: Executor | None = field(default=None, compare=False)
 
     @property
     def error_correcting(self) -> bool:
@@ -92,7 +98,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 class Loaded(NamedTuple):
     """The load stage: the original model, its normalised form, the float32 model that is analysed and
-    calibrated, its input specs, the data with its calibration and held-out indices, and static shapes."""
+    calibrated, its input specs, the data with its calibration and held-out indices, static shapes, and the input
+    shapes they were inferred at (batch 1: the first calibration sample's)."""
 
     original: onnx.ModelProto
     reference: onnx.ModelProto
@@ -102,6 +109,7 @@ class Loaded(NamedTuple):
     calib_idx: np.ndarray
     hold_idx: np.ndarray
     shapes: dict
+    input_shapes: dict
 
 
 def load_inputs(model_path: str | os.PathLike, data_path: str | os.PathLike, options: CompressOptions) -> Loaded:
@@ -115,8 +123,9 @@ def load_inputs(model_path: str | os.PathLike, data_path: str | os.PathLike, opt
                      seed=options.calibration.seed)
     calib_idx, hold_idx = data.split(options.holdout, seed=options.calibration.seed)
     sample = data.load([int(calib_idx[0])])
-    shapes = static_shapes(model, {k: (1, *v.shape[1:]) for k, v in sample.items()})
-    return Loaded(original, reference, model, specs, data, calib_idx, hold_idx, shapes)
+    input_shapes = {k: (1, *v.shape[1:]) for k, v in sample.items()}
+    shapes = static_shapes(model, input_shapes)
+    return Loaded(original, reference, model, specs, data, calib_idx, hold_idx, shapes, input_shapes)
 
 
 def calibrated_consumers(analysis: Analysis) -> list[Consumer]:
@@ -141,9 +150,17 @@ def default_output(model_path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Time stage ``name`` into ``timings``; whatever unexpected escapes it is an InternalError naming it."""
     start = time.perf_counter()
-    yield
+    with during(_DOING.get(name, name)):
+        yield
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+_DOING = {"load": "loading the model and data", "analyse": "analysing the graph", "profile latency": "profiling latency",
+          "read statistics": "reading the statistics files", "calibrate": "calibrating", "solve": "solving",
+          "error-correct": "re-fitting (error-correcting pass)", "rewrite": "rewriting the graph",
+          "verify": "verifying the pruned model", "save": "saving the model", "bench": "benchmarking"}
 
 
 @contextlib.contextmanager
@@ -173,6 +190,8 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
             raise UsageError(f"--target-fidelity {options.target_fidelity:g} is outside (0, 1].")
         if options.holdout <= 0:
             raise UsageError("--target-fidelity needs held-out samples: use --holdout > 0.")
+    if options.fidelity not in FIDELITY_KINDS:
+        raise UsageError(f"--fidelity must be one of {', '.join(FIDELITY_KINDS)}, got '{options.fidelity}'.")
     if options.latency is not None and not 0.0 < options.latency.fraction <= 1.0:
         raise UsageError(f"--target-latency {options.latency.fraction:g} is outside (0, 1].")
     check_method(options.solver, any(t is not None for t in (options.target, options.target_fidelity, options.latency)))
@@ -183,13 +202,17 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     if options.stats_files and options.cache_dir is not None:
         raise UsageError("give --stats or --cache, not both: --stats already replaces the first calibration pass.")
     cache = StatsCache(options.cache_dir) if options.cache_dir is not None else None
+    executor = options.executor or LocalExecutor()
+    # the passes and rankings as tasks of a remote executor; in this process they run as they always have
+    passes, since = (Passes(executor) if executor.remote else None), executor.snapshot()
     with _stage(timings, "load"):
         loaded = load_inputs(model_path, data_path, options)
-        original, reference, model, specs, data, calib_idx, hold_idx, shapes = loaded
+        original, reference, model, specs, data, calib_idx, hold_idx, shapes, input_shapes = loaded
+        judge = choose_judge(model, options.fidelity, shapes, input_shapes)
     with _stage(timings, "analyse"):
         analysis = find_groups(model, shapes)
         excluded = exclude_nodes(analysis, options.exclude)
-        counts = count_model(model)
+        counts = count_model(model, input_shapes)
     prunable = any(g.prunable for g in analysis.groups)
     if not prunable and not write_unchanged:
         out_path = None  # nothing to prune: write nothing unless asked
@@ -218,13 +241,14 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     with _stage(timings, "calibrate"):
         if not skip and not stats:
             with progress("calibrating", len(calib_idx)) as bar:
-                partial = first.collect(progress=bar.update)
+                partial = first.collect(progress=bar.update, passes=passes)
             stats = partial.total()
             if cache is not None:
                 cache.put(first, partial)
     with _stage(timings, "solve"):
         with progress("solving", len(analysis.groups)) as bar:
-            ranked = rank_groups(model, analysis, stats, options.solver, bar.update) if not skip else []
+            ranked = rank_groups(model, analysis, stats, options.solver, bar.update,
+                                 executor if executor.remote else None) if not skip else []
     if error_correct:
         stats = {}  # the error-correcting pass collects its own; free the first pass's Gram matrices
     held = data
@@ -241,7 +265,8 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
             with _stage(timings, "error-correct"):
                 with progress("re-fitting", len(stats_consumers)) as bar:
                     plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
-                                                   options.calibration, options.solver, bar.update, landings)
+                                                   options.calibration, options.solver, bar.update, landings,
+                                                   passes=passes)
                 errors = refit_errors(plan.refits, analysis)
                 for g in plan.groups:
                     if g.id in errors and g.after < g.before:
@@ -251,7 +276,7 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         with _stage(timings, "verify"):
             check_pruned(original, pruned)
             fidelity = measure_fidelity(original, pruned, held, hold_idx, batch_size=options.calibration.batch_size,
-                                        provider=options.calibration.provider)
+                                        provider=options.calibration.provider, judge=judge)
         return plan, pruned, fidelity
 
     if options.target_fidelity is None or skip:
@@ -259,14 +284,14 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     else:
         floor = minimum_fraction(model, analysis, "flops", counts, allocation)
         fraction, (plan, pruned, fidelity) = search_budget(
-            lambda f: prune(Target("flops", f)), lambda result: _agreement(result[2]) >= options.target_fidelity,
+            lambda f: prune(Target("flops", f)), lambda result: _headline(result[2]) >= options.target_fidelity,
             floor)
         notes.append(f"--target-fidelity {options.target_fidelity:g}: searched the FLOPs budget down to "
-                     f"{fraction:.3f} of the original (agreement measured on the held-out samples)")
+                     f"{fraction:.3f} of the original ({_headline_text(fidelity)} measured on the held-out samples)")
     if error_correct and not plan.kept.all():
         notes.append(f"error-correcting re-fit in {len(consumer_stages(model, stats_consumers))} stages")
     latency = None if allocation.latency is None else predicted_latency(model, analysis, counts, plan, allocation.latency)
-    after = count_model(pruned)
+    after = count_model(pruned, input_shapes)
     size_after = None
     if out_path is not None:
         with _stage(timings, "save"):
@@ -284,7 +309,7 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),
         file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
         timings=timings, calibration_samples=len(calib_idx), blocked=analysis.blocked, notes=notes,
-        bench=bench, latency=latency,
+        bench=bench, latency=latency, input_shapes=input_shapes, executor=executor.report(since),
     )
     if not prunable:
         report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")
@@ -323,13 +348,22 @@ def predicted_latency(model: onnx.ModelProto, analysis: Analysis, counts, plan: 
             "predicted_ratio": round(predicted / table.total, 4) if table.total else 1.0}
 
 
-def _agreement(fidelity: Fidelity | None) -> float:
-    """Held-out top-1 agreement (1 − relative error when the output is not a classification)."""
+def _headline(fidelity: Fidelity | None) -> float:
+    """What --target-fidelity holds: the held-out ``Fidelity.headline`` of the judged output's kind (top-1
+    agreement, identical decoded sequences, IoU or pixel agreement, box F1; else 1 − relative error)."""
     if fidelity is None:
         raise UsageError("--target-fidelity needs held-out samples: use --holdout > 0.")
-    if fidelity.top1_agreement is None:
-        return 1.0 - fidelity.relative_error
-    return fidelity.top1_agreement
+    return fidelity.headline
+
+
+_HEADLINES = {"top1_agreement": "top-1 agreement", "sequences_identical": "share of identical decoded sequences",
+              "iou": "mask IoU", "pixel_agreement": "per-pixel argmax agreement", "f1": "box F1"}
+
+
+def _headline_text(fidelity: Fidelity | None) -> str:
+    if fidelity is None or fidelity.headline_value is None:
+        return "1 - relative output error"
+    return _HEADLINES.get(fidelity.headline_name, fidelity.headline_name)
 
 
 def _file_size(path: Path) -> int:

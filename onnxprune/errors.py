@@ -1,6 +1,9 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero; anything else is a bug."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 
 class OnnxPruneError(Exception):
     """A problem with the user's input or environment, explained in one line.
@@ -44,6 +47,37 @@ class ProviderError(OnnxPruneError):
     """A requested ONNX Runtime execution provider is not available."""
 
     exit_code = 5
+
+
+class ClusterError(OnnxPruneError):
+    """A Ray cluster (``--ray``) cannot be reached, lacks the resources asked for, or lost a task for good."""
+
+    exit_code = 5
+
+
+class InternalError(OnnxPruneError):
+    """An unexpected exception inside a stage (a bug, or input no check foresaw): one line naming the stage;
+    the original exception is its ``__cause__`` (the CLI prints its traceback with -v)."""
+
+    exit_code = 1
+
+    def __init__(self, doing: str, exc: BaseException):
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        super().__init__(f"internal error while {doing}: {type(exc).__name__}{': ' + detail if detail else ''}",
+                         note="rerun with -v for the traceback, and please report it with the model's opsets and exporter")
+
+
+@contextlib.contextmanager
+def during(doing: str) -> Iterator[None]:
+    """Re-raise anything unexpected inside as an InternalError saying what was being done (``"calibrating"``).
+
+    onnxprune's own errors, Ctrl-C and MemoryError pass through; an InternalError of an inner stage is kept."""
+    try:
+        yield
+    except (OnnxPruneError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the point: whatever escapes becomes one line
+        raise InternalError(doing, exc) from exc
 
 
 class OnnxPruneWarning(UserWarning):

@@ -3,17 +3,26 @@ from __future__ import annotations
 
 import os
 
+from typing import Mapping, Sequence
+
 from onnxprune.analysis import find_groups
+from onnxprune.bench.inputs import check_overrides, input_specs
+from onnxprune.graph.input_shapes import concrete_input_shapes, shapes_text
 from onnxprune.graph.io import load_model
-from onnxprune.graph.normalise import normalise
+from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.metrics import count_model
 
 
-def analyze_model(path: str | os.PathLike) -> dict:
-    """Groups of the model at ``path`` as plain data: members, channels, share of MACs, frozen reasons."""
+def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict:
+    """Groups of the model at ``path`` as plain data: members, channels, share of MACs, frozen reasons.
+
+    ``input_shapes`` (``--shape``) set the inputs' symbolic dims; a model with symbolic dims besides the batch
+    needs them (UsageError otherwise): its costs depend on the resolution."""
     model = normalise(load_model(path))
-    analysis = find_groups(model)
-    counts = count_model(model)
+    check_overrides(input_specs(model), dict(input_shapes or {}), f"'{path}'")
+    shapes = concrete_input_shapes(model, input_shapes)
+    analysis = find_groups(model, static_shapes(model, shapes))
+    counts = count_model(model, shapes)
     nodes = {n.name: n for n in model.graph.node}
     groups = []
     for g in analysis.groups:
@@ -31,7 +40,8 @@ def analyze_model(path: str | os.PathLike) -> dict:
             "members": [f"{m} ({nodes[m].op_type})" for m in g.members],
             "reasons": g.reasons,
         })
-    return {"model": str(path), "params": counts.params, "flops": counts.flops, "groups": groups,
+    return {"model": str(path), "params": counts.params, "flops": counts.flops,
+            "input_shapes": {name: list(dims) for name, dims in shapes.items()}, "groups": groups,
             "blocked": [{"node": n, "op": o, "reason": r} for n, o, r in analysis.blocked]}
 
 
@@ -40,7 +50,8 @@ def render_groups(summary: dict, *, verbose: bool = False) -> str:
     groups = summary["groups"]
     prunable = [g for g in groups if g["prunable"]]
     lines = [(f"{summary['model']}: {len(groups)} channel groups, {len(prunable)} prunable; "
-              f"{summary['params']:,} parameters, {summary['flops']:,} multiply-adds"),
+              f"{summary['params']:,} parameters, {summary['flops']:,} multiply-adds at "
+              f"{shapes_text(summary['input_shapes'])}"),
              "",
              f"{'id':>4}  {'channels':>8}  {'frozen':>6}  {'% of MACs':>9}  {'state':<8}  group"]
     for g in groups:

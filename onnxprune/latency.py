@@ -158,7 +158,7 @@ def measure_latency(model: onnx.ModelProto, analysis: Analysis, feeds: Mapping[s
     from onnxprune.plan import PrunePlan
     from onnxprune.rewrite import apply_plan
 
-    flops = CostModel(model, analysis, count_model(model), "flops")
+    flops = CostModel(model, analysis, count_model(model, {k: (1, *v.shape[1:]) for k, v in feeds.items()}), "flops")
     masks = [np.ones(analysis.n_classes, dtype=bool)]
     for side in two_colours(analysis, flops):
         masks += [uniform_mask(analysis, share, rounded, side) for share in sorted(set(fractions) - {1.0}, reverse=True)]

@@ -14,8 +14,10 @@
   - MatMul: product of the broadcast batch dims x M x K x N (numpy semantics for 1-D operands)
 
   Conv and ConvTranspose are counted per sample (the batch dim is left out). Shapes come from ONNX
-  shape inference on a light copy of the model in which every symbolic or missing dim of a graph
-  input is set to 1 (so Gemm and MatMul are counted at the graph's shapes with dynamic dims = 1).
+  shape inference on a light copy of the model whose inputs have the given ``input_shapes`` (the
+  calibration data's, or ``--shape``); without them a symbolic batch dim is 1 and any other symbolic
+  dim is an error (:func:`onnxprune.graph.input_shapes.concrete_input_shapes`): a detector's cost
+  depends on its resolution, which is never guessed.
   Large float initializers are replaced by typed inputs in that copy, so models with weights of
   any size (external data loaded or not) work and the caller's model is never modified.
 """
@@ -23,11 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from onnxprune.graph.input_shapes import concrete_input_shapes
 
 __all__ = ["ModelCounts", "count_model", "count_params", "COUNTED_OPS"]
 
@@ -56,14 +60,16 @@ class ModelCounts:
     per_node: Dict[str, Tuple[int, int]]  # node name -> (params attributed, MACs) for those op types
 
 
-def count_model(model: onnx.ModelProto) -> ModelCounts:
-    """Count float parameters and multiply-adds (batch 1) of ``model``; the model is not modified.
+def count_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelCounts:
+    """Count float parameters and multiply-adds of ``model`` at ``input_shapes`` (batch 1; default: the static
+    input dims); the model is not modified.
 
-    Raises ValueError naming the node when a counted node's shapes stay unknown after shape inference.
+    Raises UsageError when an input has symbolic dims besides the batch and no shape is given, ValueError naming
+    the node when a counted node's shapes stay unknown after shape inference.
     """
     graph = model.graph
     float_sizes = _float_tensor_sizes(graph)
-    shapes = _shapes_for_counting(model)
+    shapes = _shapes_for_counting(model, input_shapes)
 
     per_node: dict[str, tuple[int, int]] = {}
     total_macs = 0
@@ -164,7 +170,8 @@ def _constant_shapes(graph: onnx.GraphProto) -> dict[str, Shape]:
 
 
 def _forget_symbolic_dims(value_info: onnx.ValueInfoProto) -> None:
-    """Turn symbolic dims into unknown ones, so that inferred values (dynamic dims = 1) merge without conflict."""
+    """Turn symbolic dims into unknown ones, so that inferred values (at the concrete input shapes) merge without
+    conflict."""
     if value_info.type.WhichOneof("value") != "tensor_type":
         return
     for dim in value_info.type.tensor_type.shape.dim:
@@ -172,21 +179,18 @@ def _forget_symbolic_dims(value_info: onnx.ValueInfoProto) -> None:
             dim.ClearField("dim_param")
 
 
-def _fix_dynamic_dims(value_info: onnx.ValueInfoProto) -> None:
-    """Set every symbolic or missing dim of a graph input to 1."""
-    if value_info.type.WhichOneof("value") != "tensor_type":
-        return
-    tensor_type = value_info.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return  # unknown rank: nothing can be fixed
-    for dim in tensor_type.shape.dim:
-        if dim.WhichOneof("value") != "dim_value":
-            dim.ClearField("dim_param")
-            dim.dim_value = 1
+def _set_dims(value_info: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
+    """Give a graph input the concrete ``dims``."""
+    shape = value_info.type.tensor_type.shape
+    shape.ClearField("dim")
+    for value in dims:
+        shape.dim.add().dim_value = int(value)
 
 
-def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy for shape inference: dynamic input dims = 1, large float weights replaced by typed inputs."""
+def light_copy(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
+    """A copy for shape inference: inputs at their concrete shapes (:func:`concrete_input_shapes` of
+    ``input_shapes``), large float weights replaced by typed inputs."""
+    concrete = concrete_input_shapes(model, input_shapes)
     graph = model.graph
     init_names = {init.name for init in graph.initializer}
     input_names = {vi.name for vi in graph.input}
@@ -196,8 +200,8 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     for vi in graph.input:
         copied = light.input.add()
         copied.CopyFrom(vi)
-        if vi.name not in init_names:
-            _fix_dynamic_dims(copied)
+        if vi.name in concrete:
+            _set_dims(copied, concrete[vi.name])
     for init in graph.initializer:
         if init.data_type in _FLOAT_TYPES and _numel(init.dims) > _KEEP_FOR_INFERENCE:
             if init.name not in input_names:
@@ -245,19 +249,19 @@ def _needed_tensors(graph: onnx.GraphProto) -> set[str]:
     return needed
 
 
-def _shapes_for_counting(model: onnx.ModelProto) -> dict[str, Shape]:
-    """Static shapes (dynamic input dims = 1) of the tensors of the main graph.
+def _shapes_for_counting(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, Shape]:
+    """Static shapes of the tensors of the main graph, inputs at ``input_shapes`` (:func:`light_copy`).
 
     Plain ONNX shape inference first; where it leaves a counted node's shapes unknown (shape arithmetic
     through ops that ONNX data propagation does not cover, like the Slice+Pad shortcuts of torch exports),
     constant sub-graphs and Shape/Size of statically shaped tensors are folded with onnx.reference and
     inference is repeated.
     """
-    light = light_copy(model)
+    light = light_copy(model, input_shapes)
     constants = _constant_shapes(model.graph)
     needed = _needed_tensors(model.graph)
     shapes: dict[str, Shape] = {}
-    for _ in range(4):
+    for _ in range(_FOLD_ROUNDS):  # each round may resolve one more link of a chain (C2f's chunk Slices)
         shapes = _infer_static_shapes(light)
         for name, dims in constants.items():
             shapes.setdefault(name, dims)
@@ -274,6 +278,7 @@ _NO_FOLD = frozenset({
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
     "If", "Loop", "Scan", "SequenceConstruct", "SequenceEmpty", "Optional",
 })
+_FOLD_ROUNDS = 64  # fold-and-infer rounds at most; a round that folds nothing ends the loop
 _FOLD_LIMIT = 1 << 16  # elements: shape arithmetic is small; never materialise big tensors
 
 
@@ -360,7 +365,7 @@ def _shape_of(node: onnx.NodeProto, name: str, tensor: str, shapes: dict[str, Sh
     if shape is None or len(shape) < min_rank:
         raise ValueError(
             f"cannot count multiply-adds of {node.op_type} node '{name}': the shape of '{tensor}' is unknown "
-            "after ONNX shape inference (dynamic dims were set to 1)."
+            "after ONNX shape inference at the input shapes counted."
         )
     return shape
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from onnxprune.bench.compare import Comparison
+from onnxprune.graph.input_shapes import shapes_text
 from onnxprune.plan import GroupOutcome, Target
 from onnxprune.verify import Fidelity
 
@@ -27,6 +28,8 @@ class PruneReport:
     notes: list[str] = field(default_factory=list)
     bench: Comparison | None = None   # original vs pruned latency (compress --bench)
     latency: dict | None = None       # --target-latency: budget, provider, batch, original and predicted ms
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # where the multiply-adds were counted
+    executor: dict | None = None      # where the passes and rankings ran (onnxprune.executor.Executor.report)
 
     def achieved(self, kind: str) -> float:
         before, after = self.params if kind == "params" else self.flops
@@ -40,7 +43,8 @@ class PruneReport:
             "method": self.method,
             "achieved": {"params": self.achieved("params"), "flops": self.achieved("flops")},
             "params": {"before": self.params[0], "after": self.params[1]},
-            "flops": {"before": self.flops[0], "after": self.flops[1], "unit": "multiply-adds at batch 1"},
+            "flops": {"before": self.flops[0], "after": self.flops[1], "unit": "multiply-adds at batch 1",
+                      "input_shapes": {name: list(dims) for name, dims in self.input_shapes.items()}},
             "file_size": {"before": self.file_size[0], "after": self.file_size[1], "unit": "bytes"},
             "groups": [asdict(g) for g in self.groups],
             "blocked": [{"node": n, "op": o, "reason": r} for n, o, r in self.blocked],
@@ -51,6 +55,7 @@ class PruneReport:
             "notes": self.notes,
             "bench": None if self.bench is None else self.bench.to_dict(),
             "latency": self.latency,
+            "executor": self.executor,
         }
 
 
@@ -88,6 +93,9 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
     lines.append(f"{'':<18} {'before':>10} {'after':>10} {'kept':>7}")
     for label, before, after in rows:
         lines.append(f"{label:<18} {_human(before):>10} {_human(after) if after is not None else '-':>10} {_ratio(before, after):>7}")
+    if report.input_shapes:
+        lines.append(f"multiply-adds counted at {shapes_text(report.input_shapes)} (the first calibration sample's "
+                     "shape)")
     if report.bench is not None:
         lines.extend(_bench_lines(report.bench))
     if report.target is not None:
@@ -99,18 +107,56 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
                      "per run, onnxruntime's profiler; check with onnxprune bench)")
     fid = report.fidelity
     if fid is not None:
-        parts = [f"held-out samples: {fid.samples}"]
-        if fid.top1_agreement is not None:
-            parts.append(f"top-1 agreement {fid.top1_agreement:.2%}")
-        parts.append(f"relative output error {fid.relative_error:.4f}")
-        if fid.accuracy_before is not None:
-            parts.append(f"accuracy {fid.accuracy_before:.2%} -> {fid.accuracy_after:.2%}")
-        lines.append("fidelity: " + ", ".join(parts))
+        lines.extend(fidelity_lines(fid))
     else:
         lines.append("fidelity: no held-out samples (--holdout 0)")
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
+    if report.executor is not None and report.executor.get("kind") == "ray":
+        from onnxprune.executor import describe
+
+        lines.append(describe(report.executor))
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines)
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}%}"
+
+
+def fidelity_lines(fid: Fidelity) -> list[str]:
+    """The summary's fidelity line, worded for the judged output's kind, then the fidelity notes."""
+    m = fid.metrics
+    parts = [f"held-out samples: {fid.samples}"]
+    if fid.kind == "classes":
+        parts.append(f"top-1 agreement {_pct(fid.top1_agreement, 2)}")
+    elif fid.kind == "sequence":
+        parts.append(f"{_pct(m.get('sequences_identical'))} of decoded sequences identical")
+        parts.append(f"per-step agreement {_pct(m.get('step_agreement'))}")
+        parts.append(f"character error {_pct(m.get('character_error_rate'))}")
+    elif fid.kind == "dense" and "iou" in m:
+        iou = m.get("iou")
+        parts.append(f"mask IoU {'n/a' if iou is None else f'{iou:.3f}'} (above {m.get('threshold', 0.5):g}, "
+                     "pooled over all pixels)")
+    elif fid.kind == "dense":
+        parts.append(f"per-pixel argmax agreement {_pct(m.get('pixel_agreement'))}")
+    elif fid.kind == "yolo":
+        if m.get("f1") is None:
+            parts.append("boxes F1 n/a (the original predicts no box)")
+        else:
+            parts.append(f"boxes F1 {m['f1']:.2f} (P {m['precision']:.2f}, R {m['recall']:.2f}) at IoU "
+                         f"{m['match_iou']:g} vs the original's {m['boxes_original']} boxes (confidence "
+                         f"> {m['confidence']:g})")
+    parts.append(f"relative output error {fid.relative_error:.4f}")
+    if fid.accuracy_before is not None:
+        parts.append(f"accuracy {fid.accuracy_before:.2%} -> {fid.accuracy_after:.2%}")
+    label = fid.kind if fid.kind != "other" else f"relative error only: {fid.reason or 'no --fidelity kind fits'}"
+    lines = [f"fidelity ({label}): " + ", ".join(parts)]
+    if len(fid.output_errors) > 1:
+        others = ", ".join(f"'{name}' {err:.4f}" for name, err in fid.output_errors.items())
+        lines.append(f"  judged output '{fid.output}' (the first of {len(fid.output_errors)}); relative error of "
+                     f"every output: {others}")
+    lines.extend(f"  fidelity note: {note}" for note in fid.notes)
+    return lines
 
 
 def _bench_lines(bench: Comparison) -> list[str]:

@@ -10,20 +10,23 @@ measured to do worse (MNIST CNTK 98.06 % vs 98.34 %, CIFAR tutorial CNN 58.2 % v
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from onnxprune.analysis.model import Analysis, Consumer
-from onnxprune.calibration.collect import CalibrationSettings, collect_statistics
+from onnxprune.calibration.collect import CalibrationSettings, ConsumerStats, collect_statistics
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.plan import PrunePlan, SolverSettings, consumer_weight_matrix
 from onnxprune.residual import Landing
 from onnxprune.rewrite import apply_plan
 from onnxprune.solvers import Refit, refit
 from onnxprune.solvers.shrinkage import refit_towards
+
+if TYPE_CHECKING:
+    from onnxprune.calibration.parallel import Passes
 
 
 def _levels(model: onnx.ModelProto, consumers: Sequence[Consumer]) -> dict[str, int]:
@@ -54,12 +57,15 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
                      data: CalibrationData, indices: Sequence[int], settings: CalibrationSettings,
                      solver: SolverSettings = SolverSettings(),
                      progress: Callable[[int], None] | None = None,
-                     landings: Mapping[str, Landing] | None = None) -> dict[str, Refit]:
+                     landings: Mapping[str, Landing] | None = None,
+                     passes: "Passes | None" = None) -> dict[str, Refit]:
     """Re-fit ``consumers`` stage by stage on error-correcting statistics; returns the re-fits.
 
     A consumer in ``landings`` (it writes into a residual sum) targets the original sum minus the
     pruned network's other branch once that branch is final (its consumers are in earlier stages).
+    ``passes`` runs each stage's pass as tasks of an executor (``calibration/parallel.py``; the same sums).
     """
+    collect = collect_statistics if passes is None else passes.statistics
     level = _levels(model, consumers)
     landings = landings or {}
     nodes = {n.name: n for n in model.graph.node}
@@ -71,20 +77,29 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
         final = {c.node: landings[c.node] for c in stage
                  if c.node in landings and level[landings[c.node].other] < level[c.output]}
         masks = {c.node: analysis.mask(c.output, plan.kept) for c in stage if c.node in final}
-        stats = collect_statistics(model, stage, data, indices, settings, inputs_model=current,
-                                   landings=final, output_masks=masks)
+        stats = collect(model, stage, data, indices, settings, inputs_model=current,
+                        landings=final, output_masks=masks)
+        jobs = []
         for c in stage:
             kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
             w0 = consumer_weight_matrix(nodes[c.node], c, w_arrays)[:, kept_cols]
-            entry = stats[c.node]
-            cols = np.arange(int(kept_cols.sum()))  # X' holds only the kept columns
-            if solver.delta is None:
-                refits[c.node], _ = refit_towards(entry.full.centred(), cols, w0, entry.folds())
-            else:
-                refits[c.node] = refit(entry.full.centred(), cols, solver.delta)
+            jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0))  # X' holds only the kept columns
+        done = [_refit_task(solver.delta, job) for job in jobs] if passes is None else \
+            passes.executor.map(_refit_task, jobs, context=solver.delta)
+        refits.update(zip((c.node for c in stage), done))
         if progress:
             progress(len(stage))
     return refits
+
+
+def _refit_task(delta: float | None, job: tuple[ConsumerStats, int, np.ndarray]) -> Refit:
+    """One consumer's re-fit on its error-correcting statistics (a task of the stage when an executor runs them):
+    towards its original weights ``w0`` with a validated ridge, or with the fixed ridge ``delta``."""
+    entry, n_kept, w0 = job
+    cols = np.arange(n_kept)
+    if delta is None:
+        return refit_towards(entry.full.centred(), cols, w0, entry.folds())[0]
+    return refit(entry.full.centred(), cols, delta)
 
 
 def refit_errors(refits: Mapping[str, Refit], analysis: Analysis) -> dict[int, float]:

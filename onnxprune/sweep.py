@@ -41,13 +41,14 @@ class SweepPoint:
     seconds: float                  # time compress took
 
     def quality(self) -> Optional[float]:
-        """What the Pareto view ranks by (higher is better): accuracy, else top-1 agreement, else −relative error."""
+        """What the Pareto view ranks by (higher is better): accuracy, else the --fidelity kind's headline (top-1
+        agreement, identical decoded sequences, IoU/pixel agreement, box F1), else −relative error."""
         fid = self.fidelity
         if fid is None:
             return None
         if fid.accuracy_after is not None:
             return fid.accuracy_after
-        return fid.top1_agreement if fid.top1_agreement is not None else -fid.relative_error
+        return fid.headline_value if fid.headline_value is not None else -fid.relative_error
 
 
 @dataclass
@@ -96,6 +97,9 @@ class SweepResult:
                 "flops_kept": point.flops_kept,
                 "params_kept": point.params_kept,
                 "top1_agreement": None if fid is None else fid.top1_agreement,
+                "fidelity_kind": None if fid is None else fid.kind,
+                "headline": None if fid is None else {"name": fid.headline_name, "value": fid.headline_value},
+                "fidelity_metrics": None if fid is None else fid.metrics,
                 "relative_error": None if fid is None else fid.relative_error,
                 "accuracy": None if fid is None else fid.accuracy_after,
                 "latency_p50_ms": ms,
@@ -175,10 +179,20 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+_HEADERS = {"top1_agreement": "top-1 agree", "sequences_identical": "seq. same", "iou": "mask IoU",
+            "pixel_agreement": "px agree", "f1": "box F1"}
+
+
+def _headline_header(result: SweepResult) -> str:
+    """The fidelity column: the --fidelity kind's headline figure (top-1 agreement for class scores)."""
+    names = {p.fidelity.headline_name for p in result.points if p.fidelity is not None and p.fidelity.headline_name}
+    return _HEADERS.get(names.pop(), "headline") if len(names) == 1 else "top-1 agree"
+
+
 def format_sweep_table(result: SweepResult) -> str:
     """The table ``onnxprune sweep`` prints: one row for the original, one per target (``*``: Pareto-optimal)."""
     base_ms = result.baseline.p50_ms if result.baseline is not None else None
-    headers = ["target", "FLOPs", "params", "top-1 agree", "rel. error", "accuracy", f"p50 ms b{result.batch}",
+    headers = ["target", "FLOPs", "params", _headline_header(result), "rel. error", "accuracy", f"p50 ms b{result.batch}",
                "latency x", ""]
     rows = [["original", "100.0%", "100.0%", "-", "-", _pct(result.accuracy),
              "-" if base_ms is None else f"{base_ms:.3f}", "1.00", ""]]
@@ -188,7 +202,7 @@ def format_sweep_table(result: SweepResult) -> str:
         rows.append([
             f"{point.target * 100:g}%",
             _pct(point.flops_kept), _pct(point.params_kept),
-            _pct(None if fid is None else fid.top1_agreement),
+            _pct(None if fid is None else fid.headline_value),
             "-" if fid is None else f"{fid.relative_error:.4f}",
             _pct(None if fid is None else fid.accuracy_after),
             "n/a" if ms is None else f"{ms:.3f}",

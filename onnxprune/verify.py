@@ -1,7 +1,7 @@
 """Check a pruned model: valid everywhere ONNX is, same signature, and close to the original on held-out data."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -9,22 +9,42 @@ import onnx
 
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import OnnxPruneError
+from onnxprune.fidelity_kinds import Judge, choose_judge
 from onnxprune.graph.io import check_model, model_inputs
 from onnxprune.runtime import create_session, fixed_batch
 
 
 @dataclass(frozen=True)
 class Fidelity:
-    """Agreement of the pruned model with the original on held-out samples (first output)."""
+    """Agreement of the pruned model with the original on held-out samples, judged on one output (the first) as
+    its ``kind`` says (``onnxprune.fidelity_kinds``); every output also gets its relative error."""
 
     samples: int
-    top1_agreement: float | None      # share of samples whose argmax over axis 1 is unchanged
-    relative_error: float             # ‖y_pruned − y‖ / ‖y‖ over all held-out samples
-    accuracy_before: float | None     # top-1 against labels, when the data has labels
+    top1_agreement: float | None      # classes: share of samples whose argmax over axis 1 is unchanged
+    relative_error: float             # ‖y_pruned − y‖ / ‖y‖ of the judged output over all held-out samples
+    accuracy_before: float | None     # classes: top-1 against labels, when the data has labels
     accuracy_after: float | None
+    kind: str = "classes"             # classes, sequence, dense, yolo, or other (relative error only)
+    output: str | None = None         # the judged output
+    metrics: dict = field(default_factory=dict)         # the kind's figures (see fidelity_kinds)
+    headline_name: str | None = None  # the kind's headline metric: what --target-fidelity holds
+    headline_value: float | None = None
+    output_errors: dict = field(default_factory=dict)   # relative error of every output, by name
+    notes: tuple[str, ...] = ()
+    reason: str = ""                  # why this kind (auto), or the --fidelity given
+
+    @property
+    def headline(self) -> float:
+        """The kind's headline figure, higher is better: top-1 agreement (classes), share of identical decoded
+        sequences (sequence), IoU or per-pixel argmax agreement (dense), box F1 (yolo); 1 − relative error where
+        the kind has none (other, or no box in the original's predictions)."""
+        return self.headline_value if self.headline_value is not None else 1.0 - self.relative_error
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        out["headline"] = {"name": self.headline_name or "1 - relative_error", "value": self.headline}
+        return out
 
 
 def _signature(model: onnx.ModelProto) -> list[tuple]:
@@ -44,36 +64,58 @@ def check_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto) -> None:
 
 
 def measure_fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, data: CalibrationData, indices: Sequence[int],
-                     *, batch_size: int = 64, provider: str = "cpu") -> Fidelity | None:
-    """Compare both models on ``indices`` of ``data``; None when there are no held-out samples."""
+                     *, batch_size: int = 64, provider: str = "cpu", judge: Judge | None = None) -> Fidelity | None:
+    """Compare both models on ``indices`` of ``data``; None when there are no held-out samples.
+
+    ``judge`` says how (``choose_judge``); by default ``auto`` on the shapes at the first held-out sample. Outputs
+    are compared batch by batch and only the figures are kept.
+    """
     if len(indices) == 0:
         return None
+    indices = list(indices)
+    if judge is None:
+        from onnxprune.graph.normalise import static_shapes
+
+        first = {k: (1, *v.shape[1:]) for k, v in data.load([int(indices[0])]).items()}
+        judge = choose_judge(original, "auto", static_shapes(original, first), first)
     a, b = create_session(original, provider), create_session(pruned, provider)
-    name = original.graph.output[0].name
+    names = [o.name for o in original.graph.output]
+    judged = names.index(judge.output) if judge.output in names else 0
     batch = fixed_batch(original) or batch_size
-    agree = correct_a = correct_b = n = 0
-    num = den = 0.0
-    classify = True
-    for idx, feed in data.batches(list(indices), batch):
-        ya = a.run([name], feed)[0].astype(np.float64)
-        yb = b.run([name], feed)[0].astype(np.float64)
-        num += float(np.sum((ya - yb) ** 2))
-        den += float(np.sum(ya ** 2))
+    meter = judge.meter()
+    classify = judge.kind == "classes"
+    with_labels = classify and data.labels is not None and len(original.graph.output[judged].type.tensor_type.shape.dim) == 2
+    correct_a = correct_b = n = 0
+    num, den = [0.0] * len(names), [0.0] * len(names)
+    for idx, feed in data.batches(indices, batch):
+        outs_a, outs_b = a.run(names, feed), b.run(names, feed)
+        for k, (oa, ob) in enumerate(zip(outs_a, outs_b)):
+            oa, ob = np.asarray(oa, dtype=np.float64), np.asarray(ob, dtype=np.float64)
+            num[k] += float(np.sum((oa - ob) ** 2))
+            den[k] += float(np.sum(oa ** 2))
+        ya = np.asarray(outs_a[judged], dtype=np.float64)
+        yb = np.asarray(outs_b[judged], dtype=np.float64)
+        del outs_a, outs_b
         n += len(idx)
-        if ya.ndim < 2 or ya.shape[1] < 2:
-            classify = False
-            continue
-        pa, pb = ya.argmax(axis=1), yb.argmax(axis=1)
-        agree += float(np.mean(pa == pb)) * len(idx)
-        if data.labels is not None and ya.ndim == 2:
+        meter.update(ya, yb)
+        if with_labels:
             labels = data.labels[np.asarray(idx)]
-            correct_a += int(np.sum(pa == labels))
-            correct_b += int(np.sum(pb == labels))
-    with_labels = classify and data.labels is not None and len(original.graph.output[0].type.tensor_type.shape.dim) == 2
+            correct_a += int(np.sum(ya.argmax(axis=1) == labels))
+            correct_b += int(np.sum(yb.argmax(axis=1) == labels))
+    outcome = meter.result()
+    errors = {name: float(np.sqrt(nu / de)) if de > 0 else 0.0 for name, nu, de in zip(names, num, den)}
     return Fidelity(
         samples=n,
-        top1_agreement=agree / n if classify else None,
-        relative_error=float(np.sqrt(num / den)) if den > 0 else 0.0,
+        top1_agreement=outcome.headline if classify else None,
+        relative_error=errors[names[judged]],
         accuracy_before=correct_a / n if with_labels else None,
         accuracy_after=correct_b / n if with_labels else None,
+        kind=judge.kind,
+        output=names[judged],
+        metrics=outcome.metrics,
+        headline_name=outcome.headline_name,
+        headline_value=outcome.headline,
+        output_errors=errors,
+        notes=tuple(outcome.notes),
+        reason=judge.reason,
     )

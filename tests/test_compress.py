@@ -108,3 +108,23 @@ def test_independent_and_baselines_run(tmp_path):
         assert result.report.achieved("flops") <= 0.6
     with pytest.raises(UsageError, match="needs a target"):
         compress(model, SAMPLES / "digits_calib.npz", CompressOptions(solver=SolverSettings(method="l1")))
+
+
+def test_symbolic_output_dims_that_inference_resolves_stay_symbolic(tmp_path):
+    """An export may name a dim (``C``) that shape inference can compute: the pruned model still declares it by name."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.random((8, 3, 3, 3), dtype=np.float32), "w"),
+               numpy_helper.from_array(rng.random((4, 8, 1, 1), dtype=np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "C", "H", "W"])], weights)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.random((16, 3, 12, 12), dtype=np.float32))
+    result = compress(path, data, CompressOptions(target=Target("flops", 0.5)), output=tmp_path / "out.onnx")
+    dims = [d.dim_param or d.dim_value for d in result.model.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["N", "C", "H", "W"] and result.report.achieved("flops") < 0.75

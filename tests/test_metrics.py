@@ -6,6 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.errors import UsageError
 from onnxprune.metrics import ModelCounts, count_model, count_params
 
 RNG = np.random.default_rng(0)
@@ -84,13 +85,17 @@ def test_conv_transpose(group):
     assert counts.params == 4 * c_out_per_group * 9
 
 
-def test_dynamic_batch_and_symbolic_dims_are_counted_at_one():
+def test_dynamic_batch_is_counted_at_one_and_symbolic_sizes_at_the_given_shape():
     conv = helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1])
     model = _model([conv], [_vi("x", ["N", 3, 8, 8])], [_vi("y", ["N", 8, 8, 8])], [_w("w", 8, 3, 3, 3)])
     assert count_model(model).flops == 8 * 8 * 8 * 3 * 9
-    # a symbolic spatial size is also taken as 1 (pads 1, kernel 3 -> 1x1 output)
+    # a symbolic spatial size is never guessed: it must be given, and is counted there
     model2 = _model([conv], [_vi("x", ["N", 3, "H", "W"])], [_vi("y", None)], [_w("w", 8, 3, 3, 3)])
-    assert count_model(model2).flops == 1 * 8 * 3 * 9
+    with pytest.raises(UsageError, match=r"symbolic dims \(Nx3xHxW\)") as raised:
+        count_model(model2)
+    assert "--shape x:1x3x640x640" in raised.value.note
+    assert count_model(model2, {"x": (1, 3, 20, 30)}).flops == 20 * 30 * 8 * 3 * 9
+    assert count_model(model2, {"x": (1, 3, 40, 30)}).flops == 2 * 20 * 30 * 8 * 3 * 9
     # a batch dim without any name or value
     model3 = _model([conv], [_vi("x", [None, 3, 8, 8])], [_vi("y", None)], [_w("w", 8, 3, 3, 3)])
     assert count_model(model3).flops == 8 * 8 * 8 * 3 * 9

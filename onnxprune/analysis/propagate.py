@@ -454,7 +454,7 @@ def _reshape(p: Propagation, node: onnx.NodeProto) -> None:
     target = p.const(node.input[1]) if len(node.input) > 1 else np.asarray(attr(node, "shape", []))
     computed = target is None and len(node.input) > 1
     if computed:
-        target = _concat_pieces(p, node.input[1])
+        target = _concat_pieces(p, node.input[1], lay)
     if src is None or dst is None or target is None:
         p.freeze(lay, node, "Reshape with unknown shapes")
         return
@@ -469,7 +469,10 @@ def _reshape(p: Propagation, node: onnx.NodeProto) -> None:
         if tile and dst[b] % (tile * n) == 0 and dst[b] >= tile * n and \
                 dst[b] // (tile * n) * int(np.prod(dst[b + 1:])) == inner:
             value = target[b] if b < len(target) else -1
-            if value is None or (computed and value != -1) or (value == 0 and b != lay.axis):
+            if value == CHANNELS and tile == 1:
+                p.layouts[node.output[0]] = Layout(b, lay.labels, dst[b] // n)
+                return  # the target reads the kept channel count at run time
+            if value is None or value == CHANNELS or (computed and value != -1) or (value == 0 and b != lay.axis):
                 break  # a computed or copied dimension at the channel position cannot be rewritten
             if value > 0:
                 p.edits.append(ShapeDim(node.name, 1, b, node.output[0]))
@@ -480,21 +483,47 @@ def _reshape(p: Propagation, node: onnx.NodeProto) -> None:
     p.freeze(lay, node, f"Reshape {list(src)} -> {list(dst)} mixes channels with other axes{hint}")
 
 
-def _concat_pieces(p: Propagation, name: str) -> list[int | None] | None:
-    """Values of a shape tensor built by Concat of 1-D pieces: ints where a piece is constant, None where computed."""
+def _concat_pieces(p: Propagation, name: str, lay: Layout | None = None) -> list[int | str | None] | None:
+    """Values of a shape tensor built by Concat of 1-D pieces: ints where a piece is constant, None where computed,
+    and :data:`CHANNELS` where it reads the channel dim of a tensor laid out as ``lay`` (Shape → Gather, as the
+    TorchScript exporter writes ``x.size(1)``): that piece follows the pruning by itself."""
     node = next((n for n in p.model.graph.node if name in n.output), None)
     if node is None or node.op_type != "Concat":
         return None
-    values: list[int | None] = []
+    values: list[int | str | None] = []
     for piece in node.input:
         c = p.const(piece)
         if c is not None:
             values.extend(int(v) for v in np.atleast_1d(c).tolist())
+        elif lay is not None and _reads_channel_dim(p, piece, lay):
+            values.append(CHANNELS)
         elif piece in p.shapes and len(p.shapes[piece]) == 1:
             values.extend([None] * p.shapes[piece][0])
         else:
             return None
     return values
+
+
+CHANNELS = "channels"  # a shape piece that is the run-time channel count
+
+
+def _reads_channel_dim(p: Propagation, name: str, lay: Layout) -> bool:
+    """Whether ``name`` is Gather(Shape(t), [c]) (through Unsqueeze/Cast) with t laid out as ``lay`` and c its
+    channel axis, so that it is the number of channels kept."""
+    nodes = {o: n for n in p.model.graph.node for o in n.output}
+    node = nodes.get(name)
+    while node is not None and node.op_type in ("Unsqueeze", "Cast"):
+        node = nodes.get(node.input[0])
+    if node is None or node.op_type != "Gather" or attr(node, "axis", 0) != 0:
+        return False
+    shape = nodes.get(node.input[0])
+    index = p.const(node.input[1])
+    if shape is None or shape.op_type != "Shape" or index is None or np.size(index) != 1:
+        return False
+    source = p.layouts.get(shape.input[0])
+    axis = int(np.ravel(index)[0]) + int(attr(shape, "start", 0) or 0)
+    return source is not None and source.axis == axis and source.repeat == 1 and lay.repeat == 1 and \
+        np.array_equal(source.labels, lay.labels)
 
 
 def _transpose(p: Propagation, node: onnx.NodeProto) -> None:

@@ -154,9 +154,10 @@ def _prepare(path: PathLike, batches, overrides, feeds) -> _Plan:
     label = f"'{path.name}'"
     size = model_file_bytes(path, model)
     notes = []
+    at = {name: (1, *dims[1:]) if dims else dims for name, dims in overrides.items()}  # counted per sample
     try:
         try:
-            counts = count_model(model)
+            counts = count_model(model, at)
         except ValueError:
             if not _external_files(model, path.parent):
                 raise
@@ -164,9 +165,9 @@ def _prepare(path: PathLike, batches, overrides, feeds) -> _Plan:
             import onnx.external_data_helper
 
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-            counts = count_model(model)
+            counts = count_model(model, at)
         params, macs = counts.params, counts.flops
-    except ValueError as exc:
+    except (ValueError, UsageError) as exc:
         params, macs = count_params(model), None
         notes.append(f"multiply-adds not counted: {exc}")
     specs = input_specs(model)

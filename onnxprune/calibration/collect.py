@@ -20,12 +20,15 @@ from onnxprune.solvers.statistics import LinearStatistics
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    """How calibration runs: batch size (samples), positions kept per sample, seed, execution provider."""
+    """How calibration runs: batch size (samples), positions kept per sample, seed, execution provider, and
+    ONNX Runtime's intra-op threads (None: its default; a Ray task uses 1 per CPU it holds). The statistics do not
+    depend on the thread count (onnxruntime's CPU kernels split work by output, not by reduction)."""
 
     batch_size: int = 32
     max_positions: int | None = 256
     seed: int = 0
     provider: str = "cpu"
+    threads: int | None = None
 
 
 class ConsumerStats:
@@ -218,10 +221,12 @@ def collect_blocks(model: onnx.ModelProto, consumers: Sequence[Consumer], data: 
     outputs = list(dict.fromkeys([c.output for c in consumers] + [r.total for r in landings.values()]))
     if inputs_model is None:
         names = list(dict.fromkeys(inputs + outputs))
-        sessions = [(create_session(probe_model(model, names), settings.provider), names, True, True)]
+        sessions = [(create_session(probe_model(model, names), settings.provider, settings.threads), names, True, True)]
     else:
-        sessions = [(create_session(probe_model(model, outputs), settings.provider), outputs, True, False),
-                    (create_session(probe_model(inputs_model, inputs), settings.provider), inputs, False, True)]
+        sessions = [(create_session(probe_model(model, outputs), settings.provider, settings.threads), outputs, True,
+                     False),
+                    (create_session(probe_model(inputs_model, inputs), settings.provider, settings.threads), inputs,
+                     False, True)]
     measure_gains = inputs_model is None
     rng = np.random.default_rng(settings.seed)
     offset = layout.span(first, stop)[0]

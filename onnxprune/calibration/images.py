@@ -1,7 +1,26 @@
 """Image folders as calibration data.
 
 Each image is decoded with Pillow, converted to RGB (or to L when the model takes one channel),
-resized with bilinear filtering to the target size when it differs, and turned into float32:
+fitted to the target size H x W as ``resize`` says (Pillow's bilinear filter), and turned into float32:
+
+* ``stretch`` (default): resized to H x W, whatever its aspect ratio.
+* ``letterbox`` (ultralytics ``LetterBox``): scaled by ``r = min(H/h, W/w)`` to
+  ``round(w*r) x round(h*r)``, centred on an H x W canvas of ``pad_value``:
+  ``dw, dh = (W - new_w)/2, (H - new_h)/2``, ``top, bottom = round(dh - 0.1), round(dh + 0.1)``, same for
+  left/right. With ``size_multiple`` m, H and W are first rounded up to multiples of m (as ultralytics rounds
+  ``imgsz`` up to the stride).
+* ``keep-ratio`` (PaddleOCR recogniser): the height becomes H and the width
+  ``ceil(H*w/h)`` rounded up to a multiple of ``size_multiple``, capped at W; the image is then
+  right-padded with ``pad_value`` to the width W. W is ``--image-size``'s width or the model's static
+  width; when neither is known (dynamic width, ``--image-size`` not given) it is the widest resized image
+  of the data set (read from the image headers at open), so every sample has one shape.
+
+``pad_value`` is a pixel value in 0..255 units (a float) that goes through the same scaling and
+normalisation as the image pixels. Default: 114 with ``letterbox`` (ultralytics' grey), and with
+``keep-ratio`` the value that becomes 0 after normalisation (PaddleOCR pads the normalised image with 0),
+i.e. ``mean * 255`` per channel (``mean`` without scaling; 0 without ``mean``).
+
+Then:
 
 1. pixels are scaled to [0, 1] (divided by 255) unless ``raw_pixels``;
 2. ``(x - mean) / std`` per channel, ``mean`` and ``std`` given in R,G,B order (one value is
@@ -11,7 +30,8 @@ resized with bilinear filtering to the target size when it differs, and turned i
    a dim of size 3 or 1 at position 1 means nchw, at position 3 nhwc).
 
 The target size is ``--image-size`` when given, else the model's static H and W; when the model's
-size is dynamic the images must all have one size (checked at open from the image headers).
+size is dynamic and no ``--image-size`` is given, ``stretch`` needs the images to have one size (checked at
+open from the image headers), ``letterbox`` refuses, and ``keep-ratio`` needs the model's height to be static.
 
 Labels: when every image sits inside a sub-folder of the data folder, the label of an image is the
 index of its top-level sub-folder in the sorted list of those folder names (torchvision
@@ -21,6 +41,7 @@ EXIF orientation is not applied (as in torchvision's PIL loader).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +53,8 @@ from .sources import CalibrationData, ImageOptions, InputSpec, format_dims, is_s
 
 _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
 _LAYOUTS = ("nchw", "nhwc")
+RESIZE_MODES = ("stretch", "letterbox", "keep-ratio")
+LETTERBOX_PAD = 114.0  # ultralytics' grey
 _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
@@ -63,6 +86,8 @@ class ImageData(CalibrationData):
         size: tuple[int, int],
         layout: str,
         options: ImageOptions,
+        pad: np.ndarray | None = None,
+        max_width: int | None = None,
     ):
         super().__init__(root, [spec], len(files), labels)
         self.files = files
@@ -75,17 +100,41 @@ class ImageData(CalibrationData):
         self._mean = None if options.mean is None else np.asarray(options.mean, dtype=np.float32)
         self._std = None if options.std is None else np.asarray(options.std, dtype=np.float32)
         self._bgr = options.bgr and channels == 3
+        self.resize = options.resize
+        self.size_multiple = int(options.size_multiple)
+        self.max_width = max_width  # keep-ratio: the cap of the resized width (None: no cap)
+        self._pad = pad  # (C,) float32 pixel values of the padding, before scaling (letterbox, keep-ratio)
+
+    def fitted_width(self, height: int, width: int) -> int:
+        """keep-ratio: the width an image of ``height`` x ``width`` is resized to (before padding)."""
+        return keep_ratio_width(height, width, self.size[0], self.size_multiple, self.max_width)
+
+    def _fit(self, img: Image.Image) -> np.ndarray:
+        """``img`` fitted to ``self.size`` as ``self.resize`` says, as a float32 (H, W[, C]) array of pixels."""
+        height, width = self.size
+        w0, h0 = img.size
+        if self.resize == "stretch":
+            if img.size != (width, height):
+                img = img.resize((width, height), _BILINEAR)
+            return np.asarray(img, dtype=np.float32)
+        if self.resize == "letterbox":
+            new_w, new_h, top, left = letterbox_geometry(h0, w0, height, width)
+        else:  # keep-ratio
+            new_w, new_h, top, left = self.fitted_width(h0, w0), height, 0, 0
+        if (new_w, new_h) != (w0, h0):
+            img = img.resize((new_w, new_h), _BILINEAR)
+        x = np.asarray(img, dtype=np.float32)
+        canvas = np.empty((height, width, self.channels), dtype=np.float32)
+        canvas[...] = self._pad
+        canvas[top : top + new_h, left : left + new_w] = x.reshape(new_h, new_w, self.channels)
+        return canvas
 
     def read_image(self, index: int) -> np.ndarray:
         """Sample ``index`` as a float32 (H, W, C) array, preprocessed but not laid out."""
         path = self.files[index]
-        height, width = self.size
         try:
             with Image.open(path) as img:
-                img = img.convert(self._mode)
-                if img.size != (width, height):
-                    img = img.resize((width, height), _BILINEAR)
-                x = np.asarray(img, dtype=np.float32)
+                x = self._fit(img.convert(self._mode))
         except _READ_ERRORS as exc:
             raise DataError(f"cannot read image {path} ({exc})", note="remove or replace that file") from None
         if x.ndim == 2:
@@ -117,6 +166,25 @@ class ImageData(CalibrationData):
                 x = np.clip(np.rint(x), info.min, info.max)
             out[j] = x.transpose(2, 0, 1) if self.layout == "nchw" else x
         return {spec.name: out}
+
+
+def letterbox_geometry(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(new_w, new_h, top, left) of an h x w image letterboxed into height x width (ultralytics' rounding)."""
+    r = min(height / h, width / w)
+    new_w, new_h = max(1, int(round(w * r))), max(1, int(round(h * r)))
+    dw, dh = (width - new_w) / 2, (height - new_h) / 2
+    return new_w, new_h, int(round(dh - 0.1)), int(round(dw - 0.1))
+
+
+def keep_ratio_width(h: int, w: int, height: int, multiple: int = 1, max_width: int | None = None) -> int:
+    """keep-ratio: ``ceil(height * w / h)`` rounded up to a multiple of ``multiple``, at most ``max_width``."""
+    new_w = max(1, math.ceil(height * (w / float(h))))  # PaddleOCR's expression
+    new_w = _round_up(new_w, multiple)
+    return new_w if max_width is None else min(new_w, max_width)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -205,6 +273,7 @@ def open_images(
     std = _check_channel_values("--std", options.std, channels, spec)
     if std is not None and not np.all(std != 0):
         raise UsageError(f"--std must not contain 0, got {','.join(str(v) for v in options.std)}")
+    resize, multiple, pad = _check_resize(options, channels)
 
     # Target size.
     model_size = (spec.shape[h_axis], spec.shape[w_axis])
@@ -242,7 +311,37 @@ def open_images(
         if labels is not None:
             labels = labels[pick]
 
-    if size is None:  # dynamic model size, no --image-size: use the images' own (single) size
+    max_width = None
+    if resize == "letterbox":
+        if size is None:
+            raise UsageError(
+                f"--resize letterbox needs --image-size H,W: input {spec.name!r} {format_dims(spec.shape)} has no "
+                "fixed height and width to letterbox into",
+                note="for example --image-size 640,640 --resize letterbox",
+            )
+        canvas = (_round_up(size[0], multiple), _round_up(size[1], multiple))
+        if clash := _fixed_clash(model_size, canvas):
+            raise UsageError(
+                f"--size-multiple {multiple} rounds the letterbox canvas {size[0]}x{size[1]} (HxW) up to "
+                f"{canvas[0]}x{canvas[1]}, but input {spec.name!r} has {clash[0]} fixed at {clash[1]}",
+                note="drop --size-multiple or choose one that divides the model's size",
+            )
+        size = canvas
+    elif resize == "keep-ratio":
+        height = size[0] if size is not None else (int(model_size[0]) if is_static(model_size[0]) else None)
+        if height is None:
+            raise UsageError(
+                f"--resize keep-ratio needs --image-size H,W: input {spec.name!r} {format_dims(spec.shape)} has no "
+                "fixed height",
+                note="for example --image-size 48,320 --resize keep-ratio (H, then the maximum width W)",
+            )
+        max_width = size[1] if size is not None else (int(model_size[1]) if is_static(model_size[1]) else None)
+        if max_width is None:  # dynamic width, no --image-size: pad to the widest resized image of the set
+            width = max(keep_ratio_width(*_image_size(path), height, multiple) for path in files)
+        else:
+            width = max_width
+        size = (height, width)
+    elif size is None:  # dynamic model size, no --image-size: use the images' own (single) size
         first = _image_size(files[0])
         for path in files[1:]:
             other = _image_size(path)
@@ -250,17 +349,64 @@ def open_images(
                 raise DataError(
                     f"images differ in size: {files[0]} is {first[0]}x{first[1]} (HxW) but {path} is "
                     f"{other[0]}x{other[1]}, and input {spec.name!r} {format_dims(spec.shape)} has no fixed size",
-                    note="pass --image-size H,W to resize them",
+                    note="pass --image-size H,W to resize them (with --resize letterbox or keep-ratio to keep "
+                    "their aspect ratio)",
                 )
-        for dim, value, what in zip(model_size, first, ("height", "width")):
-            if is_static(dim) and int(dim) != value:
-                raise DataError(
-                    f"images such as {files[0]} are {first[0]}x{first[1]} (HxW) but input {spec.name!r} has "
-                    f"{what} fixed at {int(dim)} (shape {format_dims(spec.shape)})",
-                    note="pass --image-size H,W to resize them",
-                )
+        if clash := _fixed_clash(model_size, first):
+            raise DataError(
+                f"images such as {files[0]} are {first[0]}x{first[1]} (HxW) but input {spec.name!r} has "
+                f"{clash[0]} fixed at {clash[1]} (shape {format_dims(spec.shape)})",
+                note="pass --image-size H,W to resize them",
+            )
         size = first
 
     return ImageData(
-        root, spec, files, labels, classes, channels=channels, size=size, layout=layout, options=options
+        root, spec, files, labels, classes, channels=channels, size=size, layout=layout, options=options,
+        pad=pad, max_width=max_width,
     )
+
+
+def _fixed_clash(model_size: tuple, size: tuple[int, int]) -> tuple[str, int] | None:
+    """("height" or "width", its fixed value) of the first static model dim that ``size`` (H, W) does not match."""
+    for dim, value, what in zip(model_size, size, ("height", "width")):
+        if is_static(dim) and int(dim) != value:
+            return what, int(dim)
+    return None
+
+
+def _check_resize(options: ImageOptions, channels: int) -> tuple[str, int, np.ndarray | None]:
+    """(resize mode, size multiple, (C,) pad pixel values or None) of ``options``; UsageError when bad."""
+    resize = options.resize
+    if resize not in RESIZE_MODES:
+        raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    multiple = options.size_multiple
+    if isinstance(multiple, bool) or not isinstance(multiple, (int, np.integer)) or multiple < 1:
+        raise UsageError(f"--size-multiple must be a positive integer (pixels), got {multiple!r}",
+                         note="for example --size-multiple 32 for detectors, 4 or 8 for text recognisers")
+    value = options.pad_value
+    if value is not None:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not 0.0 <= value <= 255.0:
+            raise UsageError(
+                f"--pad-value must be a pixel value in 0..255 (before scaling and --mean/--std), got {options.pad_value!r}",
+                note="for example --pad-value 114 (ultralytics' grey), or 127.5, which --mean 0.5 --std 0.5 make 0",
+            )
+    if resize == "stretch":
+        given = [name for name, on in (("--pad-value", value is not None), ("--size-multiple", multiple != 1)) if on]
+        if given:
+            raise UsageError(
+                f"{' and '.join(given)} apply only with --resize letterbox or keep-ratio; --resize stretch does not pad",
+                note="add --resize letterbox or --resize keep-ratio, or drop those options",
+            )
+        return resize, int(multiple), None
+    if value is not None:
+        pad = np.full(channels, value, dtype=np.float32)
+    elif resize == "letterbox":
+        pad = np.full(channels, LETTERBOX_PAD, dtype=np.float32)
+    else:  # keep-ratio: the pixel value that normalisation turns into 0, as PaddleOCR pads
+        mean = np.zeros(1) if options.mean is None else np.asarray(options.mean, dtype=np.float64)
+        pad = np.broadcast_to(mean * (1.0 if options.raw_pixels else 255.0), (channels,)).astype(np.float32)
+    return resize, int(multiple), pad

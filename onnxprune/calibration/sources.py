@@ -76,6 +76,9 @@ class ImageOptions:
     std: tuple[float, ...] | None = None
     layout: str | None = None  # "nchw" | "nhwc" | None (infer)
     bgr: bool = False
+    resize: str = "stretch"  # "stretch" | "letterbox" | "keep-ratio"
+    pad_value: float | None = None  # pixel value (0-255 units, before scaling); None: the mode's default
+    size_multiple: int = 1  # letterbox: canvas rounded up to it; keep-ratio: each resized width rounded up to it
 
     def given(self) -> list[str]:
         """The command-line options that differ from their defaults (for "only for images" errors)."""
@@ -92,6 +95,12 @@ class ImageOptions:
             names.append("--layout")
         if self.bgr:
             names.append("--bgr")
+        if self.resize != "stretch":
+            names.append("--resize")
+        if self.pad_value is not None:
+            names.append("--pad-value")
+        if self.size_multiple != 1:
+            names.append("--size-multiple")
         return names
 
 
@@ -374,6 +383,12 @@ class _ArrayData(CalibrationData):
     def _open_file(self, i: int) -> dict[str, np.ndarray]:
         """input name -> array with a batch dim, for file ``i`` (cached for the last file)."""
         raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. for a Ray task) without the cached file: the receiver reads it from its path."""
+        state = self.__dict__.copy()
+        state["_cache_index"], state["_cache"] = None, {}
+        return state
 
     def _file_arrays(self, i: int) -> dict[str, np.ndarray]:
         if self._cache_index != i:

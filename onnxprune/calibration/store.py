@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -31,6 +31,9 @@ from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError, UsageError
 from onnxprune.residual import Landing
 from onnxprune.solvers.statistics import LinearStatistics
+
+if TYPE_CHECKING:
+    from onnxprune.calibration.parallel import Passes
 
 FORMAT = "onnxprune-statistics/2"
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
@@ -113,11 +116,13 @@ class FirstPass:
         return self.layout.shard(k, n)
 
     def collect(self, k: int = 1, n: int = 1,
-                progress: Callable[[int], None] | None = None) -> Partial:
+                progress: Callable[[int], None] | None = None, passes: "Passes | None" = None) -> Partial:
         """Statistics of shard ``k`` of ``n``, with the positions and folds one pass over the whole split would take
-        (``.total()`` of the whole split's gives the summed statistics)."""
-        return collect_blocks(self.model, self.consumers, self.data, self.indices, self.settings, progress,
-                              folds=self.folds, blocks=self.blocks(k, n), landings=self.landings)
+        (``.total()`` of the whole split's gives the summed statistics); ``passes`` runs its blocks as tasks of an
+        executor (``calibration/parallel.py``), with the same result."""
+        collect = collect_blocks if passes is None else passes.blocks
+        return collect(self.model, self.consumers, self.data, self.indices, self.settings, progress,
+                       folds=self.folds, blocks=self.blocks(k, n), landings=self.landings)
 
     def data_fingerprint(self, k: int = 1, n: int = 1) -> str:
         """Fingerprint of the samples of shard ``k`` of ``n`` (computed once: it reads them all)."""

@@ -8,10 +8,12 @@ from typing import Mapping
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 from onnx import numpy_helper, shape_inference
 
 from onnxprune.errors import ModelError
 from onnxprune.graph.io import model_inputs, tensor_bytes
+from onnxprune.graph.input_shapes import concrete_input_shapes
 from onnxprune.metrics import light_copy
 
 _MIN_OPSET = 7
@@ -40,6 +42,7 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = gs.import_onnx(_with_inferred_shapes(model))
     logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+    ort.set_default_logger_severity(3)  # graphsurgeon's folding sessions: errors only (not optimiser warnings)
     try:
         graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()
     except Exception as exc:  # folding is an optimisation; an unfoldable graph is analysed as it is
@@ -67,7 +70,8 @@ def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _restore_model_fields(folded: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
-    """Put back what export drops: IR version, opsets, producer, metadata, IR<4 initializer inputs."""
+    """Put back what export drops or changes: IR version, opsets, producer, metadata, IR<4 initializer inputs, and
+    the outputs' declared types (export writes inferred dims over symbolic ones, e.g. a named channel dim)."""
     folded.ir_version = model.ir_version
     del folded.opset_import[:]
     folded.opset_import.extend(model.opset_import)
@@ -79,6 +83,10 @@ def _restore_model_fields(folded: onnx.ModelProto, model: onnx.ModelProto) -> on
     del folded.metadata_props[:]
     folded.metadata_props.extend(model.metadata_props)
     set_graph_inputs(folded, model_inputs(model))
+    declared = {o.name: o for o in model.graph.output}
+    for output in folded.graph.output:
+        if output.name in declared:
+            output.CopyFrom(declared[output.name])
     name_nodes(folded)
     return folded
 
@@ -106,18 +114,15 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 
 def static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
-    """Infer a concrete shape for every tensor, with symbolic input dims set from ``input_shapes`` or to 1.
+    """Infer a concrete shape for every tensor, inputs at ``input_shapes`` (the calibration data's or ``--shape``;
+    without them only a symbolic batch dim may be left, and it is taken as 1: ``concrete_input_shapes``).
 
     Shapes come from onnx shape inference on a light copy (large weights as typed inputs, so models
     over 2 GB work too); tensors it cannot resolve are measured by running the model in ONNX Runtime
     once on zeros (only when inference leaves gaps).
     """
-    probe = light_copy(model)
-    concrete = _concrete_input_shapes(model, input_shapes or {})
-    for inp in probe.graph.input:
-        for d, value in zip(inp.type.tensor_type.shape.dim, concrete.get(inp.name, ())):
-            d.Clear()
-            d.dim_value = value
+    concrete = concrete_input_shapes(model, input_shapes)
+    probe = light_copy(model, concrete)
     del probe.graph.value_info[:]
     try:
         inferred = shape_inference.infer_shapes(probe, data_prop=True)
@@ -134,17 +139,6 @@ def static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
     if missing:
         shapes.update(_measured_shapes(model, concrete, missing))
     return shapes
-
-
-def _concrete_input_shapes(model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for inp in model_inputs(model):
-        if inp.name in given:
-            out[inp.name] = tuple(int(v) for v in given[inp.name])
-            continue
-        dims = inp.type.tensor_type.shape.dim
-        out[inp.name] = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
-    return out
 
 
 def _measured_shapes(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]], names: list[str]) -> dict[str, tuple[int, ...]]:
