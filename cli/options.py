@@ -170,8 +170,8 @@ provider_option = click.option(
 
 ray_options = _stacked(
     click.option("--ray", "ray_address", metavar="ADDRESS",
-                 help="Run the calibration passes and per-group rankings as tasks on a Ray cluster (needs "
-                      "pip install \"onnxprune[ray]\"): auto (RAY_ADDRESS, or the cluster 'ray start' runs here), "
+                 help="Run the calibration passes, per-group rankings and stage re-fits as tasks on a Ray cluster "
+                      "(needs pip install \"onnxprune[ray]\"): auto (RAY_ADDRESS, or the cluster 'ray start' runs here), "
                       "HOST:PORT (the head's address), or local[:N] (a Ray with N CPUs started for this run). "
                       "The output is byte-identical to a run without --ray. Every node reads --data at the same "
                       "path unless --ray-ship-data is given."),
