@@ -4,8 +4,10 @@ from __future__ import annotations
 import click
 
 from onnxprune.bench.measure import DEFAULT_ROUNDS, DEFAULT_RUNS
-from onnxprune.cli.options import traceback_option, check_figure_output, cpu_cores, html_option, parse_batches, show_progress, split_list
+from onnxprune.cli.options import (check_figure_output, html_option, parse_batches, show_progress, split_list,
+                                   traceback_option)
 from onnxprune.errors import UsageError
+from onnxprune.runtime import cpu_cores
 
 _PROVIDERS = ("cpu", "cuda", "tensorrt")
 

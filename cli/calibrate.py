@@ -6,10 +6,9 @@ import re
 
 import click
 
-from onnxprune.cli.options import (traceback_option, calibration_settings, data_option, echo, exclude_option, image_options,
-                                   image_settings,
-                                   progress_factory, provider_option, sampling_options, show_progress)
-from onnxprune.cli.options import executor_for, ray_options
+from onnxprune.cli.options import (calibration_settings, data_option, echo, exclude_option, executor_for, image_options,
+                                   image_settings, progress_factory, provider_option, ray_options, sampling_options,
+                                   show_progress, traceback_option)
 from onnxprune.errors import UsageError
 
 

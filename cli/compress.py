@@ -8,17 +8,17 @@ import click
 from onnxprune.atomic import check_destination, write_text_atomic
 from onnxprune.bench.compare import BenchSettings
 from onnxprune.bench.measure import DEFAULT_RUNS
-from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, cpu_cores, data_option,
-                                   echo, exclude_option, fidelity_option, expand_paths, html_option, image_options, image_settings, parse_batches,
-                                   parse_fraction, progress_factory, provider_option, sampling_options, show_progress,
-                                   write_json)
-from onnxprune.cli.options import executor_for, ray_options
+from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, data_option, echo,
+                                   exclude_option, executor_for, expand_paths, fidelity_option, html_option,
+                                   image_options, image_settings, parse_batches, parse_fraction, progress_factory,
+                                   provider_option, ray_options, sampling_options, show_progress, write_json)
 from onnxprune.compress import CompressOptions, compress as run_compress, default_output
 from onnxprune.errors import UsageError
 from onnxprune.latency import LatencyTarget
 from onnxprune.plan import METHODS, AllocationSettings, SolverSettings, Target
 from onnxprune.report import render_summary
 from onnxprune.reporting.pages import compress_page
+from onnxprune.runtime import cpu_cores
 
 
 @click.command("compress")

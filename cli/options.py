@@ -71,14 +71,6 @@ def echo(text: str, quiet: bool = False) -> None:
         click.echo(text)
 
 
-def cpu_cores() -> int:
-    """CPU cores this process may use (the default intra-op thread count of the benchmarks)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def split_list(values: Sequence[str]) -> list[str]:
     """Items of a repeatable, comma-separated option: ('1,8', '64') → ['1', '8', '64']."""
     return [part.strip() for value in values for part in value.split(",") if part.strip()]

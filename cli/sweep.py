@@ -5,11 +5,11 @@ import dataclasses
 
 import click
 
-from onnxprune.cli.options import (traceback_option, bench_runs_option, calibration_settings, check_figure_output, cpu_cores, data_option,
-                                   echo, fidelity_option, html_option,
-                                   image_options, image_settings, parse_fraction, sampling_options, show_progress,
-                                   split_list, write_json)
-from onnxprune.cli.options import executor_for, ray_options
+from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, data_option, echo,
+                                   executor_for, fidelity_option, html_option, image_options, image_settings,
+                                   parse_fraction, ray_options, sampling_options, show_progress, split_list,
+                                   traceback_option, write_json)
+from onnxprune.runtime import cpu_cores
 
 
 @click.command("sweep")

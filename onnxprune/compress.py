@@ -37,7 +37,7 @@ from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
 from onnxprune.sequential import consumer_stages, refit_errors, sequential_refit
 from onnxprune.search import search_budget
-from onnxprune.fidelity_kinds import KINDS as FIDELITY_KINDS, choose_judge
+from onnxprune.fidelity_kinds import HEADLINE_LABELS, KINDS as FIDELITY_KINDS, choose_judge
 from onnxprune.verify import Fidelity, check_pruned, measure_fidelity
 
 
@@ -356,14 +356,10 @@ def _headline(fidelity: Fidelity | None) -> float:
     return fidelity.headline
 
 
-_HEADLINES = {"top1_agreement": "top-1 agreement", "sequences_identical": "share of identical decoded sequences",
-              "iou": "mask IoU", "pixel_agreement": "per-pixel argmax agreement", "f1": "box F1"}
-
-
 def _headline_text(fidelity: Fidelity | None) -> str:
     if fidelity is None or fidelity.headline_value is None:
         return "1 - relative output error"
-    return _HEADLINES.get(fidelity.headline_name, fidelity.headline_name)
+    return HEADLINE_LABELS.get(fidelity.headline_name, fidelity.headline_name)
 
 
 def _file_size(path: Path) -> int:

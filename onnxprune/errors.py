@@ -55,6 +55,12 @@ class ClusterError(OnnxPruneError):
     exit_code = 5
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type's name when it has none."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
 class InternalError(OnnxPruneError):
     """An unexpected exception inside a stage (a bug, or input no check foresaw): one line naming the stage;
     the original exception is its ``__cause__`` (the CLI prints its traceback with -v)."""
@@ -62,7 +68,7 @@ class InternalError(OnnxPruneError):
     exit_code = 1
 
     def __init__(self, doing: str, exc: BaseException):
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        detail = first_line(exc) if str(exc).strip() else ""
         super().__init__(f"internal error while {doing}: {type(exc).__name__}{': ' + detail if detail else ''}",
                          note="rerun with -v for the traceback, and please report it with the model's opsets and exporter")
 

@@ -19,7 +19,8 @@ import socket
 import time
 from typing import Any, Callable, Sequence
 
-from onnxprune.errors import ClusterError, UsageError
+from onnxprune.errors import ClusterError, UsageError, first_line
+from onnxprune.runtime import cpu_cores
 
 CONNECT_TIMEOUT = 5.0   # seconds to reach a cluster's address before giving up (ONNXPRUNE_RAY_CONNECT_TIMEOUT)
 MAX_RETRIES = 3         # a task whose worker or node dies is run again this many times
@@ -64,7 +65,7 @@ class Executor:
 
     def resources(self) -> dict:
         """Nodes, CPUs and GPUs the tasks can use."""
-        return {"nodes": 1, "cpus": _cpu_cores(), "gpus": 0}
+        return {"nodes": 1, "cpus": cpu_cores(), "gpus": 0}
 
     def snapshot(self) -> tuple[int, float]:
         """The task count and task seconds so far (for :meth:`report` of what came after)."""
@@ -202,8 +203,8 @@ class RayExecutor(Executor):
                 raise cause from None   # the task's own error (an onnxprune error stays one line)
             raise
         except exceptions.RayError as exc:  # worker or node died more than max_retries times, object lost, ...
-            detail = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise ClusterError(f"a Ray task failed {self.max_retries + 1} times ({type(exc).__name__}: {detail}).",
+            raise ClusterError(f"a Ray task failed {self.max_retries + 1} times ({type(exc).__name__}: "
+                               f"{first_line(exc, 200)}).",
                                note="check the cluster ('ray status') and its nodes' memory, then run again") from None
 
     def close(self) -> None:
@@ -254,7 +255,7 @@ def _connect(ray, address: str, timeout: float) -> str:
             ray.init(address="local", num_cpus=local, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
         except Exception as exc:  # noqa: BLE001 - Ray raises several types when it cannot start
-            raise ClusterError(f"cannot start a local Ray instance ({type(exc).__name__}: {_first_line(exc)}).",
+            raise ClusterError(f"cannot start a local Ray instance ({type(exc).__name__}: {first_line(exc, 200)}).",
                                note="check 'ray start --head' works on this machine") from None
         return f"local:{local or int(ray.cluster_resources().get('CPU', 0))}"
     text = address.strip()
@@ -270,7 +271,7 @@ def _connect(ray, address: str, timeout: float) -> str:
         ray.init(address=f"{host}:{port}", log_to_driver=False, logging_level=logging.WARNING)
     except Exception as exc:  # noqa: BLE001
         raise ClusterError(f"cannot connect to the Ray cluster at {host}:{port} ({type(exc).__name__}: "
-                           f"{_first_line(exc)}).",
+                           f"{first_line(exc, 200)}).",
                            note="check the address and that this machine runs the same Ray and Python versions; a "
                                 "cluster with token authentication also needs RAY_AUTH_MODE=token and its token "
                                 "(RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
@@ -358,21 +359,8 @@ def _connected_address(ray, address: str) -> str:
         return address
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:200]
-
-
-def _cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def describe(report: dict) -> str:
-    """One line of the compress summary: where the tasks ran and how many."""
-    if report.get("kind") != "ray":
-        return "executor: local (this process)"
+    """The compress summary's line for a Ray run (``report``: :meth:`Executor.report`): where the tasks ran, how many."""
     nodes, cpus, gpus = report["nodes"], report["cpus"], report["gpus"]
     return (f"executor: ray at {report['address']} ({nodes} node{'s' if nodes != 1 else ''}, {cpus} CPUs, {gpus} GPUs): "
             f"{report['tasks']} tasks, {report['task_seconds']:.1f} s in tasks")

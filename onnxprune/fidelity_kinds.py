@@ -31,6 +31,9 @@ import onnx
 from onnxprune.errors import UsageError
 
 KINDS = ("auto", "classes", "sequence", "dense", "yolo")
+# what each kind's headline figure (``Fidelity.headline_name``) is called in summaries and figures
+HEADLINE_LABELS = {"top1_agreement": "top-1 agreement", "sequences_identical": "share of identical decoded sequences",
+                   "iou": "mask IoU", "pixel_agreement": "per-pixel argmax agreement", "f1": "box F1"}
 CTC_BLANK = 0
 DENSE_THRESHOLD = 0.5
 YOLO_CONFIDENCE = 0.25

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -12,6 +12,7 @@ from onnxprune.analysis.groups import consumer_columns
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
 from onnxprune.costs import CostModel
 from onnxprune.errors import UsageError
+from onnxprune.executor import Executor, LocalExecutor
 from onnxprune.graph.normalise import initializer_arrays
 from onnxprune.latency import LatencyCost, LatencyTable
 from onnxprune.residual import landing_gains, output_consumers
@@ -19,9 +20,6 @@ from onnxprune.solvers import ConsumerProblem, Refit, error_curve, rank_channels
 from onnxprune.solvers.shrinkage import effective_rows_factor, prior_error_curve, refit_towards
 from onnxprune.solvers.ties import settled
 from onnxprune.calibration.collect import ConsumerStats
-
-if TYPE_CHECKING:
-    from onnxprune.executor import Executor
 
 METHODS = ("entropic", "l1", "l2", "random", "activation")
 
@@ -175,26 +173,23 @@ def check_method(settings: SolverSettings, budget: bool) -> None:
 
 def rank_groups(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
                 settings: SolverSettings = SolverSettings(),
-                progress: Callable[[int], None] | None = None, executor: "Executor | None" = None) -> list[RankedGroup]:
+                progress: Callable[[int], None] | None = None, executor: Executor | None = None) -> list[RankedGroup]:
     """Channel order and error curve of every prunable group with statistics (the target-independent part of
     :func:`solve`, so that several targets can share it).
 
-    With ``executor``, each group is ranked as one task (``onnxprune/executor.py``) that gets only its consumers'
-    statistics and weights; the results come back in group order, the same as ranked here."""
+    Each group is ranked as one task of ``executor`` (default: in this process; ``onnxprune/executor.py``) that gets
+    only its consumers' statistics and weights; the results come back in group order."""
     ctx = _context(model, stats, settings)
-    if executor is None:
-        return _rank_all(model, analysis, ctx, progress)
     gains = _gains(model, analysis, ctx.stats, ctx.settings)
-    todo = [g for g in analysis.groups if g.prunable and all(c.node in ctx.stats for c in g.consumers)]
+    todo = [(i, g) for i, g in enumerate(analysis.groups)
+            if g.prunable and all(c.node in ctx.stats for c in g.consumers)]
     if progress and len(todo) < len(analysis.groups):
         progress(len(analysis.groups) - len(todo))
-    where = {id(g): i for i, g in enumerate(analysis.groups)}
-    jobs = [(where[id(g)], {c.node: ctx.stats[c.node] for c in g.consumers},
-             {c.weight: ctx.weights[c.weight] for c in g.consumers}, {c.node: ctx.nodes[c.node] for c in g.consumers})
-            for g in todo]
-    results = executor.map(_rank_task, jobs, context=(analysis, settings, gains),
-                           on_done=(lambda _i, _r: progress(1)) if progress else None)
-    return [RankedGroup(g, *result) for g, result in zip(todo, results)]
+    jobs = [(i, {c.node: ctx.stats[c.node] for c in g.consumers}, {c.weight: ctx.weights[c.weight] for c in g.consumers},
+             {c.node: ctx.nodes[c.node] for c in g.consumers}) for i, g in todo]
+    results = (executor or LocalExecutor()).map(_rank_task, jobs, context=(analysis, settings, gains),
+                                                on_done=(lambda _i, _r: progress(1)) if progress else None)
+    return [RankedGroup(g, *result) for (_, g), result in zip(todo, results)]
 
 
 def _rank_task(context, job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -203,18 +198,6 @@ def _rank_task(context, job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     index, stats, weights, nodes = job
     ranked = _rank(analysis.groups[index], analysis, _Context(weights, nodes, stats, settings), gains)
     return ranked.scores, ranked.order, ranked.curve
-
-
-def _rank_all(model: onnx.ModelProto, analysis: Analysis, ctx: "_Context",
-              progress: Callable[[int], None] | None) -> list[RankedGroup]:
-    gains = _gains(model, analysis, ctx.stats, ctx.settings)
-    ranked = []
-    for g in analysis.groups:
-        if g.prunable and all(c.node in ctx.stats for c in g.consumers):
-            ranked.append(_rank(g, analysis, ctx, gains))
-        if progress:
-            progress(1)
-    return ranked
 
 
 def _gains(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],

@@ -1,6 +1,8 @@
 """ONNX Runtime sessions for calibration and verification."""
 from __future__ import annotations
 
+import os
+
 import onnx
 import onnxruntime as ort
 
@@ -34,3 +36,11 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
         else:
             return None
     return sizes.pop() if len(sizes) == 1 else None
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (the default intra-op thread count of the benchmarks)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from onnxprune.analysis.model import Analysis, Consumer
 from onnxprune.calibration.collect import CalibrationSettings, ConsumerStats, collect_statistics
 from onnxprune.calibration.sources import CalibrationData
+from onnxprune.executor import LocalExecutor
 from onnxprune.plan import PrunePlan, SolverSettings, consumer_weight_matrix
 from onnxprune.residual import Landing
 from onnxprune.rewrite import apply_plan
@@ -84,8 +85,7 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
             kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
             w0 = consumer_weight_matrix(nodes[c.node], c, w_arrays)[:, kept_cols]
             jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0))  # X' holds only the kept columns
-        done = [_refit_task(solver.delta, job) for job in jobs] if passes is None else \
-            passes.executor.map(_refit_task, jobs, context=solver.delta)
+        done = (LocalExecutor() if passes is None else passes.executor).map(_refit_task, jobs, context=solver.delta)
         refits.update(zip((c.node for c in stage), done))
         if progress:
             progress(len(stage))

@@ -63,9 +63,11 @@ class Propagation:
         self.members: dict[str, list[int]] = {}   # node → labels whose parameters it holds
         self.blocked: list[tuple[str, str, str]] = []
         self.readers: dict[str, list[onnx.NodeProto]] = {}
+        self.writer: dict[str, onnx.NodeProto] = {}   # tensor → the node that computes it
         for node in model.graph.node:
             for t in node.input:
                 self.readers.setdefault(t, []).append(node)
+            self.writer.update((t, node) for t in node.output)
 
     # ---- labels -------------------------------------------------------------------------------
     def fresh(self, n: int, producer: str | None = None, zero: bool = False) -> np.ndarray:
@@ -487,7 +489,7 @@ def _concat_pieces(p: Propagation, name: str, lay: Layout | None = None) -> list
     """Values of a shape tensor built by Concat of 1-D pieces: ints where a piece is constant, None where computed,
     and :data:`CHANNELS` where it reads the channel dim of a tensor laid out as ``lay`` (Shape → Gather, as the
     TorchScript exporter writes ``x.size(1)``): that piece follows the pruning by itself."""
-    node = next((n for n in p.model.graph.node if name in n.output), None)
+    node = p.writer.get(name)
     if node is None or node.op_type != "Concat":
         return None
     values: list[int | str | None] = []
@@ -510,13 +512,12 @@ CHANNELS = "channels"  # a shape piece that is the run-time channel count
 def _reads_channel_dim(p: Propagation, name: str, lay: Layout) -> bool:
     """Whether ``name`` is Gather(Shape(t), [c]) (through Unsqueeze/Cast) with t laid out as ``lay`` and c its
     channel axis, so that it is the number of channels kept."""
-    nodes = {o: n for n in p.model.graph.node for o in n.output}
-    node = nodes.get(name)
+    node = p.writer.get(name)
     while node is not None and node.op_type in ("Unsqueeze", "Cast"):
-        node = nodes.get(node.input[0])
+        node = p.writer.get(node.input[0])
     if node is None or node.op_type != "Gather" or attr(node, "axis", 0) != 0:
         return False
-    shape = nodes.get(node.input[0])
+    shape = p.writer.get(node.input[0])
     index = p.const(node.input[1])
     if shape is None or shape.op_type != "Shape" or index is None or np.size(index) != 1:
         return False

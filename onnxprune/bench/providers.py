@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
-from onnxprune.errors import ModelError, ProviderError, UsageError
+from onnxprune.errors import ModelError, ProviderError, UsageError, first_line
 
 __all__ = [
     "PROVIDER_ALIASES",
@@ -188,11 +188,6 @@ def _session_options(threads: Optional[int], spinning: bool = True, configure: O
     return options
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
 def make_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers: ProviderSpec, threads: Optional[int] = None,
                  spinning: bool = True):
     """Create an ``InferenceSession`` on ``providers`` and check it really runs there.
@@ -222,7 +217,7 @@ def open_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several pybind types
             label = "the model" if isinstance(model, bytes) else f"'{model}'"
             raise ModelError(
-                f"onnxruntime cannot load {label}: {_first_line(exc)}",
+                f"onnxruntime cannot load {label}: {first_line(exc)}",
                 note="check the model with onnx.checker; it may use operators this onnxruntime does not implement",
             ) from None
 
@@ -234,7 +229,7 @@ def open_session(model_path_or_bytes: Union[str, os.PathLike, bytes], providers:
     try:
         session = ort.InferenceSession(model, sess_options=_session_options(threads, spinning, configure), providers=names, provider_options=options)
     except Exception as exc:  # noqa: BLE001
-        failure = _first_line(exc)
+        failure = first_line(exc)
     if session is not None and spec.name in session.get_providers():
         return session, None
 

@@ -26,7 +26,7 @@ from onnxprune.calibration.collect import (CalibrationSettings, ConsumerStats, P
                                             collect_blocks, merge_blocks)
 from onnxprune.calibration.sources import CalibrationData, InputSpec
 from onnxprune.errors import UsageError
-from onnxprune.executor import Executor, LocalExecutor, resolve
+from onnxprune.executor import Executor, resolve
 from onnxprune.residual import Landing
 
 
@@ -96,12 +96,13 @@ def runs_of(first: int, stop: int, slots: int) -> list[tuple[int, int]]:
 
 
 class Passes:
-    """Calibration passes of one run (a compress or calibrate call) on ``executor`` (default: this process).
+    """Calibration passes of one run (a compress or calibrate call) as tasks of a remote ``executor`` (without one,
+    the passes run in this process as :func:`collect_blocks` calls).
 
     Keeps the shipped samples (``executor.ship_data``) between passes, so each block travels once per run."""
 
-    def __init__(self, executor: Executor | None = None):
-        self.executor = executor or LocalExecutor()
+    def __init__(self, executor: Executor):
+        self.executor = executor
         self._shipped: dict[tuple[int, int], object] = {}
         self._data: CalibrationData | None = None
         # per pass: blocks, seconds of each task, wall seconds and seconds of the driver's reduction
@@ -116,14 +117,6 @@ class Passes:
         """:func:`collect_blocks` (same arguments and result), its runs of blocks computed as tasks."""
         executor = self.executor
         began = time.perf_counter()
-        if not executor.remote:
-            def one_pass(_context, run):
-                return collect_blocks(model, consumers, data, indices, settings, progress, folds, inputs_model,
-                                      blocks=run, landings=landings, output_masks=output_masks)
-            partial = executor.map(one_pass, [blocks])[0]
-            self.log.append({"runs": [blocks], "task_seconds": list(executor.last_seconds),
-                             "wall_seconds": time.perf_counter() - began, "reduce_seconds": 0.0})
-            return partial
         indices = np.asarray(list(indices), dtype=np.int64)
         layout = BlockLayout(len(indices), calibration_batch(model, settings))
         first, stop = blocks or (0, layout.count)

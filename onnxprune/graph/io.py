@@ -12,7 +12,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 
 from onnxprune.atomic import atomic_path
-from onnxprune.errors import ModelError, UsageError
+from onnxprune.errors import ModelError, UsageError, first_line
 
 _TWO_GB = 2**31 - 2**20  # protobuf's limit, with a margin
 _EXTERNAL_THRESHOLD = 1024  # bytes: smaller tensors stay inside the .onnx file
@@ -29,7 +29,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True, external_data: bo
         model = onnx.load(str(path), load_external_data=external_data)
     except (DecodeError, RuntimeError, ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
         raise ModelError(
-            f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: {_first_line(exc)}).",
+            f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: {first_line(exc)}).",
             note="the file may be truncated, not ONNX, or missing its external data files",
         ) from None
     if not model.graph.node:
@@ -51,7 +51,7 @@ def check_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -
                 onnx.checker.check_model(str(tmp), full_check=True)
     except Exception as exc:  # the checker raises several exception types
         where = f"'{path}'" if path else "the model"
-        raise ModelError(f"{where} fails onnx.checker: {_first_line(exc)}") from None
+        raise ModelError(f"{where} fails onnx.checker: {first_line(exc)}") from None
 
 
 def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -154,7 +154,3 @@ def copy_fields(source: Message, target: Message, skip: str | Iterable[str]) -> 
         else:
             getattr(target, field.name).extend(value)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

@@ -5,6 +5,7 @@ import io
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from onnxprune.errors import UsageError
+from onnxprune.fidelity_kinds import HEADLINE_LABELS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -133,10 +134,8 @@ def _quality(result: SweepResult) -> tuple[str, list[Optional[float]], Optional[
         return ("held-out accuracy, %", [None if f is None else 100 * f.accuracy_after for f in fids],
                 None if result.accuracy is None else 100 * result.accuracy, False)
     if any(f is not None and f.headline_value is not None for f in fids):
-        what = {"top1_agreement": "top-1 agreement", "sequences_identical": "identical decoded sequences",
-                "iou": "mask IoU", "pixel_agreement": "per-pixel agreement", "f1": "box F1"}
         name = next(f.headline_name for f in fids if f is not None and f.headline_value is not None)
-        return (f"{what.get(name, name)} with the original, %",
+        return (f"{HEADLINE_LABELS.get(name, name)} with the original, %",
                 [None if f is None or f.headline_value is None else 100 * f.headline_value for f in fids], 100.0, False)
     return "relative output error", [None if f is None else f.relative_error for f in fids], 0.0, True
 
@@ -153,7 +152,7 @@ def sweep_png(result: SweepResult) -> bytes:
     accuracy = [None if p.fidelity is None else p.fidelity.accuracy_after for p in points]
     if any(a is not None for a in agreement):
         name = next(p.fidelity.headline_name for p in points if p.fidelity is not None and p.fidelity.headline_value is not None)
-        ax_fid.plot(x, _nan(agreement, 100), "o-", color=AFTER, label=name.replace("_", " ").replace("top1", "top-1"))
+        ax_fid.plot(x, _nan(agreement, 100), "o-", color=AFTER, label=HEADLINE_LABELS.get(name, name))
     if any(a is not None for a in accuracy):
         ax_fid.plot(x, _nan(accuracy, 100), "s-", color=PALETTE[2], label="accuracy, pruned")
         if result.accuracy is not None:
