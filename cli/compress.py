@@ -10,7 +10,8 @@ from onnxprune.bench.compare import BenchSettings
 from onnxprune.bench.measure import DEFAULT_RUNS
 from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, data_option, echo,
                                    exclude_option, executor_for, expand_paths, fidelity_option, html_option,
-                                   image_options, image_settings, parse_batches, parse_fraction, progress_factory,
+                                   image_options, image_settings, memory_budget_option, parse_batches,
+                                   parse_fraction, progress_factory,
                                    provider_option, ray_options, sampling_options, show_progress, write_json)
 from onnxprune.compress import CompressOptions, compress as run_compress, default_output
 from onnxprune.errors import UsageError
@@ -95,6 +96,7 @@ from onnxprune.runtime import cpu_cores
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Keep the first-pass statistics in DIR, keyed by model, data, split and calibration options, "
                    "so that another run (e.g. another target) skips the calibration pass.")
+@memory_budget_option
 @ray_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON to this file.")
 @click.option("--bench", is_flag=True,
@@ -110,7 +112,7 @@ from onnxprune.runtime import cpu_cores
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_latency, latency_batch,
              latency_runs, target_fidelity, fidelity, method, rho, tau, threshold, ridge, no_refit,
              independent, residual_power, output_weight, min_keep, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions,
-             provider, stats_files, cache_dir, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
+             provider, stats_files, cache_dir, memory_budget, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
              ray_address=None, ray_ship_data=False) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
 
@@ -150,6 +152,7 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
         fidelity=fidelity,
         latency=None if target_latency is None else LatencyTarget(
             parse_fraction(target_latency, "--target-latency"), latency_batch, cpu_cores(), latency_runs),
+        memory_budget=memory_budget,
     )
     out = output or str(default_output(model))
     with executor_for(ray_address, ray_ship_data, provider) as executor:

@@ -151,6 +151,31 @@ sampling_options = _stacked(
                  help="Spatial positions sampled at random per sample and layer for the statistics (0 = all)."),
 )
 
+def _parse_size(ctx, param, value: str | None) -> int | None:
+    """Callback of a size option: bytes, or a number with a unit K, M, G, T (powers of 1024; KiB/KB/k alike)."""
+    if value is None:
+        return None
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = 1
+    if text and text[-1] in _UNITS:
+        scale, text = _UNITS[text[-1]], text[:-1]
+    try:
+        size = float(text) * scale
+    except ValueError:
+        raise click.BadParameter(f"expected a size such as 2G, 512M or 1000000 (bytes), got '{value}'.") from None
+    if not size >= 0:
+        raise click.BadParameter(f"must be at least 0, got '{value}'.")
+    return int(size)
+
+
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+memory_budget_option = click.option(
+    "--memory-budget", callback=_parse_size, metavar="SIZE",
+    help="Memory for the per-batch tensors the error-correcting re-fit keeps between stages (the original and the "
+         "pruned network's frontier), in bytes or with a unit: 512M, 2G. Past it they go to memory-mapped files "
+         "in a temporary folder ($TMPDIR), removed at the end. [default: half the memory available at the start]")
+
 exclude_option = click.option(
     "--exclude", multiple=True, metavar="PATTERN",
     help="Leave alone every channel group that a node whose name matches PATTERN (shell-style, e.g. '/layer1/*') "

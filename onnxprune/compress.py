@@ -15,10 +15,13 @@ from onnxprune.analysis import Analysis, Consumer, exclude_nodes, find_groups
 from onnxprune.atomic import removed_on_error
 from onnxprune.bench.compare import BenchSettings, compare_models
 from onnxprune.bench.inputs import feeds_for_batch, input_specs as bench_input_specs
+from onnxprune.bench.memory import read_peak_rss, reset_peak_rss
 from onnxprune.bench.profile import cpu_channel_block
 from onnxprune.bench.providers import resolve_providers
 from onnxprune.calibration.cache import StatsCache
-from onnxprune.calibration.collect import CalibrationSettings
+from onnxprune.bench.memory import read_peak_rss, reset_peak_rss
+from onnxprune.calibration.collect import CalibrationSettings, Keep
+from onnxprune.calibration.frontier import FrontierStore
 from onnxprune.calibration.parallel import Passes
 from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
 from onnxprune.calibration.store import FirstPass, sum_shards
@@ -35,7 +38,7 @@ from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, Solver
 from onnxprune.report import PruneReport
 from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
-from onnxprune.sequential import consumer_stages, refit_errors, sequential_refit
+from onnxprune.sequential import consumer_stages, first_pass_keep, refit_errors, sequential_refit
 from onnxprune.search import search_budget
 from onnxprune.fidelity_kinds import HEADLINE_LABELS, KINDS as FIDELITY_KINDS, choose_judge
 from onnxprune.verify import Fidelity, check_pruned, measure_fidelity
@@ -67,6 +70,9 @@ class CompressOptions:
     fidelity: str = "auto"        # how the held-out outputs are judged: auto, classes, sequence, dense, yolo
     exclude: tuple[str, ...] = ()     # node-name patterns whose groups are left alone
     latency: LatencyTarget | None = None  # a latency budget on the calibration provider, besides the target
+    # bytes of per-batch tensors the error-correcting pass keeps in memory (beyond: memory-mapped temporary files);
+    # None: half the memory available when the run starts
+    memory_budget: int | None = None
     # where the calibration passes and per-group rankings run (None: this process); see onnxprune/executor.py
     executor: Executor | None = field(default=None, compare=False)
 
@@ -148,13 +154,27 @@ def default_output(model_path: str | os.PathLike) -> Path:
     return p.with_name(f"{stem}.pruned.onnx")
 
 
+@dataclass
+class StageLog:
+    """Seconds per stage, and the peak resident memory (MiB) seen while each stage ran (VmHWM, reset at its start
+    where Linux allows; else the process's peak so far)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_mib: dict[str, float] = field(default_factory=dict)
+
+
 @contextlib.contextmanager
-def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Time stage ``name`` into ``timings``; whatever unexpected escapes it is an InternalError naming it."""
+def _stage(log: StageLog, name: str) -> Iterator[None]:
+    """Time stage ``name`` into ``log`` with its peak memory; whatever unexpected escapes it is an InternalError
+    naming it."""
     start = time.perf_counter()
+    reset_peak_rss()
     with during(_DOING.get(name, name)):
         yield
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    log.seconds[name] = log.seconds.get(name, 0.0) + time.perf_counter() - start
+    peak = read_peak_rss()
+    if peak is not None:
+        log.peak_mib[name] = round(max(log.peak_mib.get(name, 0.0), peak / (1 << 20)), 1)
 
 
 _DOING = {"load": "loading the model and data", "analyse": "analysing the graph", "profile latency": "profiling latency",
@@ -198,18 +218,28 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     out_path = check_output_path(output, model_path, force=force) if output is not None else None
     if options.bench is not None and out_path is None:
         raise UsageError("benchmarking needs the pruned model on disk: give an output path.")
-    timings: dict[str, float] = {}
     if options.stats_files and options.cache_dir is not None:
         raise UsageError("give --stats or --cache, not both: --stats already replaces the first calibration pass.")
+    if options.memory_budget is not None and options.memory_budget < 0:
+        raise UsageError(f"--memory-budget must be at least 0 bytes, got {options.memory_budget}.")
+    with FrontierStore(options.memory_budget) as store:
+        return _compress(model_path, data_path, options, out_path, progress, write_unchanged, store)
+
+
+def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, options: CompressOptions,
+              out_path: Path | None, progress: ProgressFactory, write_unchanged: bool,
+              store: FrontierStore) -> CompressResult:
+    """The stages of :func:`compress` after its checks; ``store`` keeps the error-correcting pass's frontier."""
+    log = StageLog()
     cache = StatsCache(options.cache_dir) if options.cache_dir is not None else None
     executor = options.executor or LocalExecutor()
     # the passes and rankings as tasks of a remote executor; in this process they run as they always have
     passes, since = (Passes(executor) if executor.remote else None), executor.snapshot()
-    with _stage(timings, "load"):
+    with _stage(log, "load"):
         loaded = load_inputs(model_path, data_path, options)
         original, reference, model, specs, data, calib_idx, hold_idx, shapes, input_shapes = loaded
         judge = choose_judge(model, options.fidelity, shapes, input_shapes)
-    with _stage(timings, "analyse"):
+    with _stage(log, "analyse"):
         analysis = find_groups(model, shapes)
         excluded = exclude_nodes(analysis, options.exclude)
         counts = count_model(model, input_shapes)
@@ -222,7 +252,7 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     allocation = options.allocation
     if options.latency is not None and not skip:
         allocation = fast_counts(allocation, options.calibration.provider, notes)
-        with _stage(timings, "profile latency"), progress("profiling latency", copies() * ROUNDS) as bar:
+        with _stage(log, "profile latency"), progress("profiling latency", copies() * ROUNDS) as bar:
             table = profile_latency(model, analysis, loaded, options.latency, options.calibration.provider,
                                     allocation, bar.update)
         allocation = replace(allocation, latency=LatencyBudget(options.latency.fraction, table))
@@ -233,19 +263,23 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     stats_consumers, landings = first.consumers, first.landings
     stats = {}
     if not skip and (options.stats_files or cache is not None):
-        with _stage(timings, "read statistics"):
+        with _stage(log, "read statistics"):
             stats = (sum_shards(options.stats_files, first) if options.stats_files else cache.get(first)) or {}
         if stats:
             source = f"{len(options.stats_files)} --stats file(s)" if options.stats_files else "the cache"
             notes.append(f"no calibration pass: first-pass statistics from {source}")
-    with _stage(timings, "calibrate"):
+    # the first pass keeps what the first error-correcting stage reads, when one re-fit follows in this process
+    seeded = first.tensors if (error_correct and not skip and not stats and passes is None
+                               and options.target_fidelity is None) else None
+    with _stage(log, "calibrate"):
         if not skip and not stats:
+            keep = None if seeded is None else Keep(store, first_pass_keep(model, stats_consumers, landings, seeded))
             with progress("calibrating", len(calib_idx)) as bar:
-                partial = first.collect(progress=bar.update, passes=passes)
+                partial = first.collect(progress=bar.update, passes=passes, keep=keep)
             stats = partial.total()
             if cache is not None:
                 cache.put(first, partial)
-    with _stage(timings, "solve"):
+    with _stage(log, "solve"):
         with progress("solving", len(analysis.groups)) as bar:
             ranked = rank_groups(model, analysis, stats, options.solver, bar.update,
                                  executor if executor.remote else None) if not skip else []
@@ -258,22 +292,22 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
 
     def prune(target: Target | None) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
         """Allocate for ``target``, re-fit, rewrite and measure the held-out fidelity."""
-        with _stage(timings, "solve"):
+        with _stage(log, "solve"):
             plan = solve(model, analysis, stats, target=target, counts=counts, settings=options.solver,
                          fit_consumers=not error_correct, allocation=allocation, ranked=ranked)
         if error_correct and not plan.kept.all():
-            with _stage(timings, "error-correct"):
+            with _stage(log, "error-correct"):
                 with progress("re-fitting", len(stats_consumers)) as bar:
                     plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
                                                    options.calibration, options.solver, bar.update, landings,
-                                                   passes=passes)
+                                                   passes=passes, store=store, seeded=seeded)
                 errors = refit_errors(plan.refits, analysis)
                 for g in plan.groups:
                     if g.id in errors and g.after < g.before:
                         g.error = errors[g.id]
-        with _stage(timings, "rewrite"):
+        with _stage(log, "rewrite"):
             pruned = restore_float16(apply_plan(model, analysis, plan), reference)
-        with _stage(timings, "verify"):
+        with _stage(log, "verify"):
             check_pruned(original, pruned)
             fidelity = measure_fidelity(original, pruned, held, hold_idx, batch_size=options.calibration.batch_size,
                                         provider=options.calibration.provider, judge=judge)
@@ -294,13 +328,13 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
     after = count_model(pruned, input_shapes)
     size_after = None
     if out_path is not None:
-        with _stage(timings, "save"):
+        with _stage(log, "save"):
             save_model(pruned, out_path)
             size_after = _file_size(out_path)
     bench = None
     if options.bench is not None and out_path is not None:
         written = (out_path, out_path.with_name(out_path.name + ".data"))
-        with _stage(timings, "bench"), removed_on_error(*written):
+        with _stage(log, "bench"), removed_on_error(*written):
             with progress("benchmarking", 2 * len(options.bench.batches)) as bar:
                 bench = compare_models(model_path, out_path, provider=options.calibration.provider,
                                        settings=options.bench, progress=lambda _line: bar.update(1))
@@ -308,8 +342,9 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         model=str(model_path), output=None if out_path is None else str(out_path), target=options.target,
         method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),
         file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
-        timings=timings, calibration_samples=len(calib_idx), blocked=analysis.blocked, notes=notes,
+        timings=log.seconds, calibration_samples=len(calib_idx), blocked=analysis.blocked, notes=notes,
         bench=bench, latency=latency, input_shapes=input_shapes, executor=executor.report(since),
+        memory={"peak_rss_mib": dict(log.peak_mib), "frontier": store.report()},
     )
     if not prunable:
         report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")

@@ -144,9 +144,9 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
     kept = np.ones(analysis.n_classes, dtype=bool)
     if target is not None and target.fraction >= 1.0 and allocation.latency is None:
         return PrunePlan(kept, {}, [_outcome(g, kept, None) for g in analysis.groups])
-    ctx = _context(model, stats, settings) if ranked is None or fit_consumers else None
     if ranked is None:
-        ranked = _rank_all(model, analysis, ctx, progress)
+        ranked = rank_groups(model, analysis, stats, settings, progress)
+    ctx = _context(model, stats, settings) if fit_consumers else None
     if not budgeted:
         for r in ranked:
             local = r.scores * r.group.size >= settings.theta

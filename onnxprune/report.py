@@ -30,6 +30,8 @@ class PruneReport:
     latency: dict | None = None       # --target-latency: budget, provider, batch, original and predicted ms
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # where the multiply-adds were counted
     executor: dict | None = None      # where the passes and rankings ran (onnxprune.executor.Executor.report)
+    # peak resident memory per stage (MiB) and the error-correcting frontier's budget and peaks
+    memory: dict | None = None
 
     def achieved(self, kind: str) -> float:
         before, after = self.params if kind == "params" else self.flops
@@ -56,6 +58,7 @@ class PruneReport:
             "bench": None if self.bench is None else self.bench.to_dict(),
             "latency": self.latency,
             "executor": self.executor,
+            "memory": self.memory,
         }
 
 
@@ -111,12 +114,28 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
     else:
         lines.append("fidelity: no held-out samples (--holdout 0)")
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
+    if verbose and report.memory:
+        lines.extend(_memory_lines(report.memory))
     if report.executor is not None and report.executor.get("kind") == "ray":
         from onnxprune.executor import describe
 
         lines.append(describe(report.executor))
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines)
+
+
+def _memory_lines(memory: dict) -> list[str]:
+    """-v: peak resident memory per stage and where the error-correcting pass kept its per-batch tensors."""
+    lines = []
+    if memory.get("peak_rss_mib"):
+        lines.append("peak memory (resident, MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in
+                                                                   memory["peak_rss_mib"].items()))
+    frontier = memory.get("frontier")
+    if frontier and (frontier["peak_in_memory_mib"] or frontier["peak_on_disk_mib"]):
+        lines.append(f"error-correcting frontier: peak {frontier['peak_in_memory_mib']:.0f} MiB in memory "
+                     f"(budget {frontier['budget_mib']:.0f} MiB), {frontier['peak_on_disk_mib']:.0f} MiB in "
+                     "temporary files")
+    return lines
 
 
 def _pct(value: float | None, digits: int = 1) -> str:

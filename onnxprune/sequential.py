@@ -2,11 +2,17 @@
 
 Consumers are visited in stages of topological order: a stage holds the consumers none of whose
 upstream consumers are still waiting, so one pass over the calibration data serves the whole
-stage. Before each stage the model is rewritten with every removal applied and every earlier
-re-fit installed; the stage's inputs X' then carry the error made upstream while the targets Y
-stay the original network's outputs, so each re-fit also absorbs what was lost before it. The
-kept channels are those of the global allocation: ranking them again on these statistics was
-measured to do worse (MNIST CNTK 98.06 % vs 98.34 %, CIFAR tutorial CNN 58.2 % vs 59.0 %).
+stage. Each stage's inputs X' carry the error made upstream while the targets Y stay the original
+network's outputs, so each re-fit also absorbs what was lost before it. The kept channels are those
+of the global allocation: ranking them again on these statistics was measured to do worse (MNIST CNTK
+98.06 % vs 98.34 %, CIFAR tutorial CNN 58.2 % vs 59.0 %).
+
+Every node of either network runs once per calibration batch over the whole re-fit: each stage runs only its
+segment of the original and of the pruned network (``calibration/segments.py``), from the frontier the earlier
+stages left per batch (``calibration/frontier.py``). The pruned network upstream of a stage is final when the
+stage runs (every consumer it holds belongs to an earlier stage and is re-fitted), so its segment is cut from
+the model with the re-fits so far installed. The first pass can keep what the first stage needs
+(:func:`first_pass_keep`); that stage then runs nothing of the original network.
 """
 from __future__ import annotations
 
@@ -17,9 +23,14 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.analysis.model import Analysis, Consumer
-from onnxprune.calibration.collect import CalibrationSettings, ConsumerStats, collect_statistics
+from onnxprune.calibration.collect import CalibrationSettings, ConsumerStats, pass_tensors
+from onnxprune.calibration.frontier import FrontierStore
+from onnxprune.calibration.segments import Segment, schedule, segment_model
 from onnxprune.calibration.sources import CalibrationData
+from onnxprune.calibration.stage_pass import ORIGINAL, PRUNED, StagePass, stage_blocks
 from onnxprune.executor import LocalExecutor
+from onnxprune.graph.io import model_inputs
+from onnxprune.graph.probe import element_types
 from onnxprune.plan import PrunePlan, SolverSettings, consumer_weight_matrix
 from onnxprune.residual import Landing
 from onnxprune.rewrite import apply_plan
@@ -54,41 +65,93 @@ def _stages(level: Mapping[str, int], consumers: Sequence[Consumer]) -> list[lis
     return [stages[k] for k in sorted(stages)]
 
 
+class _Stages:
+    """The stages of a network's consumers and, per stage, the residual landings it targets and the tensors each
+    network must give it."""
+
+    def __init__(self, model: onnx.ModelProto, consumers: Sequence[Consumer], landings: Mapping[str, Landing]):
+        level = _levels(model, consumers)
+        self.stages = _stages(level, consumers)
+        # a landing's target needs the other branch final: its consumers all in earlier stages
+        self.finals = [{c.node: landings[c.node] for c in stage
+                        if c.node in landings and level[landings[c.node].other] < level[c.output]}
+                       for stage in self.stages]
+        self.wanted = {ORIGINAL: [], PRUNED: []}
+        for stage, final in zip(self.stages, self.finals):
+            inputs, outputs = pass_tensors(stage, final)
+            self.wanted[ORIGINAL].append(outputs)
+            self.wanted[PRUNED].append(inputs)
+
+    def original_segments(self, model: onnx.ModelProto, seeded: Sequence[str] | None = None) -> list[Segment]:
+        return schedule(model, self.wanted[ORIGINAL], seeded)
+
+
+def first_pass_keep(model: onnx.ModelProto, consumers: Sequence[Consumer], landings: Mapping[str, Landing],
+                    computed: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """What a first pass that computes the tensors ``computed`` keeps per batch for :func:`sequential_refit` to
+    start from (its ``seeded`` store), by network: the original network's first-stage results the re-fit reads,
+    and the graph inputs (the pruned network's first segment starts from them)."""
+    first = _Stages(model, consumers, landings).original_segments(model, computed)[0]
+    graph_inputs = tuple(i.name for i in model_inputs(model))
+    return {ORIGINAL: tuple(dict.fromkeys([*first.outputs, *(t for t in graph_inputs
+                                                              if t in first.keep or t in first.wanted)])),
+            PRUNED: graph_inputs}
+
+
 def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan, consumers: Sequence[Consumer],
                      data: CalibrationData, indices: Sequence[int], settings: CalibrationSettings,
                      solver: SolverSettings = SolverSettings(),
                      progress: Callable[[int], None] | None = None,
                      landings: Mapping[str, Landing] | None = None,
-                     passes: "Passes | None" = None) -> dict[str, Refit]:
+                     passes: "Passes | None" = None, *, store: FrontierStore | None = None,
+                     seeded: Sequence[str] | None = None) -> dict[str, Refit]:
     """Re-fit ``consumers`` stage by stage on error-correcting statistics; returns the re-fits.
 
     A consumer in ``landings`` (it writes into a residual sum) targets the original sum minus the
     pruned network's other branch once that branch is final (its consumers are in earlier stages).
     ``passes`` runs each stage's pass as tasks of an executor (``calibration/parallel.py``; the same sums).
+    ``store`` keeps the frontier between stages (default: a store with the default budget, closed at the end);
+    ``seeded``: it already holds what :func:`first_pass_keep` named for a first pass that computed these tensors.
+    The store is left empty.
     """
-    collect = collect_statistics if passes is None else passes.statistics
-    level = _levels(model, consumers)
     landings = landings or {}
+    plan_stages = _Stages(model, consumers, landings)
+    pruned = apply_plan(model, analysis, PrunePlan(plan.kept, {}, []))
+    segments = {ORIGINAL: plan_stages.original_segments(model, seeded),
+                PRUNED: schedule(pruned, plan_stages.wanted[PRUNED])}
+    types = {ORIGINAL: element_types(model), PRUNED: element_types(pruned)}
     nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
     w_arrays = {c.weight: numpy_helper.to_array(inits[c.weight]) for c in consumers}
     refits: dict[str, Refit] = {}
-    for stage in _stages(level, consumers):
-        current = apply_plan(model, analysis, PrunePlan(plan.kept, refits, []))
-        final = {c.node: landings[c.node] for c in stage
-                 if c.node in landings and level[landings[c.node].other] < level[c.output]}
-        masks = {c.node: analysis.mask(c.output, plan.kept) for c in stage if c.node in final}
-        stats = collect(model, stage, data, indices, settings, inputs_model=current,
-                        landings=final, output_masks=masks)
-        jobs = []
-        for c in stage:
-            kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
-            w0 = consumer_weight_matrix(nodes[c.node], c, w_arrays)[:, kept_cols]
-            jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0))  # X' holds only the kept columns
-        done = (LocalExecutor() if passes is None else passes.executor).map(_refit_task, jobs, context=solver.delta)
-        refits.update(zip((c.node for c in stage), done))
-        if progress:
-            progress(len(stage))
+    own = store is None
+    store = FrontierStore() if own else store
+    try:
+        for k, (stage, final) in enumerate(zip(plan_stages.stages, plan_stages.finals)):
+            current = apply_plan(model, analysis, PrunePlan(plan.kept, refits, [])) if refits else pruned
+            networks = {ORIGINAL: model, PRUNED: current}
+            cut = {net: segments[net][k] for net in networks}
+            models = {net: None if cut[net].seeded or not cut[net].outputs else
+                      segment_model(networks[net], cut[net], types[net]) for net in networks}
+            masks = {c.node: analysis.mask(c.output, plan.kept) for c in stage if c.node in final}
+            step = StagePass(model, list(stage), cut, models, read_data=k == 0 and seeded is None, landings=final,
+                             output_masks=masks)
+            stats = (stage_blocks(step, store, data, indices, settings) if passes is None else
+                     passes.stage(step, store, data, indices, settings)).total()
+            jobs = []
+            for c in stage:
+                kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
+                w0 = consumer_weight_matrix(nodes[c.node], c, w_arrays)[:, kept_cols]
+                jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0))  # X' holds only the kept columns
+            done = (LocalExecutor() if passes is None else passes.executor).map(_refit_task, jobs,
+                                                                               context=solver.delta)
+            refits.update(zip((c.node for c in stage), done))
+            if progress:
+                progress(len(stage))
+    finally:
+        store.clear()
+        if own:
+            store.close()
     return refits
 
 

@@ -1,8 +1,10 @@
 """Stream calibration data through ONNX Runtime and accumulate each consumer's regression statistics."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from queue import Empty, Full, Queue
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import onnx
@@ -16,6 +18,11 @@ from onnxprune.graph.probe import probe_model
 from onnxprune.residual import Landing
 from onnxprune.runtime import create_session, fixed_batch
 from onnxprune.solvers.statistics import LinearStatistics
+
+if TYPE_CHECKING:
+    from onnxprune.calibration.frontier import FrontierStore
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -186,12 +193,13 @@ def collect_blocks(model: onnx.ModelProto, consumers: Sequence[Consumer], data: 
                    progress: Callable[[int], None] | None = None, folds: bool = True,
                    inputs_model: onnx.ModelProto | None = None, *, blocks: tuple[int, int] | None = None,
                    landings: Mapping[str, Landing] | None = None,
-                   output_masks: Mapping[str, np.ndarray] | None = None) -> Partial:
+                   output_masks: Mapping[str, np.ndarray] | None = None,
+                   keep: "Keep | None" = None) -> Partial:
     """The statistics of blocks [first, stop) = ``blocks`` (default: all) of the calibration split ``indices``
     of ``data`` (:class:`BlockLayout`), per consumer node name, as the tree nodes of that run of blocks.
 
     Targets Y are the consumers' outputs in ``model``; inputs X come from ``inputs_model`` when given
-    (the network as pruned so far, for error-correcting statistics), else from ``model`` too.
+    (a pruned network, for error-correcting statistics of one stage from the input on), else from ``model`` too.
     ``folds`` keeps a second accumulator over the odd samples of layers with few rows per column
     (for cross-validating their re-fit); without it only the totals are kept.
 
@@ -204,21 +212,21 @@ def collect_blocks(model: onnx.ModelProto, consumers: Sequence[Consumer], data: 
     target becomes the original sum minus the pruned network's other branch, on the kept output
     channels given by ``output_masks`` (the others keep the original sum; they are dropped anyway).
 
+    ``keep`` stores, per batch, the inputs and the computed tensors it names (a :class:`Keep`), for the
+    error-correcting pass to start from (``sequential.py``).
+
     Only the statistics are kept: each batch's activations are unfolded, subsampled (a seeded random
-    subset of ``max_positions`` positions per sample) and discarded.
+    subset of ``max_positions`` positions per sample) and discarded. The next batch is read and decoded while
+    ONNX Runtime runs the current one.
     """
     indices = np.asarray(list(indices), dtype=np.int64)
     batch = calibration_batch(model, settings)
     layout = BlockLayout(len(indices), batch)
     first, stop = blocks or (0, layout.count)
-    partial: Partial = PairwiseSum(layout.count, merge_blocks)
     if not consumers or first >= stop:
-        return partial
-    nodes = {n.name: n for n in model.graph.node}
-    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
+        return PairwiseSum(layout.count, merge_blocks)
     landings = {c.node: landings[c.node] for c in consumers if c.node in landings} if landings else {}
-    inputs = list(dict.fromkeys([c.input for c in consumers] + [r.other for r in landings.values()]))
-    outputs = list(dict.fromkeys([c.output for c in consumers] + [r.total for r in landings.values()]))
+    inputs, outputs = pass_tensors(consumers, landings)
     if inputs_model is None:
         names = list(dict.fromkeys(inputs + outputs))
         sessions = [(create_session(probe_model(model, names), settings.provider, settings.threads), names, True, True)]
@@ -227,12 +235,10 @@ def collect_blocks(model: onnx.ModelProto, consumers: Sequence[Consumer], data: 
                      False),
                     (create_session(probe_model(inputs_model, inputs), settings.provider, settings.threads), inputs,
                      False, True)]
-    measure_gains = inputs_model is None
-    rng = np.random.default_rng(settings.seed)
-    offset = layout.span(first, stop)[0]
-    for block in range(first, stop):
-        stats: dict[str, ConsumerStats] = {}
-        for idx, feed in data.batches(indices[slice(*layout.span(block, block + 1))], batch):
+    start, end = layout.span(first, stop)
+
+    def run() -> Iterator[tuple[np.ndarray, dict, dict]]:
+        for number, (idx, feed) in enumerate(prefetched(data.batches(indices[start:end], batch)), start // batch):
             values, sources = {}, {}   # original network's tensors; inputs from the pruned network
             for session, names, original, source in sessions:
                 got = dict(zip(names, session.run(names, feed)))
@@ -241,31 +247,135 @@ def collect_blocks(model: onnx.ModelProto, consumers: Sequence[Consumer], data: 
                 if source:
                     sources.update(got)
             del got  # else the previous batch's outputs stay alive through the next batch's runs
-            if offset and settings.max_positions is not None:  # skip the position draws of the samples before the run
-                draws = sum(p for c in consumers if (p := _positions(c, values[c.output])) > settings.max_positions)
-                rng.bit_generator.advance(offset * draws)
-            offset = 0
-            odd = np.asarray(idx) % 2 == 1
-            for cons in consumers:
-                x, y = sources[cons.input], values[cons.output]
-                if cons.node in landings and not measure_gains:
-                    y = _residual_target(values[landings[cons.node].total], sources[landings[cons.node].other],
-                                         output_masks[cons.node])
-                X, Y = consumer_rows(nodes[cons.node], cons, x, y, weights[cons.weight], rng, settings.max_positions)
-                if not (np.isfinite(X).all() and np.isfinite(Y).all()):
-                    raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration data.",
-                                    note="check the preprocessing (--mean/--std, --raw-pixels)")
-                if cons.node not in stats:
-                    stats[cons.node] = ConsumerStats.for_rows(X, Y, len(indices) if folds else 0)
+            if keep is not None:
+                keep.put(number, {**feed, **values})
+            yield idx, values, sources
+
+    rows = Rows(model, consumers, settings, len(indices) if folds else 0, landings,
+                 measure_gains=inputs_model is None, output_masks=output_masks)
+    return rows.accumulate(layout, first, stop, run(), progress)
+
+
+def pass_tensors(consumers: Sequence[Consumer], landings: Mapping[str, Landing]) -> tuple[list[str], list[str]]:
+    """The tensors a pass reads: (the consumers' inputs and the landings' other branches, the consumers' outputs
+    and the landings' sums), each list without repeats; the consumers of ``landings`` are among ``consumers``."""
+    inputs = list(dict.fromkeys([c.input for c in consumers] + [r.other for r in landings.values()]))
+    outputs = list(dict.fromkeys([c.output for c in consumers] + [r.total for r in landings.values()]))
+    return inputs, outputs
+
+
+class Keep:
+    """Tensors of the first pass kept per batch number in a :class:`FrontierStore` under ``(net, name)`` keys:
+    every ``net`` of ``nets`` gets the ``names`` it lists (graph inputs included)."""
+
+    def __init__(self, store: "FrontierStore", nets: Mapping[str, Collection[str]]):
+        self.store = store
+        self.nets = {net: tuple(names) for net, names in nets.items()}
+
+    def put(self, batch: int, tensors: Mapping[str, np.ndarray]) -> None:
+        self.store.set(batch, {(net, name): tensors[name] for net, names in self.nets.items() for name in names})
+
+
+class Rows:
+    """Turns each batch's tensors into regression rows and adds them to per-block statistics, in the one order
+    of a pass (``blocks.py``): the same positions are drawn, batch by batch and consumer by consumer."""
+
+    def __init__(self, model: onnx.ModelProto, consumers: Sequence[Consumer], settings: CalibrationSettings,
+                 fold_samples: int, landings: Mapping[str, Landing], *, measure_gains: bool,
+                 output_masks: Mapping[str, np.ndarray] | None):
+        self.nodes = {n.name: n for n in model.graph.node}
+        self.weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
+        self.consumers = consumers
+        self.settings = settings
+        self.fold_samples = fold_samples
+        self.landings = landings
+        self.measure_gains = measure_gains
+        self.output_masks = output_masks
+
+    def accumulate(self, layout: BlockLayout, first: int, stop: int, batches: Iterator[tuple[np.ndarray, dict, dict]],
+                   progress: Callable[[int], None] | None) -> Partial:
+        """The tree nodes of blocks [first, stop) from ``batches`` (sample indices, the original network's tensors,
+        the tensors read as inputs), which yields those blocks' batches in order."""
+        settings, landings, measure_gains = self.settings, self.landings, self.measure_gains
+        partial: Partial = PairwiseSum(layout.count, merge_blocks)
+        rng = np.random.default_rng(settings.seed)
+        offset = layout.span(first, stop)[0]
+        for block in range(first, stop):
+            stats: dict[str, ConsumerStats] = {}
+            start, end = layout.span(block, block + 1)
+            for _ in range(-(-(end - start) // layout.batch)):
+                idx, values, sources = next(batches)
+                if offset and settings.max_positions is not None:  # skip the draws of the samples before the run
+                    draws = sum(p for c in self.consumers
+                                if (p := _positions(c, values[c.output])) > settings.max_positions)
+                    rng.bit_generator.advance(offset * draws)
+                offset = 0
+                odd = np.asarray(idx) % 2 == 1
+                for cons in self.consumers:
+                    x, y = sources[cons.input], values[cons.output]
+                    if cons.node in landings and not measure_gains:
+                        y = _residual_target(values[landings[cons.node].total], sources[landings[cons.node].other],
+                                             self.output_masks[cons.node])
+                    X, Y = consumer_rows(self.nodes[cons.node], cons, x, y, self.weights[cons.weight], rng,
+                                         settings.max_positions)
+                    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+                        raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration "
+                                        "data.", note="check the preprocessing (--mean/--std, --raw-pixels)")
+                    if cons.node not in stats:
+                        stats[cons.node] = ConsumerStats.for_rows(X, Y, self.fold_samples)
+                        if cons.node in landings and measure_gains:
+                            stats[cons.node].energy = np.zeros(2)
                     if cons.node in landings and measure_gains:
-                        stats[cons.node].energy = np.zeros(2)
-                if cons.node in landings and measure_gains:
-                    stats[cons.node].energy += (_energy(y), _energy(values[landings[cons.node].total]))
-                stats[cons.node].add(X, Y, odd)
-            if progress:
-                progress(len(idx))
-        partial.push(block, 1, {k: v.flush() for k, v in stats.items()})
-    return partial
+                        stats[cons.node].energy += (_energy(y), _energy(values[landings[cons.node].total]))
+                    stats[cons.node].add(X, Y, odd)
+                del values, sources, x, y
+                if progress:
+                    progress(len(idx))
+            partial.push(block, 1, {k: v.flush() for k, v in stats.items()})
+        return partial
+
+
+def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """``items``, produced by a background thread up to ``depth`` items ahead (decoding overlaps the caller's work).
+
+    An error of the producer is raised in the caller at the item where it happened; a caller that stops early
+    stops the producer."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            queue.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="onnxprune-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                queue.get_nowait()
+            except Empty:
+                thread.join(0.05)
 
 
 def _energy(t: np.ndarray) -> float:

@@ -13,6 +13,7 @@ samples and puts the arrays into the object store once per run (:class:`ShippedD
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -24,7 +25,9 @@ from onnxprune.analysis.model import Consumer
 from onnxprune.calibration.blocks import BlockLayout, Node, PairwiseSum
 from onnxprune.calibration.collect import (CalibrationSettings, ConsumerStats, Partial, calibration_batch,
                                             collect_blocks, merge_blocks)
+from onnxprune.calibration.frontier import FrontierStore
 from onnxprune.calibration.sources import CalibrationData, InputSpec
+from onnxprune.calibration.stage_pass import StagePass, stage_blocks
 from onnxprune.errors import UsageError
 from onnxprune.executor import Executor, resolve
 from onnxprune.residual import Landing
@@ -77,6 +80,30 @@ def _pass_task(context: _PassContext, item) -> list[Node[dict[str, ConsumerStats
     partial = collect_blocks(model, context.consumers, data, context.indices, context.settings, None, context.folds,
                              inputs_model, blocks=run, landings=context.landings, output_masks=context.output_masks)
     return partial.nodes
+
+
+@dataclass
+class _StageContext:
+    """What every task of one error-correcting stage's pass shares: the stage (its models as ONNX bytes)."""
+
+    stage: StagePass
+    data: CalibrationData | None
+    indices: np.ndarray
+    settings: CalibrationSettings
+
+
+def _stage_task(context: _StageContext, item) -> tuple[list[Node[dict[str, ConsumerStats]]], dict[int, dict]]:
+    """The tree nodes of one run of blocks of a stage's pass, and the frontier it leaves for those batches."""
+    run, entries, shipped = item
+    data = context.data if shipped is None else _unship(shipped)
+    stage = dataclasses.replace(context.stage, model=onnx.load_from_string(context.stage.model),
+                                models={net: None if model is None else onnx.load_from_string(model)
+                                        for net, model in context.stage.models.items()})
+    with FrontierStore(budget=sys.maxsize) as store:
+        for number, entry in entries.items():
+            store.set(number, entry)
+        partial = stage_blocks(stage, store, data, context.indices, context.settings, blocks=run)
+        return partial.nodes, {number: store.get(number) for number in store.batches()}
 
 
 def _unship(shipped: tuple) -> ShippedData:
@@ -144,13 +171,38 @@ class Passes:
                          "wall_seconds": time.perf_counter() - began, "reduce_seconds": time.perf_counter() - reducing})
         return partial
 
-    def statistics(self, *args, **kwargs) -> dict[str, ConsumerStats]:
-        """:func:`collect_statistics` on the executor: :meth:`blocks` over all blocks, summed."""
-        partial = self.blocks(*args, **kwargs)
-        start = time.perf_counter()
-        total = partial.total()
-        self.log[-1]["reduce_seconds"] += time.perf_counter() - start
-        return total
+    def stage(self, stage: StagePass, store: FrontierStore, data: CalibrationData, indices: Sequence[int],
+              settings: CalibrationSettings = CalibrationSettings()) -> Partial:
+        """:func:`stage_blocks` over all blocks, its runs of blocks computed as tasks: each task takes its batches'
+        frontier from ``store`` and gives back the next one, which goes back into ``store``."""
+        executor = self.executor
+        began = time.perf_counter()
+        indices = np.asarray(list(indices), dtype=np.int64)
+        batch = calibration_batch(stage.model, settings)
+        layout = BlockLayout(len(indices), batch)
+        partial: Partial = PairwiseSum(layout.count, merge_blocks)
+        if not stage.consumers:
+            return partial
+        runs = runs_of(0, layout.count, executor.slots())
+        models = {net: None if model is None else _bytes(model) for net, model in stage.models.items()}
+        context = _StageContext(dataclasses.replace(stage, model=_bytes(stage.model), models=models),
+                                None if executor.ship_data else data, indices, dataclasses.replace(settings, threads=1))
+        items = []
+        for run in runs:
+            start, end = layout.span(*run)
+            numbers = range(start // batch, -(-end // batch))
+            entries = {n: {key: np.array(value) for key, value in store.get(n).items()} for n in numbers}
+            shipped = self._ship(data, indices, layout, run) if executor.ship_data and stage.read_data else None
+            items.append((run, entries, shipped))
+        results = executor.map(_stage_task, items, context=context)
+        reducing = time.perf_counter()
+        for nodes, entries in results:
+            partial.extend(nodes)
+            for number, entry in entries.items():
+                store.set(number, entry)
+        self.log.append({"runs": runs, "task_seconds": list(executor.last_seconds),
+                         "wall_seconds": time.perf_counter() - began, "reduce_seconds": time.perf_counter() - reducing})
+        return partial
 
     def _ship(self, data: CalibrationData, indices: np.ndarray, layout: BlockLayout, run: tuple[int, int]) -> tuple:
         """The object-store entries of the samples of ``run``, one per block (put once per run of Passes)."""

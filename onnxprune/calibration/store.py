@@ -24,8 +24,8 @@ import onnx
 from onnxprune.analysis.model import Consumer
 from onnxprune.atomic import atomic_path
 from onnxprune.calibration.blocks import BlockLayout, Node, PairwiseSum
-from onnxprune.calibration.collect import (CalibrationSettings, ConsumerStats, Partial, calibration_batch,
-                                            collect_blocks, merge_blocks)
+from onnxprune.calibration.collect import (CalibrationSettings, ConsumerStats, Keep, Partial, calibration_batch,
+                                            collect_blocks, merge_blocks, pass_tensors)
 from onnxprune.calibration.fingerprint import data_fingerprint, indices_fingerprint, model_fingerprint
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError, UsageError
@@ -116,13 +116,23 @@ class FirstPass:
         return self.layout.shard(k, n)
 
     def collect(self, k: int = 1, n: int = 1,
-                progress: Callable[[int], None] | None = None, passes: "Passes | None" = None) -> Partial:
+                progress: Callable[[int], None] | None = None, passes: "Passes | None" = None,
+                keep: "Keep | None" = None) -> Partial:
         """Statistics of shard ``k`` of ``n``, with the positions and folds one pass over the whole split would take
         (``.total()`` of the whole split's gives the summed statistics); ``passes`` runs its blocks as tasks of an
-        executor (``calibration/parallel.py``), with the same result."""
-        collect = collect_blocks if passes is None else passes.blocks
-        return collect(self.model, self.consumers, self.data, self.indices, self.settings, progress,
-                       folds=self.folds, blocks=self.blocks(k, n), landings=self.landings)
+        executor (``calibration/parallel.py``), with the same result. ``keep`` (in this process only) keeps
+        tensors per batch for the error-correcting pass (:func:`collect_blocks`)."""
+        if passes is not None:
+            return passes.blocks(self.model, self.consumers, self.data, self.indices, self.settings, progress,
+                                 folds=self.folds, blocks=self.blocks(k, n), landings=self.landings)
+        return collect_blocks(self.model, self.consumers, self.data, self.indices, self.settings, progress,
+                              folds=self.folds, blocks=self.blocks(k, n), landings=self.landings, keep=keep)
+
+    @property
+    def tensors(self) -> list[str]:
+        """The tensors the pass computes with the whole network (the consumers' inputs and outputs, the sums)."""
+        inputs, outputs = pass_tensors(self.consumers, self.landings or {})
+        return list(dict.fromkeys(inputs + outputs))
 
     def data_fingerprint(self, k: int = 1, n: int = 1) -> str:
         """Fingerprint of the samples of shard ``k`` of ``n`` (computed once: it reads them all)."""
