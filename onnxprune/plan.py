@@ -12,7 +12,7 @@ from onnxprune.analysis.groups import consumer_columns
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
 from onnxprune.costs import CostModel
 from onnxprune.errors import UsageError
-from onnxprune.executor import Executor, LocalExecutor
+from onnxprune.executor import Executor, PoolExecutor
 from onnxprune.graph.normalise import initializer_arrays
 from onnxprune.latency import LatencyCost, LatencyTable
 from onnxprune.residual import landing_gains, output_consumers
@@ -177,8 +177,9 @@ def rank_groups(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, 
     """Channel order and error curve of every prunable group with statistics (the target-independent part of
     :func:`solve`, so that several targets can share it).
 
-    Each group is ranked as one task of ``executor`` (default: in this process; ``onnxprune/executor.py``) that gets
-    only its consumers' statistics and weights; the results come back in group order."""
+    Each group is ranked as one task of ``executor`` (default: worker processes of this machine, one BLAS thread
+    per core; ``onnxprune/executor.py``) that gets only its consumers' statistics and weights, the widest groups
+    first; the results come back in group order."""
     ctx = _context(model, stats, settings)
     gains = _gains(model, analysis, ctx.stats, ctx.settings)
     todo = [(i, g) for i, g in enumerate(analysis.groups)
@@ -187,9 +188,13 @@ def rank_groups(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, 
         progress(len(analysis.groups) - len(todo))
     jobs = [(i, {c.node: ctx.stats[c.node] for c in g.consumers}, {c.weight: ctx.weights[c.weight] for c in g.consumers},
              {c.node: ctx.nodes[c.node] for c in g.consumers}) for i, g in todo]
-    results = (executor or LocalExecutor()).map(_rank_task, jobs, context=(analysis, settings, gains),
-                                                on_done=(lambda _i, _r: progress(1)) if progress else None)
-    return [RankedGroup(g, *result) for (_, g), result in zip(todo, results)]
+    # the largest groups first, so that workers finish together
+    first = sorted(range(len(jobs)), key=lambda k: -sum(s.full.n_features ** 3 for s in jobs[k][1].values()))
+    results = (executor or PoolExecutor()).map(_rank_task, [jobs[k] for k in first],
+                                               context=(analysis, settings, gains),
+                                               on_done=(lambda _i, _r: progress(1)) if progress else None)
+    by_job = dict(zip(first, results))
+    return [RankedGroup(g, *by_job[k]) for k, (_, g) in enumerate(todo)]
 
 
 def _rank_task(context, job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,70 @@
+"""Rankings in worker processes of this machine (executor.PoolExecutor): order, errors, BLAS threads, same result."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from onnxprune.analysis import find_groups
+from onnxprune.compress import CompressOptions, first_pass, load_inputs
+from onnxprune.executor import LocalExecutor, PoolExecutor
+from onnxprune.plan import Target, rank_groups
+
+from conftest import SAMPLES
+
+
+def _square_and_pid(offset, item):
+    return item * item + offset, os.getpid()
+
+
+def _blas_threads(_context, _item):
+    from threadpoolctl import threadpool_info
+
+    return [entry["num_threads"] for entry in threadpool_info() if entry["user_api"] == "blas"]
+
+
+def _fails(_context, item):
+    if item == 3:
+        raise ValueError("item 3 is bad")
+    return item
+
+
+def test_results_come_back_in_item_order_from_other_processes():
+    done = []
+    got = PoolExecutor(workers=2).map(_square_and_pid, list(range(10)), context=1,
+                                      on_done=lambda i, r: done.append(i))
+    assert [value for value, _ in got] == [i * i + 1 for i in range(10)]
+    assert sorted(done) == list(range(10))
+    assert {pid for _, pid in got} != {os.getpid()}
+
+
+def test_each_worker_holds_its_share_of_the_blas_threads(monkeypatch):
+    monkeypatch.setattr("onnxprune.executor.cpu_cores", lambda: 4)
+    threads = PoolExecutor(workers=2).map(_blas_threads, [0, 1])
+    assert all(t == [2] * len(t) and t for t in threads)
+
+
+def test_a_worker_error_is_raised_here():
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        PoolExecutor(workers=2).map(_fails, list(range(6)))
+
+
+def test_one_item_runs_here():
+    assert PoolExecutor(workers=2).map(_square_and_pid, [3], context=0) == [(9, os.getpid())]
+
+
+def test_rankings_in_workers_equal_those_in_this_process():
+    model, data = SAMPLES / "zoo" / "resnet_bottleneck.ts.onnx", SAMPLES / "zoo" / "resnet_bottleneck.npz"
+    options = CompressOptions(target=Target("flops", 0.5))
+    loaded = load_inputs(model, data, options)
+    analysis = find_groups(loaded.model, loaded.shapes)
+    stats = first_pass(loaded, analysis, options).collect().total()
+    pooled = rank_groups(loaded.model, analysis, stats, executor=PoolExecutor(workers=2))
+    here = rank_groups(loaded.model, analysis, stats, executor=LocalExecutor())
+    assert len(pooled) == len(here) > 2
+    for a, b in zip(pooled, here):
+        assert a.group.id == b.group.id
+        np.testing.assert_array_equal(a.order, b.order)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-12)
+        np.testing.assert_allclose(a.curve, b.curve, rtol=1e-12)
