@@ -95,6 +95,30 @@ def test_merged_shards_equal_the_whole(planted):
     assert shards[0].n_samples_seen_ == len(X[0::3])  # __add__ leaves its operands alone
 
 
+def test_a_parked_gram_comes_back_bit_for_bit(planted_data):
+    import os
+    import pickle
+
+    X, Y = planted_data[0][:2000], planted_data[1][:2000]
+    stats = LinearStatistics(P, M).partial_fit(X, Y)
+    gram = stats.gram_.copy()
+    stats.park(min_bytes=gram.nbytes + 1)          # below the size: stays
+    assert stats._gram_file is None
+    stats.park(min_bytes=0)
+    path = stats._gram_file
+    assert path and os.path.exists(path) and not stats.keeps_rows
+    clone = pickle.loads(pickle.dumps(stats))       # another process gets the matrix itself
+    assert not os.path.exists(path) and stats._gram_file is None
+    np.testing.assert_array_equal(clone.gram_, gram)
+    stats.park(min_bytes=0)
+    path = stats._gram_file
+    assert os.path.exists(path)
+    merged = LinearStatistics(P, M).partial_fit(X[:1], Y[:1]).merge(stats)   # read back when used
+    assert not os.path.exists(path) and stats._gram_file is None
+    np.testing.assert_array_equal(stats.gram_, gram)
+    assert merged.n_samples_seen_ == 2001
+
+
 def test_arrays_round_trip_through_npz(planted, tmp_path):
     X, Y, _ = planted
     original = LinearStatistics(P, M).partial_fit(X[:500], Y[:500])

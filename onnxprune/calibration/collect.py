@@ -94,6 +94,12 @@ class ConsumerStats:
             self.energy = other.energy.copy() if self.energy is None else self.energy + other.energy
         return self
 
+    def park(self) -> None:
+        """Park the large Gram matrices (:meth:`LinearStatistics.park`) until they are next used."""
+        self.full.park()
+        if self.odd is not None:
+            self.odd.park()
+
     def folds(self):
         """(even, odd) centred statistics, or None when no fold was kept."""
         self.flush()
@@ -168,9 +174,10 @@ Partial = PairwiseSum[dict[str, ConsumerStats]]
 
 
 def merge_blocks(left: dict[str, ConsumerStats], right: dict[str, ConsumerStats]) -> dict[str, ConsumerStats]:
-    """Add the statistics of a later run of blocks into ``left`` (in place) and return it."""
-    for node, entry in right.items():
-        left[node].merge(entry)
+    """Add the statistics of a later run of blocks into ``left`` (in place) and return it; ``right`` is used up,
+    an entry at a time (so that a large node's sums are freed as they are added)."""
+    for node in list(right):
+        left[node].merge(right.pop(node))
     return left
 
 
@@ -332,6 +339,10 @@ class Rows:
                 if progress:
                     progress(len(idx))
             partial.push(block, 1, {k: v.flush() for k, v in stats.items()})
+            for node in partial.nodes:
+                if node.size >= 2:  # it waits two blocks or more for its sibling: its large sums wait on disk
+                    for entry in node.value.values():
+                        entry.park()
         return partial
 
 

@@ -8,6 +8,11 @@ which stays below one (p, p) factorisation up to T ≈ p/8 even with one column 
 """
 from __future__ import annotations
 
+import atexit
+import itertools
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -64,6 +69,19 @@ class CentredStatistics:
         if self.factored:
             return replace(self, F=self.F[:, columns], x_mean=self.x_mean[columns])
         return replace(self, G=self.G[np.ix_(columns, columns)], C=self.C[columns], x_mean=self.x_mean[columns])
+
+
+PARK_BYTES = 32 << 20   # Gram matrices from this size (2 048 columns) are parked while they wait
+_PARKED = itertools.count()
+_FOLDER: list[str] = []
+
+
+def _parking_folder() -> str:
+    """This process's temporary folder for parked Gram matrices, removed when it exits."""
+    if not _FOLDER:
+        _FOLDER.append(tempfile.mkdtemp(prefix="onnxprune-sums-"))
+        atexit.register(shutil.rmtree, _FOLDER[0], True)
+    return _FOLDER[0]
 
 
 def _as_batch(name: str, a: np.ndarray, width: int) -> np.ndarray:
@@ -135,12 +153,44 @@ class LinearStatistics:
         self.sum_sq_y_ = 0.0
         self.rows_x_: np.ndarray | None = np.zeros((0, n_features))
         self.rows_y_: np.ndarray | None = np.zeros((0, n_targets))
-        self.gram_: np.ndarray | None = None
+        self._gram: np.ndarray | None = None
+        self._gram_file: str | None = None   # where a parked Gram matrix waits (see :meth:`park`)
         self.cross_: np.ndarray | None = None
 
     @property
+    def gram_(self) -> np.ndarray | None:
+        """Σxxᵀ (None while rows are kept); a parked one is read back, and its file removed, on first use."""
+        if self._gram_file is not None:
+            path, self._gram_file = self._gram_file, None
+            self._gram = np.load(path)
+            os.unlink(path)
+        return self._gram
+
+    @gram_.setter
+    def gram_(self, value: np.ndarray | None) -> None:
+        if self._gram_file is not None:
+            os.unlink(self._gram_file)
+            self._gram_file = None
+        self._gram = value
+
+    @property
     def keeps_rows(self) -> bool:
-        return self.gram_ is None
+        return self._gram is None and self._gram_file is None
+
+    def park(self, min_bytes: int = PARK_BYTES) -> None:
+        """Move a Gram matrix of at least ``min_bytes`` to a file of this process's temporary folder until it is next
+        used (the same bits come back): a partial sum waiting in the pairwise tree (``calibration/blocks.py``) for
+        its sibling then holds no memory."""
+        if self._gram is None or self._gram.nbytes < min_bytes:
+            return
+        path = os.path.join(_parking_folder(), f"{id(self)}-{next(_PARKED)}.npy")
+        np.save(path, self._gram)
+        self._gram, self._gram_file = None, path
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.update(_gram=self.gram_, _gram_file=None)   # another process cannot read this one's files
+        return state
 
     def partial_fit(self, X: np.ndarray, Y: np.ndarray) -> LinearStatistics:
         """Add a batch of rows X (n, p) and targets Y (n, M)."""
