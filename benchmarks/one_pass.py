@@ -10,8 +10,8 @@ Two comparisons, each on the current checkout, every command a fresh process:
 - The error-correct stage against the calibrate stage of one compress run (from ``--report``), for the YOLOv8
   and PP-OCR detector lookalikes (``sample_models/lookalikes``) on 64 synthetic scenes letterboxed to 480x640.
 
-Peak memory is the largest resident set any stage reached (compress's ``--report`` ``memory`` key) and the
-child's ``ru_maxrss`` for calibrate. Prints the tables and writes them to ``benchmarks/results/one_pass.md``.
+Peak memory is each command's own ``ru_maxrss`` (its largest resident set; compress's ``--report`` has each
+stage's under ``memory``). Prints the tables and writes them to ``benchmarks/results/one_pass.md``.
 
     python benchmarks/one_pass.py [--rounds 1] [--only resnet56,vgg16,yolov8_like,ppocr_det_like]
 
@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,15 +40,18 @@ LOOKALIKES = ROOT / "sample_models" / "lookalikes"
 
 
 def _cli(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and the child's peak resident MiB of ``onnxprune ARGS`` in a fresh process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "onnxprune.cli.main", *args, "-q"], capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"onnxprune {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, (peak if peak > before else float("nan")) / 1024
+    """Wall seconds and the peak resident MiB of ``onnxprune ARGS`` in a fresh process (its own ru_maxrss)."""
+    with tempfile.TemporaryFile("w+") as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "onnxprune.cli.main", *args, "-q"],
+                                stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            errors.seek(0)
+            sys.exit(f"onnxprune {' '.join(args)} failed ({proc.returncode}): {errors.read().strip()}")
+    return wall, usage.ru_maxrss / 1024
 
 
 def _scenes(folder: Path, count: int, size: tuple[int, int]) -> None:
@@ -80,27 +82,26 @@ def _ratio_rows(name: str, model: Path, data: Path, extra: list[str], rounds: in
         cal, cal_peak = _cli(["calibrate", str(model), "--data", str(data), "--shard", "1/1",
                               "-o", str(tmp / f"{name}.stats.npz"), "--force", *extra])
         report = tmp / f"{name}.json"
-        com, _ = _cli(["compress", str(model), "--data", str(data), "--target-flops", "0.5", "--force",
+        com, com_peak = _cli(["compress", str(model), "--data", str(data), "--target-flops", "0.5", "--force",
                        "-o", str(tmp / f"{name}.pruned.onnx"), "--report", str(report), *extra])
         got = json.loads(report.read_text())
-        peaks = got["memory"]["peak_rss_mib"]
         stages = ", ".join(f"{k} {v:.1f}" for k, v in got["timings"].items() if v >= 0.05)
         rows.append(f"| {name} | {r + 1} | {cal:.1f} | {com:.1f} | **{com / cal:.2f}** | {cal_peak:.0f} | "
-                    f"{max(peaks.values()):.0f} | {stages} |")
+                    f"{com_peak:.0f} | {stages} |")
         print(rows[-1], flush=True)
     return rows
 
 
 def _stage_row(name: str, model: Path, folder: Path, tmp: Path) -> str:
     report = tmp / f"{name}.json"
-    wall, _ = _cli(["compress", str(model), "--data", str(folder), "--image-size", "480,640", "--resize",
+    wall, peak = _cli(["compress", str(model), "--data", str(folder), "--image-size", "480,640", "--resize",
                     "letterbox", "--target-flops", "0.5", "--force", "-o", str(tmp / f"{name}.pruned.onnx"),
                     "--report", str(report)])
     got = json.loads(report.read_text())
-    t, peaks = got["timings"], got["memory"]["peak_rss_mib"]
+    t = got["timings"]
     row = (f"| {name} | {t['calibrate']:.1f} | {t.get('error-correct', 0.0):.1f} | "
            f"**{t.get('error-correct', 0.0) / t['calibrate']:.2f}** | {t['solve']:.1f} | {wall:.1f} | "
-           f"{max(peaks.values()):.0f} |")
+           f"{peak:.0f} |")
     print(row, flush=True)
     return row
 

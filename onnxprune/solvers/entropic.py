@@ -65,6 +65,7 @@ class _Term:
     gram: np.ndarray | None = None      # G and C as the dense Λ-step uses them (float32 for wide consumers)
     cross: np.ndarray | None = None
     layout: int = 0                     # k when channel d owns columns [dk, dk + k) (a Conv's layout), else 0
+    active: tuple[np.ndarray, np.ndarray] | None = None  # columns of the latest Λ-step and their G, when not all
     last_step: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
@@ -186,12 +187,21 @@ def _hadamard_block_sum(lt: np.ndarray, term: _Term, n_channels: int) -> np.ndar
         P = np.matmul(lt, lt.T, out=term.work)
         P *= term.gram
         return _block_sum(P, term.channels, n_channels)
+    active, gram = term.active if term.active is not None else (None, term.gram)
+    if active is not None:  # the Λ-step left out the channels at s = 0: their rows of Λ are 0
+        lt = lt[active]
     syrk = scipy.linalg.get_blas_funcs("syrk", (lt,))
     lower = syrk(1.0, lt.T, trans=1).T  # the upper triangle in Fortran order is the lower one in C order
-    lower *= term.gram
-    block = _block_sum(lower, term.channels, n_channels, term.layout)
-    diagonal = np.bincount(term.channels, weights=np.diagonal(lower), minlength=n_channels)
-    return block + block.T - np.diag(diagonal)
+    lower *= gram
+    present = term.channels[::term.layout] if active is None else term.channels[active][::term.layout]
+    local = np.repeat(np.arange(present.size), term.layout)
+    block = _block_sum(lower, local, present.size, term.layout)
+    diagonal = np.bincount(local, weights=np.diagonal(lower), minlength=present.size)
+    if active is None:
+        return block + block.T - np.diag(diagonal)
+    A = np.zeros((n_channels, n_channels))
+    A[np.ix_(present, present)] = block + block.T - np.diag(diagonal)
+    return A
 
 
 def _coupling(terms: list[_Term], lam_t: list[np.ndarray], n_channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +236,9 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
     weight α_j multiplies the whole bracket and cancels from the normal equations, so the step is
     the unweighted S-form ridge solve with ε_Λ,j (doc §4). Scales below 1e-60 are treated as 0:
     that changes L by far less than round-off and keeps subnormal numbers (10× slower LAPACK)
-    out of the factorisation. Factored statistics take the sample-space form (:func:`lowrank.lambda_step`).
+    out of the factorisation. The columns of channels at s = 0 (most of the pruned ones after a few rounds) leave
+    the system: their rows of S G S + ε_Λ I are ε_Λ alone, so the others are solved as a smaller system with the
+    same values. Factored statistics take the sample-space form (:func:`lowrank.lambda_step`).
     """
     s = np.where(w >= _S_MIN, w, 0.0)[term.channels]
     if term.stats.factored:
@@ -234,16 +246,31 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
         term.last_step = (lam_t, s, Q)
         return lam_t
 
+    active = np.flatnonzero(s)
+    if active.size == s.size:
+        gram, cross = term.gram, term.cross
+        term.active = None
+    else:  # rows and columns of s = 0 hold ε_Λ I alone: their Λ rows are 0, the others solve on their own
+        gram, cross, s = term.gram[np.ix_(active, active)], term.cross[active], s[active]
+        term.active = (active, gram)   # for the coupling of this Λ
+    n = s.size
+
     def scaled_gram() -> np.ndarray:
-        scale = s.astype(term.gram.dtype)
-        H = np.multiply(term.gram, scale[:, None], out=term.work)
+        scale = s.astype(gram.dtype)
+        H = np.multiply(gram, scale[:, None], out=term.work.reshape(-1)[:n * n].reshape(n, n))
         H *= scale[None, :]
-        H.flat[:: s.size + 1] += term.eps_lambda
+        H.flat[:: n + 1] += term.eps_lambda
         return H
 
-    L = cholesky_jittered(scaled_gram)
-    rhs = s.astype(term.cross.dtype)[:, None] * term.cross
-    return scipy.linalg.cho_solve((L, True), rhs, overwrite_b=True, check_finite=False)
+    rhs = s.astype(cross.dtype)[:, None] * cross
+    if n:
+        rhs = scipy.linalg.cho_solve((cholesky_jittered(scaled_gram), True), rhs, overwrite_b=True,
+                                     check_finite=False)
+    if n == term.channels.size:
+        return rhs
+    lam_t = np.zeros(term.cross.shape, dtype=rhs.dtype)
+    lam_t[active] = rhs
+    return lam_t
 
 
 # --------------------------------------------------------------------------- w-steps
