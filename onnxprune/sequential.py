@@ -160,9 +160,11 @@ def _refit_task(delta: float | None, job: tuple[ConsumerStats, int, np.ndarray])
     towards its original weights ``w0`` with a validated ridge, or with the fixed ridge ``delta``."""
     entry, n_kept, w0 = job
     cols = np.arange(n_kept)
+    folds = entry.folds() if delta is None else None
+    centred = entry.full.centred_in_place()  # the sums are not needed again: no Gram-sized copy
     if delta is None:
-        return refit_towards(entry.full.centred(), cols, w0, entry.folds())[0]
-    return refit(entry.full.centred(), cols, delta)
+        return refit_towards(centred, cols, w0, folds)[0]
+    return refit(centred, cols, delta)
 
 
 def refit_errors(refits: Mapping[str, Refit], analysis: Analysis) -> dict[int, float]:

@@ -65,7 +65,11 @@ class CentredStatistics:
         return float(np.sum(self.gram_diagonal(columns)))
 
     def restricted(self, columns: np.ndarray) -> CentredStatistics:
-        """The statistics of the given columns only (G_II, C_I, x̄_I; or F_I), gathered once for the fits on them."""
+        """The statistics of the given columns only (G_II, C_I, x̄_I; or F_I), gathered once for the fits on them
+        (these statistics themselves when the columns are all of them, in order)."""
+        columns = np.asarray(columns)
+        if columns.size == self.n_features and np.array_equal(columns, np.arange(self.n_features)):
+            return self
         if self.factored:
             return replace(self, F=self.F[:, columns], x_mean=self.x_mean[columns])
         return replace(self, G=self.G[np.ix_(columns, columns)], C=self.C[columns], x_mean=self.x_mean[columns])
