@@ -182,6 +182,9 @@ def _auto(model: onnx.ModelProto, name: str, shape: tuple, shapes: Mapping[str, 
         return Judge("other", name, outputs, reason="its shape is not known")
     if rank == 2 and shape[1] >= 2:
         return Judge("classes", name, outputs, reason=f"[N, {shape[1]}] class scores")
+    if rank > 2 and shape[1] >= 2 and all(d == 1 for d in shape[2:]):  # Caffe2's [N, 1000, 1, 1] classifier
+        return Judge("classes", name, outputs,
+                     reason=f"[N, {shape[1]}, {', '.join(str(d) for d in shape[2:])}] class scores")
     if rank == 3:
         near = _source(producers, name, _THROUGH)
         far = _source(producers, name, _LAYOUT | {"Add"})
@@ -287,6 +290,11 @@ class Meter:
         return Outcome()
 
 
+def class_scores(y: np.ndarray) -> np.ndarray:
+    """[N, C] scores of an [N, C, 1, ...] output (a classifier that ends in a 1×1 map); other arrays as they are."""
+    return y.reshape(y.shape[0], y.shape[1]) if y.ndim > 2 and all(d == 1 for d in y.shape[2:]) else y
+
+
 class ClassesMeter(Meter):
     """Top-1 agreement over axis 1 (per position for rank > 2), averaged per sample."""
 
@@ -295,6 +303,7 @@ class ClassesMeter(Meter):
         self.n = 0
 
     def update(self, ya, yb):
+        ya, yb = class_scores(ya), class_scores(yb)
         self.agree += float(np.mean(ya.argmax(axis=1) == yb.argmax(axis=1))) * len(ya)
         self.n += len(ya)
 

@@ -170,13 +170,15 @@ def _constant_shapes(graph: onnx.GraphProto) -> dict[str, Shape]:
 
 
 def _forget_symbolic_dims(value_info: onnx.ValueInfoProto) -> None:
-    """Turn symbolic dims into unknown ones, so that inferred values (at the concrete input shapes) merge without
-    conflict."""
+    """Turn symbolic dims, and the -1 or 0 some exporters write for unknown ones, into unknown dims, so that
+    inferred values (at the concrete input shapes) merge without conflict."""
     if value_info.type.WhichOneof("value") != "tensor_type":
         return
     for dim in value_info.type.tensor_type.shape.dim:
         if dim.WhichOneof("value") == "dim_param":
             dim.ClearField("dim_param")
+        elif dim.WhichOneof("value") == "dim_value" and dim.dim_value <= 0:
+            dim.ClearField("dim_value")
 
 
 def _set_dims(value_info: onnx.ValueInfoProto, dims: Sequence[int]) -> None:

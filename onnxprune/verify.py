@@ -9,7 +9,7 @@ import onnx
 
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import OnnxPruneError
-from onnxprune.fidelity_kinds import Judge, choose_judge
+from onnxprune.fidelity_kinds import Judge, choose_judge, class_scores
 from onnxprune.graph.io import check_model, model_inputs
 from onnxprune.runtime import create_session, fixed_batch
 
@@ -84,8 +84,8 @@ def measure_fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, data: C
     batch = fixed_batch(original) or batch_size
     meter = judge.meter()
     classify = judge.kind == "classes"
-    with_labels = classify and data.labels is not None and len(original.graph.output[judged].type.tensor_type.shape.dim) == 2
-    correct_a = correct_b = n = 0
+    with_labels = classify and data.labels is not None
+    correct_a = correct_b = n = labelled = 0
     num, den = [0.0] * len(names), [0.0] * len(names)
     for idx, feed in data.batches(indices, batch):
         outs_a, outs_b = a.run(names, feed), b.run(names, feed)
@@ -98,18 +98,19 @@ def measure_fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, data: C
         del outs_a, outs_b
         n += len(idx)
         meter.update(ya, yb)
-        if with_labels:
+        if with_labels and class_scores(ya).ndim == 2:  # one class per sample (not per position)
             labels = data.labels[np.asarray(idx)]
-            correct_a += int(np.sum(ya.argmax(axis=1) == labels))
-            correct_b += int(np.sum(yb.argmax(axis=1) == labels))
+            labelled += len(idx)
+            correct_a += int(np.sum(class_scores(ya).argmax(axis=1) == labels))
+            correct_b += int(np.sum(class_scores(yb).argmax(axis=1) == labels))
     outcome = meter.result()
     errors = {name: float(np.sqrt(nu / de)) if de > 0 else 0.0 for name, nu, de in zip(names, num, den)}
     return Fidelity(
         samples=n,
         top1_agreement=outcome.headline if classify else None,
         relative_error=errors[names[judged]],
-        accuracy_before=correct_a / n if with_labels else None,
-        accuracy_after=correct_b / n if with_labels else None,
+        accuracy_before=correct_a / labelled if labelled else None,
+        accuracy_after=correct_b / labelled if labelled else None,
         kind=judge.kind,
         output=names[judged],
         metrics=outcome.metrics,

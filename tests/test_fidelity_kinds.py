@@ -251,6 +251,38 @@ def test_auto_sigmoid_map_is_dense_with_threshold_half_and_logits_at_zero():
     assert _judge(coarse, x=(1, 3, 16, 16)).kind == "other"
 
 
+def _caffe2_classifier(tmp_path=None):
+    """Conv -> GlobalAveragePool -> 1x1 Conv: scores [N, 10, 1, 1], as Caffe2's SqueezeNet ends."""
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10, 1, 1])
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Conv", ["g", "w2"], ["y"])]
+    inits = [("w1", rng.normal(size=(16, 3, 3, 3)).astype(np.float32)),
+             ("w2", rng.normal(size=(10, 16, 1, 1)).astype(np.float32))]
+    return _model(nodes, [x], [y], inits)
+
+
+def test_auto_one_by_one_score_map_is_classes(tmp_path):
+    judge = _judge(_caffe2_classifier(), x=(1, 3, 8, 8))
+    assert judge.kind == "classes" and "[N, 10, 1, 1] class scores" in judge.reason
+    meter = ClassesMeter()
+    a = np.eye(10)[[1, 2, 3, 4]][:, :, None, None]
+    b = np.eye(10)[[1, 2, 3, 5]][:, :, None, None]
+    meter.update(a, b)
+    assert meter.result().headline == 0.75
+    # end to end, with labels: top-1 accuracy before and after, as for [N, C] scores
+    path = tmp_path / "caffe2_like.onnx"
+    onnx.save(_caffe2_classifier(), str(path))
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "data.npz", x=rng.normal(size=(60, 3, 8, 8)).astype(np.float32),
+             labels=rng.integers(0, 10, 60))
+    result = compress(path, tmp_path / "data.npz", CompressOptions(target=Target("flops", 0.6), holdout=0.5))
+    fidelity = result.report.fidelity
+    assert fidelity.kind == "classes" and fidelity.top1_agreement is not None
+    assert fidelity.accuracy_before is not None and fidelity.accuracy_after is not None
+
+
 def _yolo_model(v5=False) -> onnx.ModelProto:
     """Concat of boxes [N, 4, A] and sigmoid class scores [N, 2, A] (A = 64), optionally transposed with objectness."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])

@@ -251,3 +251,29 @@ def test_paddle2onnx_style_constants_and_dims(tmp_path, name):
     assert 0.45 <= _macs(result.model, arch) / _macs(load_model(LOOK / name), arch) <= 0.52
     outs = run_model(result.model, _feed(arch, spec.other))
     assert all(np.isfinite(o).all() for o in outs)
+
+
+def test_minus_one_batch_and_one_name_for_height_and_width(tmp_path):
+    """The orientation classifier as paddle2onnx exported it: input [-1, 3, '?', '?'], so a -1 batch and one
+    symbolic name for two sizes (48 x 192 here); both are resolved per position from the data."""
+    model = load_model(LOOK / "ppocr_cls_like.ts.onnx")
+    dims = real_inputs(model)[0].type.tensor_type.shape.dim
+    dims[0].Clear()
+    dims[0].dim_value = -1
+    for dim in dims[2:]:
+        dim.Clear()
+        dim.dim_param = "?"
+    path = tmp_path / "cls_minus_one.onnx"
+    onnx.save(model, path)
+    arch, spec = "ppocr_cls_like", SPECS["ppocr_cls_like"]
+    assert spec.calib[0] != spec.calib[1]
+    options = CompressOptions(target=Target("flops", 0.5), num_samples=8, holdout=0.25, calibration=FAST,
+                              image=_image_options(arch))
+    result = compress(path, LOOK / f"{arch}_calib", options)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert _signature(result.model) == _signature(model)
+    assert result.report.fidelity.kind == "classes"
+    assert result.report.input_shapes == {real_inputs(model)[0].name: (1, 3, *spec.calib)}
+    assert 0.45 <= _macs(result.model, arch) / _macs(load_model(LOOK / "ppocr_cls_like.ts.onnx"), arch) <= 0.52
+    outs = run_model(result.model, _feed(arch, spec.other))
+    assert all(np.isfinite(o).all() for o in outs)
