@@ -108,7 +108,8 @@ def _softmax_last_axis(model: onnx.ModelProto, node: onnx.NodeProto, rank: int) 
 
 
 def _declared(vi: onnx.ValueInfoProto) -> tuple:
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in vi.type.tensor_type.shape.dim)
 
 
 def _shape_of(model: onnx.ModelProto, name: str, shapes: Mapping[str, Sequence[int]]) -> tuple:

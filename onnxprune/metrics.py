@@ -153,7 +153,7 @@ def _static_dims(type_proto: onnx.TypeProto) -> Optional[Shape]:
         return None
     dims = []
     for dim in type_proto.tensor_type.shape.dim:
-        if dim.WhichOneof("value") != "dim_value":
+        if dim.WhichOneof("value") != "dim_value" or dim.dim_value <= 0:   # -1 and 0: unknown
             return None
         dims.append(int(dim.dim_value))
     return tuple(dims)

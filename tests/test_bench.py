@@ -378,3 +378,18 @@ def test_worker_errors_come_back_as_one_line(tmp_path):
         benchmark(path, **FAST)
     result = _invoke(path, "--runs", 2)
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_minus_one_and_zero_dims_are_dynamic():
+    """paddle2onnx writes an unknown batch as -1 (and some exporters 0): a dynamic dim, not a fixed batch."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.bench.inputs import fixed_batch
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [0, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x, z], [y])
+    specs = input_specs(helper.make_model(graph))
+    assert [s.shape for s in specs] == [(None, 3, "?", "?"), (None, 3)]
+    assert fixed_batch(specs) is None

@@ -72,7 +72,10 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             dims: list[Dim] = []
             for dim in ttype.shape.dim:
                 kind = dim.WhichOneof("value")
-                dims.append(int(dim.dim_value) if kind == "dim_value" else (dim.dim_param if kind == "dim_param" else None))
+                if kind == "dim_value" and dim.dim_value > 0:
+                    dims.append(int(dim.dim_value))
+                else:  # a name, or no value (-1 and 0 are how some exporters write an unknown dim)
+                    dims.append(dim.dim_param if kind == "dim_param" else None)
             shape = tuple(dims)
         specs.append(InputSpec(vi.name, shape, _np_dtype(ttype.elem_type)))
     return specs
