@@ -161,7 +161,9 @@ def _refit_task(delta: float | None, job: tuple[ConsumerStats, int, np.ndarray])
     entry, n_kept, w0 = job
     cols = np.arange(n_kept)
     folds = entry.folds() if delta is None else None
-    centred = entry.full.centred_in_place()  # the sums are not needed again: no Gram-sized copy
+    sums = entry.full
+    # the sums are not needed again: centred in their own memory, unless they are a task's read-only arguments
+    centred = sums.centred_in_place() if sums.writeable else sums.centred()
     if delta is None:
         return refit_towards(centred, cols, w0, folds)[0]
     return refit(centred, cols, delta)

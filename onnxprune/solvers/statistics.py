@@ -280,6 +280,12 @@ class LinearStatistics:
             return self._centre_rows(self.rows_x_.copy(), self.rows_y_.copy())
         return self._centre(self.gram_.copy(), self.cross_.copy())
 
+    @property
+    def writeable(self) -> bool:
+        """Whether the sums may be changed in place (not read-only views, such as a Ray task's arguments)."""
+        arrays = (self._gram, self.cross_, self.rows_x_, self.rows_y_, self.sum_x_, self.sum_y_)
+        return all(a.flags.writeable for a in arrays if a is not None)
+
     def centred_in_place(self) -> CentredStatistics:
         """:meth:`centred` computed in the memory of the sums, which are used up: for temporaries such as
         ``full - odd``, it saves a Gram-sized copy. The object must not be used afterwards."""
