@@ -128,7 +128,7 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     store = FrontierStore() if own else store
     try:
         for k, (stage, final) in enumerate(zip(plan_stages.stages, plan_stages.finals)):
-            current = apply_plan(model, analysis, PrunePlan(plan.kept, refits, [])) if refits else pruned
+            current = apply_plan(model, analysis, PrunePlan(plan.kept, refits, []), shapes=False) if refits else pruned
             networks = {ORIGINAL: model, PRUNED: current}
             cut = {net: segments[net][k] for net in networks}
             models = {net: None if cut[net].seeded or not cut[net].outputs else

@@ -17,7 +17,8 @@ from onnxprune.solvers import Refit
 
 
 class _Rewriter:
-    def __init__(self, model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan):
+    def __init__(self, model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan, shapes: bool = True):
+        self.shapes = shapes
         self.model = copy.deepcopy(model)
         self.analysis = analysis
         self.plan = plan
@@ -201,6 +202,8 @@ class _Rewriter:
         self.model.graph.initializer.extend(keep)
         del self.model.graph.value_info[:]
         set_graph_inputs(self.model, real_inputs)
+        if not self.shapes:
+            return
         try:
             self.infer_shapes()
         except Exception:
@@ -222,6 +225,7 @@ class _Rewriter:
             self.model.graph.value_info.extend(extra)
 
 
-def apply_plan(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan) -> onnx.ModelProto:
-    """A new model with the plan's removed channels physically gone and re-fitted weights installed."""
-    return _Rewriter(model, analysis, plan).run()
+def apply_plan(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan, *, shapes: bool = True) -> onnx.ModelProto:
+    """A new model with the plan's removed channels physically gone and re-fitted weights installed; with
+    ``shapes=False`` its intermediate shapes are not inferred (a model only run, as between re-fit stages)."""
+    return _Rewriter(model, analysis, plan, shapes).run()
