@@ -160,9 +160,9 @@ def _refit_task(delta: float | None, job: tuple[ConsumerStats, int, np.ndarray])
     towards its original weights ``w0`` with a validated ridge, or with the fixed ridge ``delta``."""
     entry, n_kept, w0 = job
     cols = np.arange(n_kept)
-    folds = entry.folds() if delta is None else None
-    sums = entry.full
     # the sums are not needed again: centred in their own memory, unless they are a task's read-only arguments
+    folds = entry.folds(use_up=True) if delta is None else None
+    sums = entry.full
     centred = sums.centred_in_place() if sums.writeable else sums.centred()
     if delta is None:
         return refit_towards(centred, cols, w0, folds)[0]

@@ -100,12 +100,14 @@ class ConsumerStats:
         if self.odd is not None:
             self.odd.park()
 
-    def folds(self):
-        """(even, odd) centred statistics, or None when no fold was kept."""
+    def folds(self, use_up: bool = False):
+        """(even, odd) centred statistics, or None when no fold was kept; ``use_up`` centres the odd sums in their
+        own memory (they are not used again)."""
         self.flush()
         if self.odd is None or self.odd.n_samples_seen_ in (0, self.full.n_samples_seen_):
             return None
-        return (self.full - self.odd).centred_in_place(), self.odd.centred()
+        even = (self.full - self.odd).centred_in_place()
+        return even, self.odd.centred_in_place() if use_up and self.odd.writeable else self.odd.centred()
 
     @classmethod
     def of(cls, full: LinearStatistics, odd: LinearStatistics | None = None) -> "ConsumerStats":
