@@ -13,7 +13,7 @@ Two comparisons, each on the current checkout, every command a fresh process:
 Peak memory is each command's own ``ru_maxrss`` (its largest resident set; compress's ``--report`` has each
 stage's under ``memory``). Prints the tables and writes them to ``benchmarks/results/one_pass.md``.
 
-    python benchmarks/one_pass.py [--rounds 1] [--only resnet56,vgg16,yolov8_like,ppocr_det_like]
+    python benchmarks/one_pass.py [--rounds 1] [--only resnet56,vgg16,yolov8_like,ppocr_det_like] [--out FILE]
 
 Time it on a quiet machine: the ratios hold only when nothing else runs.
 """
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=1, help="calibrate/compress pairs per model")
     ap.add_argument("--only", default="resnet56,vgg16,yolov8_like,ppocr_det_like", help="comma-separated rows")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the table is written")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     lines = ["# One-pass error correction: compress against one calibration pass", "",
@@ -147,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             lines.append("")
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
     return 0
 
 
