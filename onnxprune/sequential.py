@@ -25,7 +25,7 @@ from onnx import numpy_helper
 from onnxprune.analysis.model import Analysis, Consumer
 from onnxprune.calibration.collect import CalibrationSettings, ConsumerStats, pass_tensors
 from onnxprune.calibration.frontier import FrontierStore
-from onnxprune.calibration.segments import Segment, schedule, segment_model
+from onnxprune.calibration.segments import Segment, TensorGraph, schedule, segment_model
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.calibration.stage_pass import ORIGINAL, PRUNED, StagePass, stage_blocks
 from onnxprune.executor import LocalExecutor
@@ -116,10 +116,11 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     """
     landings = landings or {}
     plan_stages = _Stages(model, consumers, landings)
-    pruned = apply_plan(model, analysis, PrunePlan(plan.kept, {}, []))
+    pruned = apply_plan(model, analysis, PrunePlan(plan.kept, {}, []), shapes=False)
     segments = {ORIGINAL: plan_stages.original_segments(model, seeded),
                 PRUNED: schedule(pruned, plan_stages.wanted[PRUNED])}
-    types = {ORIGINAL: element_types(model), PRUNED: element_types(pruned)}
+    types = element_types(model)   # pruning changes no element type: one map serves both networks
+    original_graph = TensorGraph(model)
     nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
     w_arrays = {c.weight: numpy_helper.to_array(inits[c.weight]) for c in consumers}
@@ -131,8 +132,9 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
             current = apply_plan(model, analysis, PrunePlan(plan.kept, refits, []), shapes=False) if refits else pruned
             networks = {ORIGINAL: model, PRUNED: current}
             cut = {net: segments[net][k] for net in networks}
+            graphs = {ORIGINAL: original_graph, PRUNED: None}   # the pruned network changes every stage
             models = {net: None if cut[net].seeded or not cut[net].outputs else
-                      segment_model(networks[net], cut[net], types[net]) for net in networks}
+                      segment_model(networks[net], cut[net], types, graphs[net]) for net in networks}
             masks = {c.node: analysis.mask(c.output, plan.kept) for c in stage if c.node in final}
             step = StagePass(model, list(stage), cut, models, read_data=k == 0 and seeded is None, landings=final,
                              output_masks=masks)

@@ -41,6 +41,11 @@ class BlockLayout:
         """Sample range [start, end) of blocks [first, stop)."""
         return min(first * self.block_samples, self.samples), min(stop * self.block_samples, self.samples)
 
+    def batch_numbers(self, first: int, stop: int) -> range:
+        """Numbers of the batches of blocks [first, stop) (batch b holds samples [b·batch, (b + 1)·batch))."""
+        start, end = self.span(first, stop)
+        return range(start // self.batch, -(-end // self.batch))
+
     def shard(self, k: int, n: int) -> tuple[int, int]:
         """Blocks [first, stop) of shard ``k`` of ``n`` (1 <= k <= n <= count): a fixed run of whole blocks."""
         return (k - 1) * self.count // n, k * self.count // n

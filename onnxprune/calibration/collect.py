@@ -314,8 +314,7 @@ class Rows:
         offset = layout.span(first, stop)[0]
         for block in range(first, stop):
             stats: dict[str, ConsumerStats] = {}
-            start, end = layout.span(block, block + 1)
-            for _ in range(-(-(end - start) // layout.batch)):
+            for _ in layout.batch_numbers(block, block + 1):
                 idx, values, sources = next(batches)
                 if offset and settings.max_positions is not None:  # skip the draws of the samples before the run
                     draws = sum(p for c in self.consumers

@@ -189,9 +189,8 @@ class Passes:
                                 None if executor.ship_data else data, indices, dataclasses.replace(settings, threads=1))
         items = []
         for run in runs:
-            start, end = layout.span(*run)
-            numbers = range(start // batch, -(-end // batch))
-            entries = {n: {key: np.array(value) for key, value in store.get(n).items()} for n in numbers}
+            entries = {n: {key: np.array(value) for key, value in store.get(n).items()}
+                       for n in layout.batch_numbers(*run)}
             shipped = self._ship(data, indices, layout, run) if executor.ship_data and stage.read_data else None
             items.append((run, entries, shipped))
         results = executor.map(_stage_task, items, context=context)

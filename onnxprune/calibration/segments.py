@@ -18,7 +18,7 @@ import onnx
 from onnx import helper
 
 from onnxprune.graph.io import copy_fields, model_inputs
-from onnxprune.graph.probe import _node_reads, element_types
+from onnxprune.graph.probe import element_types, node_reads
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,15 @@ class Segment:
     seeded: bool = False
 
 
-class _Graph:
-    """Producers, reads and input dependence of a model's tensors."""
+class TensorGraph:
+    """Producers, reads and input dependence of a model's tensors (built once per model, read by
+    :func:`schedule` and :func:`segment_model`)."""
 
     def __init__(self, model: onnx.ModelProto):
         self.nodes = list(model.graph.node)
         self.inputs = [i.name for i in model_inputs(model)]
         self.producer = {t: k for k, node in enumerate(self.nodes) for t in node.output if t}
-        self.reads = [_node_reads(node) for node in self.nodes]
+        self.reads = [node_reads(node) for node in self.nodes]
         self.dynamic = set(self.inputs)   # tensors whose value depends on a graph input
         for k, node in enumerate(self.nodes):
             if self.reads[k] & self.dynamic:
@@ -72,7 +73,7 @@ def schedule(model: onnx.ModelProto, wanted: Sequence[Collection[str]],
     ``seeded``: the tensors a first calibration pass computed with the whole network; the first stage then runs
     nothing and keeps those of its segment's results it has (a later segment recomputes what it lacks).
     """
-    graph = _Graph(model)
+    graph = TensorGraph(model)
     missing = [t for want in wanted for t in want if t not in graph.producer and t not in graph.inputs]
     if missing:
         raise ValueError(f"no node of the model computes {missing[0]!r}.")
@@ -104,11 +105,13 @@ def schedule(model: onnx.ModelProto, wanted: Sequence[Collection[str]],
     return segments
 
 
-def segment_model(model: onnx.ModelProto, segment: Segment, types: dict[str, int] | None = None) -> onnx.ModelProto:
+def segment_model(model: onnx.ModelProto, segment: Segment, types: dict[str, int] | None = None,
+                  graph: TensorGraph | None = None) -> onnx.ModelProto:
     """A model that computes ``segment.outputs`` from ``segment.inputs`` with the nodes and weights of ``model``
-    (the same network as the schedule's, possibly with other weights or a re-fitted consumer's bias node)."""
+    (the same network as the schedule's, possibly with other weights or a re-fitted consumer's bias node);
+    ``types`` are the element types of its tensors and ``graph`` its :class:`TensorGraph`, when already at hand."""
     types = element_types(model) if types is None else types
-    graph = _Graph(model)
+    graph = TensorGraph(model) if graph is None else graph
     there = set(segment.inputs)
     nodes = graph.walk(segment.outputs, there)
     needed = {t for n in nodes for t in graph.reads[n]}

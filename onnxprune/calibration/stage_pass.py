@@ -61,7 +61,7 @@ def stage_blocks(stage: StagePass, store: FrontierStore, data: CalibrationData, 
 
     def run() -> Iterator[tuple[np.ndarray, dict, dict]]:
         feeds = prefetched(data.batches(indices[start:end], batch)) if stage.read_data else None
-        for number in range(start // batch, -(-end // batch)):
+        for number in layout.batch_numbers(first, stop):
             idx = indices[number * batch:min((number + 1) * batch, end)]
             kept = store.get(number)
             feed = next(feeds)[1] if feeds is not None else {}

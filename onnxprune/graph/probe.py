@@ -40,7 +40,7 @@ def probe_model(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto
     for node in reversed(model.graph.node):
         if needed.intersection(node.output):
             keep.append(node)
-            needed.update(_node_reads(node))
+            needed.update(node_reads(node))
     out = onnx.ModelProto()
     copy_fields(model, out, skip="graph")  # only the weights the kept nodes read are copied
     graph = out.graph
@@ -55,13 +55,13 @@ def probe_model(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto
     return out
 
 
-def _node_reads(node: onnx.NodeProto) -> set[str]:
+def node_reads(node: onnx.NodeProto) -> set[str]:
     """Every tensor a node reads, including outer-scope names used inside its subgraphs (If, Loop, Scan)."""
     reads = {i for i in node.input if i}
     for attr in node.attribute:
         for graph in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
             for inner in graph.node:
-                reads |= _node_reads(inner)
+                reads |= node_reads(inner)
     return reads
 
 
