@@ -1,4 +1,6 @@
-"""The core issue's checks on real models made by others (needs ../shared/data).
+"""Checks on real models made by others (needs ../shared/data).
+
+Core table (``--part core``):
 
 - mnist-cntk.onnx: calibrate on the first 1 000 MNIST test digits (.npz keyed Input3),
   --target-params 0.5; top-1 on the other 9 000.
@@ -6,13 +8,22 @@
   --target-flops 0.5; top-1 on the 10 000 JPEG test images.
 - keep-all (--target-params 1.0) on both: largest relative output difference.
 
-    python benchmarks/real_models.py [--extra "--independent"]
+Third-party exports (``--part exports``, ``../shared/data/real/``): each model is compressed on its
+``*.calib.npz`` at every ``--targets`` fraction of the multiply-adds (``--holdout 0``: the test split is apart) and
+judged against the original on its ``*.test.npz``, never calibrated on, the way ``--fidelity auto`` judges it
+(boxes F1 for the YOLOv8 detector, IoU of the thresholded maps for the text detectors, identical decoded lines
+for the recogniser, top-1 agreement for the classifier); beside it the compress stages' seconds (from
+``--report``) and solve / calibrate.
 
-Prints a table and writes it to benchmarks/results/real_models.md.
+    python benchmarks/real_models.py [--part core|exports|all] [--targets 0.8,0.6,0.5] [--only NAME,...]
+                                     [--extra "--independent"]
+
+Prints the tables and writes them to benchmarks/results/real_models.md and real_exports.md.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
@@ -48,12 +59,82 @@ def keep_all_difference(original: Path, pruned: Path, feed: dict[str, np.ndarray
     return float(np.linalg.norm(a - b) / np.linalg.norm(a))
 
 
+# name, model file, data files' stem (the PP-OCRv3 detector reads the v5 detector's pages)
+EXPORTS = [("yolov8n_doclaynet", "yolov8n_doclaynet.onnx", "yolov8n_doclaynet"),
+           ("ppocrv5_mobile_det", "ppocrv5_mobile_det.onnx", "ppocrv5_mobile_det"),
+           ("ppocrv3_det", "ppocrv3_det.onnx", "ppocrv5_mobile_det"),
+           ("ppocrv5_mobile_rec", "ppocrv5_mobile_rec.onnx", "ppocrv5_mobile_rec"),
+           ("efficientnet_lite0", "efficientnet_lite0.onnx", "efficientnet_lite0")]
+STAGES = ("calibrate", "solve", "error-correct")
+
+
+def export_row(name: str, model: Path, calib: Path, test: Path, target: float, tmp: Path, extra: list[str]) -> str:
+    """Compress ``model`` at ``target`` of its multiply-adds and judge it against the original on ``test``."""
+    import onnx
+
+    from onnxprune.calibration.sources import open_data
+    from onnxprune.compress import input_specs
+    from onnxprune.verify import measure_fidelity
+
+    out, report = tmp / f"{name}_{target:g}.onnx", tmp / f"{name}_{target:g}.json"
+    secs, proc = compress_cli(model, calib, out, ["--target-flops", f"{target:g}", "--holdout", "0",
+                                                  "--report", str(report), *extra])
+    if proc.returncode:
+        return f"| {name} | {target:g} | failed: {proc.stderr.strip().splitlines()[-1]} | | | | | |"
+    facts = json.loads(report.read_text())
+    original = onnx.load(str(model))
+    data = open_data(test, input_specs(original))
+    fid = measure_fidelity(original, onnx.load(str(out)), data, range(len(data)), batch_size=16)
+    stages = [facts["timings"].get(stage, 0.0) for stage in STAGES]
+    kept = facts["flops"]["after"] / facts["flops"]["before"]
+    ratio = stages[1] / stages[0] if stages[0] else float("nan")
+    return (f"| {name} | {target:g} | {kept:.1%} | {fid.headline_name or '1 - rel. error'} {fid.headline:.3f} | "
+            f"{fid.relative_error:.3f} | {' / '.join(f'{t:.0f}' for t in stages)} | {ratio:.2f} | {secs:.0f} |")
+
+
+def exports_table(targets: list[float], only: set[str] | None, extra: list[str]) -> str:
+    """The third-party exports' fidelity and compress stages at each target (module docstring)."""
+    real = require_shared() / "real"
+    head = ("| model | target MACs | kept | fidelity on the test split vs the original | relative output error | "
+            "calibrate / solve / error-correct (s) | solve / calibrate | compress wall (s) |\n"
+            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    rows = [head]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model, stem in EXPORTS:
+            if only and name not in only:
+                continue
+            for target in targets:
+                rows.append(export_row(name, real / model, real / f"{stem}.calib.npz", real / f"{stem}.test.npz",
+                                       target, Path(tmp), extra))
+                print(rows[-1], flush=True)
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description="core-issue checks on the real models")
-    ap.add_argument("--extra", default="", help="extra compress options for both models, quoted")
+    ap = argparse.ArgumentParser(description="checks on the real models")
+    ap.add_argument("--part", choices=("core", "exports", "all"), default="all")
+    ap.add_argument("--targets", default="0.8,0.6,0.5", help="fractions of the multiply-adds for the exports")
+    ap.add_argument("--only", default="", help="comma-separated export names (default: all)")
+    ap.add_argument("--extra", default="", help="extra compress options for every run, quoted")
     args = ap.parse_args()
-    shared = require_shared()
     extra = shlex.split(args.extra)
+    suffix = "" if not extra else "_extra"
+    if args.part in ("exports", "all"):
+        targets = [float(t) for t in args.targets.split(",")]
+        table = exports_table(targets, set(filter(None, args.only.split(","))), extra)
+        cmd = f"python benchmarks/real_models.py --part exports --targets {args.targets}" + \
+            (f" --only {args.only}" if args.only else "") + (f' --extra "{args.extra}"' if args.extra else "")
+        out = ROOT / "benchmarks" / "results" / f"real_exports{suffix}.md"
+        out.write_text(f"# Third-party exports: fidelity on held-out test inputs and compress stages\n\n`{cmd}`; "
+                       f"2-core x86_64, each compress a fresh process\n\n{table}")
+        print(f"wrote {out}")
+    if args.part in ("core", "all"):
+        core_table(extra, args.extra)
+
+
+def core_table(extra: list[str], extra_text: str) -> None:
+    """mnist-cntk and the CIFAR tutorial CNN at half their parameters / multiply-adds, and keep-all."""
+    shared = require_shared()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -87,7 +168,7 @@ def main() -> None:
     table = head + "\n".join("| " + " | ".join(r) + " |" for r in rows)
     table += f"\n\nkeep-all (--target-params 1.0) relative output difference: mnist-cntk {diff_mnist:.1e}, " \
              f"cifar10-tutorial-cnn {diff_cifar:.1e}\n"
-    cmd = "python benchmarks/real_models.py" + (f' --extra "{args.extra}"' if args.extra else "")
+    cmd = "python benchmarks/real_models.py --part core" + (f' --extra "{extra_text}"' if extra_text else "")
     print(table)
     out = ROOT / "benchmarks" / "results" / ("real_models.md" if not extra else "real_models_extra.md")
     out.write_text(f"# Core checks on real models\n\n`{cmd}`\n\n{table}")
