@@ -76,6 +76,9 @@ from onnxprune.runtime import cpu_cores
 @click.option("--output-weight", type=click.FloatRange(min=0.0), default=2.0, show_default=True, metavar="W",
               help="Allocation, expert: weight of the error of a layer that no Conv/Gemm/MatMul follows (the "
                    "classifier); no later re-fit can absorb it. 1 treats it like any other layer.")
+@click.option("--wide-head-weight", type=click.FloatRange(min=0.0), default=32.0, show_default=True, metavar="W",
+              help="Allocation, expert: --output-weight for such a last layer with 1000 or more outputs (a wide "
+                   "class head: ImageNet classes, CTC characters), whose top class survives less of its error.")
 @click.option("--min-keep", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, metavar="F",
               help="Keep at least this share of every group's channels (0..1); a group never drops to zero.")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -111,7 +114,7 @@ from onnxprune.runtime import cpu_cores
                                                   "internal error, print its traceback.")
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_latency, latency_batch,
              latency_runs, target_fidelity, fidelity, method, rho, tau, threshold, ridge, no_refit,
-             independent, residual_power, output_weight, min_keep, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions,
+             independent, residual_power, output_weight, wide_head_weight, min_keep, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions,
              provider, stats_files, cache_dir, memory_budget, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
              ray_address=None, ray_ship_data=False) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
@@ -137,7 +140,8 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
     options = CompressOptions(
         target=target,
         solver=SolverSettings(method=method, rho=rho, tau=tau, theta=threshold, delta=delta, refit=not no_refit, seed=seed,
-                              residual_power=residual_power, output_weight=output_weight),
+                              residual_power=residual_power, output_weight=output_weight,
+                              wide_head_weight=wide_head_weight),
         calibration=calibration_settings(batch_size, max_positions, seed, provider),
         image=image,
         num_samples=num_samples,

@@ -45,6 +45,7 @@ class SolverSettings:
     seed: int = 0
     residual_power: float = 2.0         # a residual block's error counts gain**power (gain = c0/E(sum))
     output_weight: float = 2.0          # error weight of the consumers nothing linear follows (the classifier)
+    wide_head_weight: float = 32.0      # that weight instead for such a consumer with >= WIDE_HEAD outputs
 
 
 @dataclass(frozen=True)
@@ -205,14 +206,21 @@ def _rank_task(context, job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ranked.scores, ranked.order, ranked.curve
 
 
+WIDE_HEAD = 1000  # outputs from which a last layer counts as a wide class head (ImageNet, CTC characters)
+
+
 def _gains(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
            settings: SolverSettings) -> dict[str, float]:
-    """Each consumer's error weight in the allocation: the residual gain**power, times the output weight."""
+    """Each consumer's error weight in the allocation: the residual gain**power, times the output weight (the
+    wide-head weight for a last layer of at least ``WIDE_HEAD`` outputs: the more classes, the less of its
+    relative error the top class survives; PP-OCRv5's recogniser, 18 385 CTC characters, at half its
+    multiply-adds: 32 % of its test lines decoded identically at weight 2, 64 % at 8, 88 % at 32)."""
     gains = landing_gains(analysis, {node: s.gain ** settings.residual_power
                                      for node, s in stats.items() if s.gain is not None})
     consumers = [c for g in analysis.groups for c in g.consumers]
     for node in output_consumers(model, consumers):
-        gains[node] = gains.get(node, 1.0) * settings.output_weight
+        wide = node in stats and stats[node].full.n_targets >= WIDE_HEAD
+        gains[node] = gains.get(node, 1.0) * (settings.wide_head_weight if wide else settings.output_weight)
     return gains
 
 

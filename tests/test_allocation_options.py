@@ -173,3 +173,40 @@ def test_output_weight_scales_the_error_curve_of_the_classifier_only():
         elif not {c.node for c in a.group.consumers} & last:
             np.testing.assert_array_equal(b.curve, a.curve)
     assert scaled
+
+
+def _wide_head_model(classes: int) -> onnx.ModelProto:
+    """x[N,3,8,8] → Conv 3→6 → Relu → Conv 6→8 → GlobalAveragePool → Flatten → Gemm 8→classes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in
+             [("w1", (6, 3, 3, 3)), ("b1", (6,)), ("w2", (8, 6, 3, 3)), ("b2", (8,)), ("wf", (classes, 8)),
+              ("bf", (classes,))]]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c2"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="head", transB=1)]
+    graph = helper.make_graph(nodes, "wide_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, classes])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("classes, wide", [(1000, True), (10, False)])
+def test_a_last_layer_of_a_thousand_outputs_takes_the_wide_head_weight(tmp_path, classes, wide):
+    model = _wide_head_model(classes)
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(1).standard_normal((64, 3, 8, 8)).astype(np.float32))
+    data = open_data(tmp_path / "x.npz", input_specs(model))
+    analysis = find_groups(model, static_shapes(model, {"x": (1, 3, 8, 8)}))
+    consumers = [c for g in analysis.groups if g.prunable for c in g.consumers]
+    stats = collect_statistics(model, consumers, data, range(64), CalibrationSettings())
+    base = rank_groups(model, analysis, stats, SolverSettings(output_weight=1.0, wide_head_weight=1.0))
+    heavy = rank_groups(model, analysis, stats, SolverSettings(output_weight=3.0, wide_head_weight=7.0))
+    head = [(a, b) for a, b in zip(base, heavy) if {c.node for c in a.group.consumers} == {"head"}]
+    assert len(head) == 1
+    (a, b), = head
+    np.testing.assert_allclose(b.curve, (7.0 if wide else 3.0) * a.curve)
+    other = [(a, b) for a, b in zip(base, heavy) if "head" not in {c.node for c in a.group.consumers}]
+    assert other and all(np.array_equal(a.curve, b.curve) for a, b in other)
