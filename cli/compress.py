@@ -79,6 +79,10 @@ from onnxprune.runtime import cpu_cores
 @click.option("--wide-head-weight", type=click.FloatRange(min=0.0), default=32.0, show_default=True, metavar="W",
               help="Allocation, expert: --output-weight for such a last layer with 1000 or more outputs (a wide "
                    "class head: ImageNet classes, CTC characters), whose top class survives less of its error.")
+@click.option("--allocate-by", type=click.Choice(["layers", "outputs"]), default="layers", show_default=True,
+              help="Allocation: weigh each group by its consumers' re-fit errors (layers), or by those scaled by "
+                   "its measured reach to the model's outputs (outputs: each group cut alone to half its channels, "
+                   "the thinned model run on 16 held-out or calibration samples; one rewrite and run per group).")
 @click.option("--min-keep", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, metavar="F",
               help="Keep at least this share of every group's channels (0..1); a group never drops to zero.")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -114,7 +118,7 @@ from onnxprune.runtime import cpu_cores
                                                   "internal error, print its traceback.")
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_latency, latency_batch,
              latency_runs, target_fidelity, fidelity, method, rho, tau, threshold, ridge, no_refit,
-             independent, residual_power, output_weight, wide_head_weight, min_keep, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions,
+             independent, residual_power, output_weight, wide_head_weight, allocate_by, min_keep, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions,
              provider, stats_files, cache_dir, memory_budget, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
              ray_address=None, ray_ship_data=False) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
@@ -157,6 +161,7 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
         latency=None if target_latency is None else LatencyTarget(
             parse_fraction(target_latency, "--target-latency"), latency_batch, cpu_cores(), latency_runs),
         memory_budget=memory_budget,
+        allocate_by=allocate_by,
     )
     out = output or str(default_output(model))
     with executor_for(ray_address, ray_ship_data, provider) as executor:

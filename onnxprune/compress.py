@@ -38,6 +38,7 @@ from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, Solver
 from onnxprune.report import PruneReport
 from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
+from onnxprune.sensitivity import SAMPLES, calibrate_curves, output_gains
 from onnxprune.sequential import consumer_stages, first_pass_keep, refit_errors, sequential_refit
 from onnxprune.search import search_budget
 from onnxprune.fidelity_kinds import HEADLINE_LABELS, KINDS as FIDELITY_KINDS, choose_judge
@@ -73,6 +74,9 @@ class CompressOptions:
     # bytes of per-batch tensors the error-correcting pass keeps in memory (beyond: memory-mapped temporary files);
     # None: half the memory available when the run starts
     memory_budget: int | None = None
+    # what the allocation weighs groups by: "layers" (their consumers' re-fit errors) or "outputs" (those curves
+    # scaled by each group's measured reach to the model's outputs, onnxprune/sensitivity.py)
+    allocate_by: str = "layers"
     # where the calibration passes and per-group rankings run (None: this process); see onnxprune/executor.py
     executor: Executor | None = field(default=None, compare=False)
 
@@ -180,7 +184,8 @@ def _stage(log: StageLog, name: str) -> Iterator[None]:
 _DOING = {"load": "loading the model and data", "analyse": "analysing the graph", "profile latency": "profiling latency",
           "read statistics": "reading the statistics files", "calibrate": "calibrating", "solve": "solving",
           "error-correct": "re-fitting (error-correcting pass)", "rewrite": "rewriting the graph",
-          "verify": "verifying the pruned model", "save": "saving the model", "bench": "benchmarking"}
+          "verify": "verifying the pruned model",
+          "output reach": "measuring each group's reach to the outputs", "save": "saving the model", "bench": "benchmarking"}
 
 
 @contextlib.contextmanager
@@ -283,6 +288,14 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         with progress("solving", len(analysis.groups)) as bar:
             ranked = rank_groups(model, analysis, stats, options.solver, bar.update,
                                  executor if executor.remote else None) if not skip else []
+    if options.allocate_by == "outputs" and ranked and options.target is not None:
+        sample = (hold_idx if len(hold_idx) >= SAMPLES else calib_idx)[:SAMPLES]
+        with _stage(log, "output reach"), progress("measuring output reach", len(ranked)) as bar:
+            gains = output_gains(model, analysis, ranked, stats, options.solver, data, sample,
+                                 provider=options.calibration.provider, progress=bar.update)
+            ranked = calibrate_curves(ranked, gains)
+        notes.append(f"allocation weighs groups by their measured reach to the outputs ({len(gains)} groups cut to "
+                     f"half alone, on {len(sample)} samples), not by their layer errors alone")
     if error_correct:
         stats = {}  # the error-correcting pass collects its own; free the first pass's Gram matrices
     held = data

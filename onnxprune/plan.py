@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -147,7 +147,6 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
         return PrunePlan(kept, {}, [_outcome(g, kept, None) for g in analysis.groups])
     if ranked is None:
         ranked = rank_groups(model, analysis, stats, settings, progress)
-    ctx = _context(model, stats, settings) if fit_consumers else None
     if not budgeted:
         for r in ranked:
             local = r.scores * r.group.size >= settings.theta
@@ -157,9 +156,16 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
             kept[r.group.classes[~local]] = False
     else:
         kept = _allocate(model, analysis, ranked, target, counts, allocation)
-    refits, errors = ({}, {})
-    if fit_consumers:
-        refits, errors = _refit_groups(ranked, kept, analysis, ctx)
+    if not fit_consumers:
+        return PrunePlan(kept, {}, [_outcome(g, kept, None) for g in analysis.groups])
+    return refit_kept(model, analysis, stats, settings, ranked, kept)
+
+
+def refit_kept(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
+               settings: SolverSettings, ranked: Sequence[RankedGroup], kept: np.ndarray) -> PrunePlan:
+    """The plan that keeps ``kept``, the consumers of ``ranked``'s groups that lost inputs re-fitted from
+    ``stats``."""
+    refits, errors = _refit_groups(ranked, kept, analysis, _context(model, stats, settings))
     return PrunePlan(kept, refits if settings.refit else {}, [_outcome(g, kept, errors.get(g.id)) for g in analysis.groups])
 
 
