@@ -10,8 +10,9 @@ Two comparisons, each on the current checkout, every command a fresh process:
 - The error-correct stage against the calibrate stage of one compress run (from ``--report``), for the YOLOv8
   and PP-OCR detector lookalikes (``sample_models/lookalikes``) on 64 synthetic scenes letterboxed to 480x640.
 
-Peak memory is each command's own ``ru_maxrss`` (its largest resident set; compress's ``--report`` has each
-stage's under ``memory``). Prints the tables and writes them to ``benchmarks/results/one_pass.md``.
+Peak memory: calibrate's own ``ru_maxrss`` (its largest resident set); for compress the largest of its stages'
+peaks (``--report`` ``memory.peak_mib``): compress resets the peak at each stage's start, so its ``ru_maxrss`` at
+exit is only the last stage's. Prints the tables and writes them to ``benchmarks/results/one_pass.md``.
 
     python benchmarks/one_pass.py [--rounds 1] [--only resnet56,vgg16,yolov8_like,ppocr_det_like] [--out FILE]
 
@@ -82,9 +83,10 @@ def _ratio_rows(name: str, model: Path, data: Path, extra: list[str], rounds: in
         cal, cal_peak = _cli(["calibrate", str(model), "--data", str(data), "--shard", "1/1",
                               "-o", str(tmp / f"{name}.stats.npz"), "--force", *extra])
         report = tmp / f"{name}.json"
-        com, com_peak = _cli(["compress", str(model), "--data", str(data), "--target-flops", "0.5", "--force",
+        com, _ = _cli(["compress", str(model), "--data", str(data), "--target-flops", "0.5", "--force",
                        "-o", str(tmp / f"{name}.pruned.onnx"), "--report", str(report), *extra])
         got = json.loads(report.read_text())
+        com_peak = got["memory"]["peak_mib"]
         stages = ", ".join(f"{k} {v:.1f}" for k, v in got["timings"].items() if v >= 0.05)
         rows.append(f"| {name} | {r + 1} | {cal:.1f} | {com:.1f} | **{com / cal:.2f}** | {cal_peak:.0f} | "
                     f"{com_peak:.0f} | {stages} |")
@@ -94,10 +96,11 @@ def _ratio_rows(name: str, model: Path, data: Path, extra: list[str], rounds: in
 
 def _stage_row(name: str, model: Path, folder: Path, tmp: Path) -> str:
     report = tmp / f"{name}.json"
-    wall, peak = _cli(["compress", str(model), "--data", str(folder), "--image-size", "480,640", "--resize",
+    wall, _ = _cli(["compress", str(model), "--data", str(folder), "--image-size", "480,640", "--resize",
                     "letterbox", "--target-flops", "0.5", "--force", "-o", str(tmp / f"{name}.pruned.onnx"),
                     "--report", str(report)])
     got = json.loads(report.read_text())
+    peak = got["memory"]["peak_mib"]
     t = got["timings"]
     row = (f"| {name} | {t['calibrate']:.1f} | {t.get('error-correct', 0.0):.1f} | "
            f"**{t.get('error-correct', 0.0) / t['calibrate']:.2f}** | {t['solve']:.1f} | {wall:.1f} | "

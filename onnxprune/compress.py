@@ -19,7 +19,6 @@ from onnxprune.bench.memory import read_peak_rss, reset_peak_rss
 from onnxprune.bench.profile import cpu_channel_block
 from onnxprune.bench.providers import resolve_providers
 from onnxprune.calibration.cache import StatsCache
-from onnxprune.bench.memory import read_peak_rss, reset_peak_rss
 from onnxprune.calibration.collect import CalibrationSettings, Keep
 from onnxprune.calibration.frontier import FrontierStore
 from onnxprune.calibration.parallel import Passes
@@ -161,7 +160,8 @@ def default_output(model_path: str | os.PathLike) -> Path:
 @dataclass
 class StageLog:
     """Seconds per stage, and the peak resident memory (MiB) seen while each stage ran (VmHWM, reset at its start
-    where Linux allows; else the process's peak so far)."""
+    where Linux allows; else the process's peak so far). The resets reach the process's ru_maxrss too, so what
+    ``/usr/bin/time`` or ``wait4`` report afterwards is the last stage's peak: the run's is the largest here."""
 
     seconds: dict[str, float] = field(default_factory=dict)
     peak_mib: dict[str, float] = field(default_factory=dict)
@@ -357,7 +357,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
         timings=log.seconds, calibration_samples=len(calib_idx), blocked=analysis.blocked, notes=notes,
         bench=bench, latency=latency, input_shapes=input_shapes, executor=executor.report(since),
-        memory={"peak_rss_mib": dict(log.peak_mib), "frontier": store.report()},
+        memory={"peak_mib": max(log.peak_mib.values(), default=None), "peak_rss_mib": dict(log.peak_mib),
+                "frontier": store.report()},
     )
     if not prunable:
         report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")

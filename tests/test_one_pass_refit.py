@@ -213,6 +213,7 @@ def test_memory_budget_option_and_report(tmp_path):
     memory = json.loads((tmp_path / "r.json").read_text())["memory"]
     assert memory["frontier"]["budget_mib"] == 64.0
     assert set(memory["peak_rss_mib"]) >= {"calibrate", "solve", "error-correct"}
+    assert memory["peak_mib"] == max(memory["peak_rss_mib"].values())
     assert all(v > 0 for v in memory["peak_rss_mib"].values())
 
 
