@@ -284,6 +284,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             stats = partial.total()
             if cache is not None:
                 cache.put(first, partial)
+            del partial  # its one node holds ``stats``: the error-correcting pass must be able to free them
     with _stage(log, "solve"):
         with progress("solving", len(analysis.groups)) as bar:
             ranked = rank_groups(model, analysis, stats, options.solver, bar.update,
