@@ -26,6 +26,7 @@ from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSp
 from onnxprune.calibration.store import FirstPass, sum_shards
 from onnxprune.errors import UsageError, during
 from onnxprune.executor import Executor, LocalExecutor
+from onnxprune.graph.input_shapes import known_dim
 from onnxprune.graph.io import check_output_path, load_model, model_inputs, save_model
 from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.graph.precision import refuse_quantised, restore_float16, to_float32
@@ -100,7 +101,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     specs = []
     for inp in model_inputs(model):
         tt = inp.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None) for d in tt.shape.dim)
+        dims = tuple(known_dim(d) or d.dim_param or None for d in tt.shape.dim)
         specs.append(InputSpec(inp.name, onnx_to_numpy_dtype(tt.elem_type), dims))
     return specs
 

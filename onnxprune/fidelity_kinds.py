@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import UsageError
+from onnxprune.graph.input_shapes import known_dim
 
 KINDS = ("auto", "classes", "sequence", "dense", "yolo")
 # what each kind's headline figure (``Fidelity.headline_name``) is called in summaries and figures
@@ -108,8 +109,7 @@ def _softmax_last_axis(model: onnx.ModelProto, node: onnx.NodeProto, rank: int) 
 
 
 def _declared(vi: onnx.ValueInfoProto) -> tuple:
-    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                 for d in vi.type.tensor_type.shape.dim)
+    return tuple(known_dim(d) for d in vi.type.tensor_type.shape.dim)
 
 
 def _shape_of(model: onnx.ModelProto, name: str, shapes: Mapping[str, Sequence[int]]) -> tuple:

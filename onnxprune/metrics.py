@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxprune.graph.input_shapes import concrete_input_shapes
+from onnxprune.graph.input_shapes import concrete_input_shapes, known_dim
 
 __all__ = ["ModelCounts", "count_model", "count_params", "COUNTED_OPS"]
 
@@ -153,9 +153,10 @@ def _static_dims(type_proto: onnx.TypeProto) -> Optional[Shape]:
         return None
     dims = []
     for dim in type_proto.tensor_type.shape.dim:
-        if dim.WhichOneof("value") != "dim_value" or dim.dim_value <= 0:   # -1 and 0: unknown
+        size = known_dim(dim)
+        if size is None:
             return None
-        dims.append(int(dim.dim_value))
+        dims.append(size)
     return tuple(dims)
 
 
@@ -175,10 +176,8 @@ def _forget_symbolic_dims(value_info: onnx.ValueInfoProto) -> None:
     if value_info.type.WhichOneof("value") != "tensor_type":
         return
     for dim in value_info.type.tensor_type.shape.dim:
-        if dim.WhichOneof("value") == "dim_param":
-            dim.ClearField("dim_param")
-        elif dim.WhichOneof("value") == "dim_value" and dim.dim_value <= 0:
-            dim.ClearField("dim_value")
+        if known_dim(dim) is None and dim.WhichOneof("value"):
+            dim.ClearField(dim.WhichOneof("value"))
 
 
 def _set_dims(value_info: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
@@ -194,7 +193,6 @@ def light_copy(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]
     ``input_shapes``), large float weights replaced by typed inputs."""
     concrete = concrete_input_shapes(model, input_shapes)
     graph = model.graph
-    init_names = {init.name for init in graph.initializer}
     input_names = {vi.name for vi in graph.input}
 
     light = onnx.GraphProto(name=graph.name)

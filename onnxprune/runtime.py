@@ -26,13 +26,14 @@ def create_session(model: onnx.ModelProto, provider: str = "cpu", threads: int |
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
     """The static batch size shared by the model's inputs, or None when the batch dimension is dynamic."""
+    from onnxprune.graph.input_shapes import known_dim
     from onnxprune.graph.io import model_inputs
 
     sizes = set()
     for inp in model_inputs(model):
         dims = inp.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            sizes.add(int(dims[0].dim_value))
+        if dims and known_dim(dims[0]) is not None:
+            sizes.add(known_dim(dims[0]))
         else:
             return None
     return sizes.pop() if len(sizes) == 1 else None

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import DataError, UsageError
+from onnxprune.graph.input_shapes import known_dim
 
 __all__ = [
     "InputSpec",
@@ -69,14 +70,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             raise UsageError(f"input '{vi.name}' is not a tensor; onnxprune bench only feeds tensors.")
         shape: Optional[tuple] = None
         if ttype.HasField("shape"):
-            dims: list[Dim] = []
-            for dim in ttype.shape.dim:
-                kind = dim.WhichOneof("value")
-                if kind == "dim_value" and dim.dim_value > 0:
-                    dims.append(int(dim.dim_value))
-                else:  # a name, or no value (-1 and 0 are how some exporters write an unknown dim)
-                    dims.append(dim.dim_param if kind == "dim_param" else None)
-            shape = tuple(dims)
+            shape = tuple(known_dim(dim) or dim.dim_param or None for dim in ttype.shape.dim)
         specs.append(InputSpec(vi.name, shape, _np_dtype(ttype.elem_type)))
     return specs
 

@@ -16,6 +16,11 @@ from onnxprune.graph.io import model_inputs
 Shape = tuple[int, ...]
 
 
+def known_dim(dim: onnx.TensorShapeProto.Dimension) -> int | None:
+    """A dim's size, or None when it is not known: symbolic, unset, or the -1 or 0 some exporters write."""
+    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
 def concrete_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int]] | None = None) -> dict[str, Shape]:
     """Every real input's shape: ``given`` where given, else its static dims with a symbolic batch dim = 1.
 
@@ -31,7 +36,7 @@ def concrete_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[i
         if not tensor.HasField("shape"):
             raise UsageError(f"input '{inp.name}' has unknown rank, so its shape cannot be set.",
                              note=f"give it with --shape {inp.name}:DIMS, e.g. {inp.name}:1x3x224x224")
-        dims = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+        dims = [known_dim(d) for d in tensor.shape.dim]
         if any(d is None for d in dims[1:]):
             raise UsageError(f"input '{inp.name}' has symbolic dims ({dims_text(tensor.shape)}): the multiply-adds "
                              f"of every layer depend on them.",
