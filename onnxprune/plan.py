@@ -162,10 +162,11 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
 
 
 def refit_kept(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
-               settings: SolverSettings, ranked: Sequence[RankedGroup], kept: np.ndarray) -> PrunePlan:
+               settings: SolverSettings, ranked: Sequence[RankedGroup], kept: np.ndarray, *,
+               weights: Mapping[str, np.ndarray] | None = None) -> PrunePlan:
     """The plan that keeps ``kept``, the consumers of ``ranked``'s groups that lost inputs re-fitted from
-    ``stats``."""
-    refits, errors = _refit_groups(ranked, kept, analysis, _context(model, stats, settings))
+    ``stats``; ``weights`` are the model's initializer arrays when a caller re-fits many times."""
+    refits, errors = _refit_groups(ranked, kept, analysis, _context(model, stats, settings, weights))
     return PrunePlan(kept, refits if settings.refit else {}, [_outcome(g, kept, errors.get(g.id)) for g in analysis.groups])
 
 
@@ -230,8 +231,10 @@ def _gains(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consu
     return gains
 
 
-def _context(model: onnx.ModelProto, stats: Mapping[str, ConsumerStats], settings: SolverSettings) -> "_Context":
-    return _Context(initializer_arrays(model), {n.name: n for n in model.graph.node}, stats, settings)
+def _context(model: onnx.ModelProto, stats: Mapping[str, ConsumerStats], settings: SolverSettings,
+             weights: Mapping[str, np.ndarray] | None = None) -> "_Context":
+    return _Context(initializer_arrays(model) if weights is None else weights, {n.name: n for n in model.graph.node},
+                    stats, settings)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import onnx
 from onnxprune.analysis.model import Analysis
 from onnxprune.calibration.collect import ConsumerStats
 from onnxprune.calibration.sources import CalibrationData
+from onnxprune.graph.normalise import initializer_arrays
 from onnxprune.plan import RankedGroup, SolverSettings, refit_kept
 from onnxprune.rewrite.apply import apply_plan
 from onnxprune.runtime import create_session, fixed_batch
@@ -40,15 +41,17 @@ def output_gains(model: onnx.ModelProto, analysis: Analysis, ranked: Sequence[Ra
     feeds = [feed for _, feed in data.batches(indices, batch)]
     reference = create_session(model, provider)
     expected = [reference.run(names, feed) for feed in feeds]
+    energy = _channel_energy(expected)
+    weights = initializer_arrays(model)
     gains: dict[int, float] = {}
     for r in ranked:
         k = _kept_count(r, level)
         if k < r.group.size and r.curve[k] > 0:
             kept = np.ones(analysis.n_classes, dtype=bool)
             kept[r.group.classes[r.order[k:]]] = False
-            thinned = apply_plan(model, analysis, refit_kept(model, analysis, stats, settings, [r], kept), shapes=False)
-            session = create_session(thinned, provider)
-            error = output_error(expected, [session.run(names, feed) for feed in feeds])
+            plan = refit_kept(model, analysis, stats, settings, [r], kept, weights=weights)
+            session = create_session(apply_plan(model, analysis, plan, shapes=False), provider)
+            error = output_error(expected, [session.run(names, feed) for feed in feeds], energy)
             if error > 0:
                 gains[r.group.id] = error / float(r.curve[k])
         if progress:
@@ -56,19 +59,26 @@ def output_gains(model: onnx.ModelProto, analysis: Analysis, ranked: Sequence[Ra
     return gains
 
 
-def output_error(expected: Sequence[Sequence[np.ndarray]], actual: Sequence[Sequence[np.ndarray]]) -> float:
+def output_error(expected: Sequence[Sequence[np.ndarray]], actual: Sequence[Sequence[np.ndarray]],
+                 energy: Sequence[np.ndarray] | None = None) -> float:
     """Relative squared error of the outputs, per output channel (axis 1) and averaged over channels and outputs:
     a YOLO head's class scores then count next to its box coordinates in pixels, whose energy would drown them.
-    ``expected`` and ``actual`` hold the outputs of each batch."""
+    ``expected`` and ``actual`` hold the outputs of each batch; ``energy`` is ``expected``'s per-channel energy
+    when already at hand."""
+    energy = _channel_energy(expected) if energy is None else energy
     errors = []
-    for k in range(len(expected[0])):
-        ref = [np.asarray(outs[k], np.float64) for outs in expected]
-        diff = [np.asarray(outs[k], np.float64) - r for outs, r in zip(actual, ref)]
-        energy, error = (sum(_per_channel(a) for a in arrays) for arrays in (ref, diff))
-        present = energy > 0
+    for k, total in enumerate(energy):
+        error = sum(_per_channel(np.asarray(outs[k], np.float64) - np.asarray(ref[k], np.float64))
+                    for outs, ref in zip(actual, expected))
+        present = total > 0
         if present.any():
-            errors.append(float(np.mean(error[present] / energy[present])))
+            errors.append(float(np.mean(error[present] / total[present])))
     return float(np.mean(errors)) if errors else 0.0
+
+
+def _channel_energy(outputs: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Per output, the sum of squares of each channel (axis 1) over the batches."""
+    return [sum(_per_channel(np.asarray(outs[k], np.float64)) for outs in outputs) for k in range(len(outputs[0]))]
 
 
 def _per_channel(a: np.ndarray) -> np.ndarray:
