@@ -33,7 +33,7 @@ from onnxprune.graph.io import model_inputs
 from onnxprune.graph.probe import element_types
 from onnxprune.plan import PrunePlan, SolverSettings, consumer_weight_matrix
 from onnxprune.residual import Landing
-from onnxprune.rewrite import apply_plan
+from onnxprune.rewrite import apply_plan, install_refits, weight_specs
 from onnxprune.solvers import Refit, refit
 from onnxprune.solvers.shrinkage import refit_towards
 
@@ -116,9 +116,10 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     """
     landings = landings or {}
     plan_stages = _Stages(model, consumers, landings)
-    pruned = apply_plan(model, analysis, PrunePlan(plan.kept, {}, []), shapes=False)
+    current = apply_plan(model, analysis, PrunePlan(plan.kept, {}, []), shapes=False)  # re-fits installed per stage
+    specs = weight_specs(model, analysis)
     segments = {ORIGINAL: plan_stages.original_segments(model, seeded),
-                PRUNED: schedule(pruned, plan_stages.wanted[PRUNED])}
+                PRUNED: schedule(current, plan_stages.wanted[PRUNED])}
     types = element_types(model)   # pruning changes no element type: one map serves both networks
     original_graph = TensorGraph(model)
     nodes = {n.name: n for n in model.graph.node}
@@ -129,7 +130,6 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     store = FrontierStore() if own else store
     try:
         for k, (stage, final) in enumerate(zip(plan_stages.stages, plan_stages.finals)):
-            current = apply_plan(model, analysis, PrunePlan(plan.kept, refits, []), shapes=False) if refits else pruned
             networks = {ORIGINAL: model, PRUNED: current}
             cut = {net: segments[net][k] for net in networks}
             graphs = {ORIGINAL: original_graph, PRUNED: None}   # the pruned network changes every stage
@@ -147,7 +147,10 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
                 jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0))  # X' holds only the kept columns
             done = (LocalExecutor() if passes is None else passes.executor).map(_refit_task, jobs,
                                                                                context=solver.delta)
-            refits.update(zip((c.node for c in stage), done))
+            installed = dict(zip((c.node for c in stage), done))
+            if k + 1 < len(plan_stages.stages):   # the later stages' pruned network runs with them
+                install_refits(current, analysis, plan.kept, installed, specs)
+            refits.update(installed)
             if progress:
                 progress(len(stage))
     finally:

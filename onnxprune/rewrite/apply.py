@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from typing import Mapping
 
 import numpy as np
 import onnx
@@ -17,15 +18,20 @@ from onnxprune.solvers import Refit
 
 
 class _Rewriter:
-    def __init__(self, model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan, shapes: bool = True):
+    """Rewrites ``model`` (a copy of it, or the model itself with ``in_place``); ``weights`` gives the shape and
+    element type of each consumer's original weight (default: ``model``'s own initializers)."""
+
+    def __init__(self, model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan, shapes: bool = True,
+                 in_place: bool = False, weights: Mapping[str, tuple[tuple[int, ...], np.dtype]] | None = None):
         self.shapes = shapes
-        self.model = copy.deepcopy(model)
+        self.model = model if in_place else copy.deepcopy(model)
         self.analysis = analysis
         self.plan = plan
         self.opset = opset_of(model)
         self.nodes = {n.name: n for n in self.model.graph.node}
         self.inits = {i.name: i for i in self.model.graph.initializer}
         self.taken = set(self.inits) | {t for n in self.model.graph.node for t in list(n.input) + list(n.output)}
+        self.weights = weights
 
     # ---- helpers ------------------------------------------------------------------------------
     def mask(self, tensor: str) -> np.ndarray:
@@ -49,11 +55,15 @@ class _Rewriter:
         node.input[index] = name
 
     # ---- passes -------------------------------------------------------------------------------
-    def run(self) -> onnx.ModelProto:
+    def slice_edits(self) -> dict[tuple[str, int], list[SliceInitializer]]:
         by_input: dict[tuple[str, int], list[SliceInitializer]] = defaultdict(list)
         for e in self.analysis.edits:
             if isinstance(e, SliceInitializer):
                 by_input[(e.node, e.input_index)].append(e)
+        return by_input
+
+    def run(self) -> onnx.ModelProto:
+        by_input = self.slice_edits()
         for cons in self.analysis.consumers:
             if cons.node in self.plan.refits:
                 self.install_refit(cons, self.plan.refits[cons.node], by_input)
@@ -83,13 +93,16 @@ class _Rewriter:
     def install_refit(self, cons, fit: Refit, by_input) -> None:
         """Write the re-fitted weights (all outputs, kept inputs) and bias; output slicing follows."""
         node = self.nodes[cons.node]
-        w = self.array(cons.weight)
-        dtype = w.dtype
+        if self.weights is None:
+            w = self.array(cons.weight)
+            shape, dtype = w.shape, w.dtype
+        else:
+            shape, dtype = self.weights[cons.weight]
         coef, bias = fit.coef, fit.intercept
         if cons.op == "Conv":
-            new_w = coef.reshape(w.shape[0], -1, *w.shape[2:])
+            new_w = coef.reshape(shape[0], -1, *shape[2:])
         elif cons.op == "ConvTranspose":  # back from the equivalent Conv's kernel (see consumer_weight_matrix)
-            new_w = np.flip(coef.reshape(w.shape[1], -1, *w.shape[2:]), tuple(range(2, w.ndim))).swapaxes(0, 1)
+            new_w = np.flip(coef.reshape(shape[1], -1, *shape[2:]), tuple(range(2, len(shape)))).swapaxes(0, 1)
         elif cons.op == "Gemm":
             alpha = float(attr(node, "alpha", 1.0))
             new_w = coef / alpha if int(attr(node, "transB", 0)) else (coef / alpha).T
@@ -194,12 +207,16 @@ class _Rewriter:
         else:
             self.put(node, 1, np.asarray(pads, dtype=np.int64))
 
-    def finish(self) -> None:
-        real_inputs = model_inputs(self.model)
+    def drop_unused(self) -> None:
+        """Remove the initializers no node reads any more."""
         used = {t for n in self.model.graph.node for t in n.input}
         keep = [i for i in self.model.graph.initializer if i.name in used]
         del self.model.graph.initializer[:]
         self.model.graph.initializer.extend(keep)
+
+    def finish(self) -> None:
+        real_inputs = model_inputs(self.model)
+        self.drop_unused()
         del self.model.graph.value_info[:]
         set_graph_inputs(self.model, real_inputs)
         if not self.shapes:
@@ -229,3 +246,31 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan, *, s
     """A new model with the plan's removed channels physically gone and re-fitted weights installed; with
     ``shapes=False`` its intermediate shapes are not inferred (a model only run, as between re-fit stages)."""
     return _Rewriter(model, analysis, plan, shapes).run()
+
+
+def weight_specs(model: onnx.ModelProto, analysis: Analysis) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and element type of every consumer's weight in ``model`` (what :func:`install_refits` needs of the
+    original)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return {c.weight: (tuple(inits[c.weight].dims), helper.tensor_dtype_to_np_dtype(inits[c.weight].data_type))
+            for c in analysis.consumers if c.weight in inits}
+
+
+def install_refits(pruned: onnx.ModelProto, analysis: Analysis, kept: np.ndarray, refits: Mapping[str, Refit],
+                   weights: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Install ``refits`` into ``pruned`` in place, without slicing the rest of the graph again.
+
+    ``pruned`` must be what :func:`apply_plan` made of the original for ``kept`` (with re-fits of other consumers
+    or none); it then computes what ``apply_plan`` would give with these re-fits added, up to initializer names.
+    ``weights``: :func:`weight_specs` of the original. The error-correct stages install each stage's re-fits so.
+    """
+    rewriter = _Rewriter(pruned, analysis, PrunePlan(kept, dict(refits), []), shapes=False, in_place=True,
+                         weights=weights)
+    by_input = rewriter.slice_edits()
+    for cons in analysis.consumers:
+        if cons.node in refits:
+            rewriter.install_refit(cons, refits[cons.node], by_input)
+            for index in (1, 2):
+                if (cons.node, index) in by_input:
+                    rewriter.slice_input(rewriter.nodes[cons.node], index, by_input[(cons.node, index)])
+    rewriter.drop_unused()
