@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Protocol
@@ -24,14 +25,16 @@ from onnxprune.calibration.frontier import FrontierStore
 from onnxprune.calibration.parallel import Passes
 from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
 from onnxprune.calibration.store import FirstPass, sum_shards
-from onnxprune.errors import UsageError, during
+from onnxprune.errors import OnnxPruneWarning, UsageError, during
 from onnxprune.executor import Executor, LocalExecutor
 from onnxprune.graph.input_shapes import known_dim
 from onnxprune.graph.io import check_output_path, load_model, model_inputs, save_model
 from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.graph.precision import refuse_quantised, restore_float16, to_float32
 from onnxprune.graph.probe import onnx_to_numpy_dtype
-from onnxprune.latency import ROUNDS, LatencyCost, LatencyTable, LatencyTarget, copies, measure_latency
+from onnxprune.costs import CostModel
+from onnxprune.latency import (ROUNDS, LatencyCheck, LatencyCost, LatencyTarget, check_latency, copies,
+                               measure_latency, uniform_mask)
 from onnxprune.metrics import count_model
 from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, SolverSettings, Target, check_method,
                             check_target, minimum_fraction, rank_groups, solve)
@@ -186,7 +189,13 @@ _DOING = {"load": "loading the model and data", "analyse": "analysing the graph"
           "read statistics": "reading the statistics files", "calibrate": "calibrating", "solve": "solving",
           "error-correct": "re-fitting (error-correcting pass)", "rewrite": "rewriting the graph",
           "verify": "verifying the pruned model",
-          "output reach": "measuring each group's reach to the outputs", "save": "saving the model", "bench": "benchmarking"}
+          "output reach": "measuring each group's reach to the outputs", "save": "saving the model", "bench": "benchmarking",
+          "check latency": "timing the pruned model against the original"}
+# --target-latency: re-prunes after the measured check (at most), the measured shortfall below the target worth one
+# (unless the noise is larger), and the kept share of multiply-adds below which it warns
+RETRIES = 2
+NEAR = 0.02
+COLLAPSE = 0.25
 
 
 @contextlib.contextmanager
@@ -256,11 +265,14 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
     notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
     allocation = options.allocation
+    latency_feeds = None
     if options.latency is not None and not skip:
         allocation = fast_counts(allocation, options.calibration.provider, notes)
+        latency_feeds = timing_feeds(model, loaded, options.latency)
         with _stage(log, "profile latency"), progress("profiling latency", copies() * ROUNDS) as bar:
-            table = profile_latency(model, analysis, loaded, options.latency, options.calibration.provider,
-                                    allocation, bar.update)
+            table = measure_latency(model, analysis, latency_feeds, resolve_providers([options.calibration.provider])[0],
+                                    threads=options.latency.threads, runs=options.latency.runs,
+                                    rounded=allocation.rounded, progress=bar.update)
         allocation = replace(allocation, latency=LatencyBudget(options.latency.fraction, table))
     if (options.target is not None or options.latency is not None) and not skip:
         check_target(model, analysis, options.target, counts, allocation)
@@ -274,9 +286,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         if stats:
             source = f"{len(options.stats_files)} --stats file(s)" if options.stats_files else "the cache"
             notes.append(f"no calibration pass: first-pass statistics from {source}")
-    # the first pass keeps what the first error-correcting stage reads, when one re-fit follows in this process
-    seeded = first.tensors if (error_correct and not skip and not stats and passes is None
-                               and options.target_fidelity is None) else None
+    # the first pass keeps what the first error-correcting stage reads, when a re-fit follows in this process
+    seeded = first.tensors if error_correct and not skip and not stats and passes is None else None
     with _stage(log, "calibrate"):
         if not skip and not stats:
             keep = None if seeded is None else Keep(store, first_pass_keep(model, stats_consumers, landings, seeded))
@@ -307,6 +318,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
 
     def prune(target: Target | None) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
         """Allocate for ``target``, re-fit, rewrite and measure the held-out fidelity."""
+        nonlocal seeded
         with _stage(log, "solve"):
             plan = solve(model, analysis, stats, target=target, counts=counts, settings=options.solver,
                          fit_consumers=not error_correct, allocation=allocation, ranked=ranked)
@@ -316,6 +328,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                     plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
                                                    options.calibration, options.solver, bar.update, landings,
                                                    passes=passes, store=store, seeded=seeded)
+                seeded = None  # the first pass's frontier is spent: a later call starts from the input
                 errors = refit_errors(plan.refits, analysis)
                 for g in plan.groups:
                     if g.id in errors and g.after < g.before:
@@ -328,8 +341,27 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                                         provider=options.calibration.provider, judge=judge)
         return plan, pruned, fidelity
 
+    check: LatencyCheck | None = None   # the measured --target-latency check of the pruning kept
     if options.target_fidelity is None or skip:
         plan, pruned, fidelity = prune(solve_target)
+        if latency_feeds is not None and not plan.kept.all():
+            feeds, provider = timing_feeds(original, loaded, options.latency), options.calibration.provider
+
+            def measure(pruned_model: onnx.ModelProto) -> LatencyCheck:
+                with _stage(log, "check latency"):
+                    return check_latency(original, pruned_model, feeds, resolve_providers([provider])[0],
+                                         threads=options.latency.threads, runs=options.latency.runs)
+
+            def prune_at(budget: float) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
+                nonlocal allocation
+                allocation = replace(allocation, latency=LatencyBudget(budget, allocation.latency.table))
+                return prune(solve_target)
+
+            floor = minimum_fraction(model, analysis, "latency", counts, allocation)
+            budget, check, (plan, pruned, fidelity) = meet_measured_latency(
+                (plan, pruned, fidelity), allocation.latency.fraction, options.latency.fraction, floor, measure,
+                prune_at, notes)
+            allocation = replace(allocation, latency=LatencyBudget(budget, allocation.latency.table))
     else:
         floor = minimum_fraction(model, analysis, "flops", counts, allocation)
         fraction, (plan, pruned, fidelity) = search_budget(
@@ -339,7 +371,13 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                      f"{fraction:.3f} of the original ({_headline_text(fidelity)} measured on the held-out samples)")
     if error_correct and not plan.kept.all():
         notes.append(f"error-correcting re-fit in {len(consumer_stages(model, stats_consumers))} stages")
-    latency = None if allocation.latency is None else predicted_latency(model, analysis, counts, plan, allocation.latency)
+    latency = None
+    if allocation.latency is not None:
+        latency = predicted_latency(model, analysis, counts, plan, allocation.latency, options.latency.fraction,
+                                    check)
+        if (warning := collapse_warning(model, analysis, counts, plan, allocation, latency, fidelity)):
+            notes.append(warning)
+            warnings.warn(warning, OnnxPruneWarning, stacklevel=2)
     after = count_model(pruned, input_shapes)
     size_after = None
     if out_path is not None:
@@ -379,24 +417,91 @@ def fast_counts(allocation: AllocationSettings, provider: str, notes: list[str])
     return replace(allocation, round_to=block, allow_below=True)
 
 
-def profile_latency(model: onnx.ModelProto, analysis: Analysis, loaded: Loaded, target: LatencyTarget, provider: str,
-                    allocation: AllocationSettings, progress: Callable[[int], None] | None = None) -> LatencyTable:
-    """The latency table of ``model`` on ``provider``, profiled on calibration samples at ``target.batch``,
-    thinned with the channel counts ``allocation`` allows."""
+def timing_feeds(model: onnx.ModelProto, loaded: Loaded, target: LatencyTarget) -> dict[str, np.ndarray]:
+    """One batch of ``target.batch`` calibration samples, as --target-latency profiles and checks the models."""
     samples = loaded.data.load([int(i) for i in loaded.calib_idx[:target.batch]])
-    feeds = feeds_for_batch(samples, bench_input_specs(model), target.batch)
-    return measure_latency(model, analysis, feeds, resolve_providers([provider])[0], threads=target.threads,
-                           runs=target.runs, rounded=allocation.rounded, progress=progress)
+    return feeds_for_batch(samples, bench_input_specs(model), target.batch)
 
 
-def predicted_latency(model: onnx.ModelProto, analysis: Analysis, counts, plan: PrunePlan,
-                      budget: LatencyBudget) -> dict:
-    """The latency budget, the original's profiled kernel time and the pruned model's predicted one (ms per run)."""
+def meet_measured_latency(first: tuple, budget: float, wanted: float, floor: float,
+                          measure: Callable[[onnx.ModelProto], LatencyCheck], prune_at: Callable[[float], tuple],
+                          notes: list[str]) -> tuple[float, LatencyCheck, tuple]:
+    """Time the pruning ``first`` (made at the predicted latency ``budget``) and prune again at other budgets
+    (:func:`next_budget`, at most ``RETRIES`` times, never below ``floor``) while the measured ratio misses
+    ``wanted`` by more than its noise; returns (budget, check, pruning) of the least pruned try that met it, else
+    of the fastest, and says what was tried in ``notes``."""
+    tried: list[tuple[float, LatencyCheck, tuple]] = []
+    result = first
+    while True:
+        check = measure(result[1])
+        tried.append((budget, check, result))
+        meets = check.ratio <= wanted + check.noise
+        following = next_budget([(b, c.ratio) for b, c, _ in tried], wanted)
+        if (len(tried) > RETRIES or (meets and check.ratio >= wanted - max(check.noise, NEAR))
+                or not floor <= following <= 1.0 or any(abs(following - b) < NEAR for b, _, _ in tried)):
+            break
+        budget, result = following, prune_at(following)
+    meeting = [t for t in tried if t[1].ratio <= wanted + t[1].noise]
+    kept = max(meeting, key=lambda t: t[0]) if meeting else min(tried, key=lambda t: t[1].ratio)
+    steps = ", ".join(f"{b:.3f} -> {c.ratio:.3f} ± {c.noise:.3f}" for b, c, _ in tried)
+    if not meeting:
+        notes.append(f"--target-latency {wanted:g} missed: the original's latency measured after each pruning "
+                     f"(predicted budget -> measured ratio): {steps}; kept the fastest")
+    elif len(tried) > 1:
+        notes.append(f"--target-latency {wanted:g}: the original's latency measured after each pruning "
+                     f"(predicted budget -> measured ratio): {steps}; kept the one at {kept[0]:.3f}")
+    return kept
+
+
+def next_budget(tried: list[tuple[float, float]], wanted: float) -> float:
+    """The latency budget to try next for a measured ratio of ``wanted``, from the (budget, measured ratio) pairs
+    so far: interpolated between the closest budgets measured on either side of it, else the last budget scaled
+    by how far its measurement missed (when loosening, at most half-way to keeping everything)."""
+    below = [t for t in tried if t[1] <= wanted]
+    above = [t for t in tried if t[1] > wanted]
+    if below and above:
+        (b0, r0), (b1, r1) = max(below), min(above)
+        if r1 > r0 and b1 > b0:
+            return b0 + (wanted - r0) / (r1 - r0) * (b1 - b0)
+    budget, ratio = tried[-1]
+    scaled = budget * wanted / ratio
+    return scaled if scaled <= budget else min(scaled, 0.5 * (budget + 1.0))   # loosen at most half-way to 1
+
+
+def predicted_latency(model: onnx.ModelProto, analysis: Analysis, counts, plan: PrunePlan, budget: LatencyBudget,
+                      target: float, check: LatencyCheck | None) -> dict:
+    """--target-latency in the report: the target, the budget the allocation last met, the original's and the
+    pruned model's predicted ms per run (kernels and session overhead) and, when checked, the measured ones."""
     table = budget.table
-    predicted = LatencyCost(model, analysis, counts, table).evaluate(plan.kept)
-    return {"budget": budget.fraction, "provider": table.provider, "batch": table.batch,
-            "original_ms": round(table.total, 4), "predicted_ms": round(predicted, 4),
-            "predicted_ratio": round(predicted / table.total, 4) if table.total else 1.0}
+    cost = LatencyCost(model, analysis, counts, table)
+    predicted = cost.evaluate(plan.kept)
+    facts = {"target": target, "budget": round(budget.fraction, 4), "provider": table.provider, "batch": table.batch,
+             "original_ms": round(cost.before, 4), "overhead_ms": round(table.overhead, 4),
+             "predicted_ms": round(predicted, 4), "predicted_ratio": round(predicted / cost.before, 4)}
+    if check is not None:
+        facts.update(measured_original_ms=round(check.original_ms, 4), measured_ms=round(check.pruned_ms, 4),
+                     measured_ratio=round(check.ratio, 4), measured_noise=round(check.noise, 4))
+    return facts
+
+
+def collapse_warning(model: onnx.ModelProto, analysis: Analysis, counts, plan: PrunePlan,
+                     allocation: AllocationSettings, latency: dict, fidelity: Fidelity | None) -> str | None:
+    """A warning when --target-latency kept under ``COLLAPSE`` of the multiply-adds: what it cost, what pruning
+    cannot remove at this batch, and the latency predicted at half the multiply-adds instead."""
+    flops = CostModel(model, analysis, counts, "flops")
+    kept = flops.evaluate(plan.kept) / flops.before
+    if kept >= COLLAPSE:
+        return None
+    floor = minimum_fraction(model, analysis, "latency", counts, allocation)
+    half = LatencyCost(model, analysis, counts, allocation.latency.table).evaluate(
+        uniform_mask(analysis, 0.5, allocation.rounded))
+    lost = ("no held-out samples to say what it costs" if fidelity is None else
+            f"{_headline_text(fidelity)} on the held-out samples {fidelity.headline:.1%}")
+    return (f"--target-latency {latency['target']:g} at batch {latency['batch']} kept only {kept:.1%} of the "
+            f"multiply-adds ({lost}): at this batch pruning reaches at best {floor:.3f} of the original's latency "
+            f"(session overhead, reorders and element-wise ops stay), and half the channels of every group is "
+            f"predicted at {half / latency['original_ms']:.3f}; a target near that keeps more of the model"
+            + (", and so may a larger --latency-batch" if latency["batch"] == 1 else ""))
 
 
 def _headline(fidelity: Fidelity | None) -> float:

@@ -11,6 +11,7 @@ factor curve per weight axis, and a pruned model's latency is predicted as the s
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Collection, Mapping, Optional, Sequence
 
@@ -19,7 +20,7 @@ import onnx
 
 from onnxprune.analysis.model import Analysis, ChannelGroup
 from onnxprune.bench.profile import KernelTimes, kernel_times
-from onnxprune.bench.providers import ProviderSpec
+from onnxprune.bench.providers import ProviderSpec, open_session
 from onnxprune.costs import CostModel
 from onnxprune.metrics import ModelCounts, count_model
 
@@ -27,6 +28,7 @@ from onnxprune.metrics import ModelCounts, count_model
 # ones), so that a count far below a block, which still costs the block's padding, is measured, not interpolated
 FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)
 ROUNDS = 3  # every copy is profiled once per round; a layer's time is its median over the rounds
+ROUND_SECONDS = 0.25  # wall-clock timing: the least time each model runs per round
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class LatencyTable:
     batch: int
     total: float                       # all kernels of the original, ms per run
     layers: Mapping[str, LayerCurve]   # Conv/Gemm/MatMul node -> its time under thinning
+    overhead: float = 0.0              # ms per run of session.run outside the kernels (no pruning removes it)
 
     def time(self, node: str, shares: Sequence[float]) -> float:
         """Predicted ms of ``node`` with ``shares`` (0–1) of its weight's sliced axes kept (0 for unknown nodes)."""
@@ -87,6 +90,7 @@ class LatencyTable:
         def pair(c):
             return {"share": c[0].round(4).tolist(), "factor": c[1].round(4).tolist()}
         return {"provider": self.provider, "batch": self.batch, "total_ms": round(self.total, 4),
+                "overhead_ms": round(self.overhead, 4),
                 "layers": {n: {"ms": round(c.ms, 4), "axes": {str(a): pair(v) for a, v in c.axes.items()},
                                "joint": pair(c.joint) if c.joint is not None else None}
                            for n, c in self.layers.items()}}
@@ -193,7 +197,54 @@ def measure_latency(model: onnx.ModelProto, analysis: Analysis, feeds: Mapping[s
     for node, ms in full.items():
         axes, joint = samples.get(node, ({}, []))
         layers[node] = LayerCurve(ms, {a: _curve(p) for a, p in axes.items()}, _curve(joint) if joint else None)
-    return LatencyTable(provider.requested, int(next(iter(feeds.values())).shape[0]) if feeds else 1, total, layers)
+    wall = float(np.median(run_times([model], feeds, provider, threads=threads, runs=runs, rounds=rounds)[0]))
+    return LatencyTable(provider.requested, int(next(iter(feeds.values())).shape[0]) if feeds else 1, total, layers,
+                        overhead=max(wall - total, 0.0))
+
+
+def run_times(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
+              threads: Optional[int] = None, runs: int = 10, rounds: int = ROUNDS, warmup: int = 5,
+              seconds: float = ROUND_SECONDS) -> list[list[float]]:
+    """Wall-clock ms of ``session.run(feeds)`` per model and round: the median of ``runs`` calls, or of as many as
+    take ``seconds`` when that is more (a model that runs in a millisecond is timed over many calls), the models
+    taking turns within each round (after ``warmup`` untimed calls each), so that a burst of load skews a round,
+    not a model."""
+    sessions = [open_session(m.SerializeToString(), provider, threads)[0] for m in models]
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, dict(feeds))
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for session, mine in zip(sessions, times):
+            calls: list[float] = []
+            began = time.perf_counter()
+            while len(calls) < runs or time.perf_counter() - began < seconds:
+                start = time.perf_counter()
+                session.run(None, dict(feeds))
+                calls.append(1e3 * (time.perf_counter() - start))
+            mine.append(float(np.median(calls)))
+    return times
+
+
+@dataclass(frozen=True)
+class LatencyCheck:
+    """The pruned model's measured wall-clock latency against the original's (ms per run, medians over rounds);
+    ``noise``: half the spread of the per-round ratios."""
+
+    original_ms: float
+    pruned_ms: float
+    ratio: float
+    noise: float
+
+
+def check_latency(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
+                  provider: ProviderSpec, *, threads: Optional[int] = None, runs: int = 10,
+                  rounds: int = 5) -> LatencyCheck:
+    """Time both models in interleaved rounds on ``provider`` (:func:`run_times`); their ratio and its noise."""
+    first, second = run_times([original, pruned], feeds, provider, threads=threads, runs=runs, rounds=rounds)
+    ratios = np.array(second) / np.array(first)
+    return LatencyCheck(float(np.median(first)), float(np.median(second)), float(np.median(ratios)),
+                        float(0.5 * (ratios.max() - ratios.min())))
 
 
 def copies(fractions: Sequence[float] = FRACTIONS) -> int:
@@ -208,7 +259,7 @@ class LatencyCost(CostModel):
     def __init__(self, model: onnx.ModelProto, analysis: Analysis, counts: ModelCounts, table: LatencyTable):
         self.table = table
         super().__init__(model, analysis, counts, "flops")
-        self.kind, self.before = "latency", table.total
+        self.kind, self.before = "latency", table.total + table.overhead
 
     def _value(self, t: int, dims: Sequence[float]) -> float:
         return self.table.time(self.term_nodes[t], self.shares(t, dims))

@@ -105,9 +105,13 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
         lines.append(f"target: keep {report.target.fraction:.1%} of {report.target.kind}; achieved {report.achieved(report.target.kind):.1%}")
     if report.latency is not None:
         lat = report.latency
-        lines.append(f"latency: keep {lat['budget']:.1%} on {lat['provider']} at batch {lat['batch']}; predicted "
-                     f"{lat['predicted_ratio']:.1%} ({lat['original_ms']:.2f} -> {lat['predicted_ms']:.2f} ms of kernels "
-                     "per run, onnxruntime's profiler; check with onnxprune bench)")
+        lines.append(f"latency: keep {lat['target']:.1%} on {lat['provider']} at batch {lat['batch']}; predicted "
+                     f"{lat['predicted_ratio']:.1%} ({lat['original_ms']:.2f} -> {lat['predicted_ms']:.2f} ms per run: "
+                     f"kernels from onnxruntime's profiler and {lat['overhead_ms']:.2f} ms of session overhead)")
+        if "measured_ratio" in lat:
+            lines.append(f"latency: measured {lat['measured_ratio']:.1%} ± {lat['measured_noise']:.1%} "
+                         f"({lat['measured_original_ms']:.2f} -> {lat['measured_ms']:.2f} ms per run, wall-clock "
+                         "session.run, the two models in interleaved rounds)")
     fid = report.fidelity
     if fid is not None:
         lines.extend(fidelity_lines(fid))

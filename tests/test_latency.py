@@ -15,7 +15,8 @@ from onnxprune.bench.providers import resolve_providers
 from onnxprune.costs import CostModel
 from onnxprune.graph.io import load_model
 from onnxprune.graph.normalise import normalise, static_shapes
-from onnxprune.latency import LatencyCost, LatencyTable, LayerCurve, measure_latency, two_colours, uniform_mask
+from onnxprune.latency import (LatencyCheck, LatencyCost, LatencyTable, LayerCurve, check_latency, measure_latency,
+                               run_times, two_colours, uniform_mask)
 from onnxprune.metrics import count_model
 from onnxprune.plan import AllocationSettings
 
@@ -254,12 +255,90 @@ def test_compress_meets_flops_and_latency_targets_and_reports_the_prediction(tmp
                       "-o", out, "--report", report])
     assert result.exit_code == 0, result.output
     assert "latency: keep 70.0% on cpu at batch 4; predicted" in result.output
+    assert "latency: measured " in result.output
     doc = json.loads(report.read_text())
-    assert doc["latency"]["batch"] == 4 and doc["latency"]["provider"] == "cpu"
-    assert doc["latency"]["predicted_ratio"] <= 0.7 + 0.02
+    lat = doc["latency"]
+    assert lat["batch"] == 4 and lat["provider"] == "cpu" and lat["target"] == 0.7
+    assert lat["predicted_ratio"] <= lat["budget"] + 0.02 and lat["budget"] <= 0.7
+    assert lat["overhead_ms"] >= 0 and lat["original_ms"] > lat["overhead_ms"]
+    assert lat["measured_ms"] > 0 and lat["measured_original_ms"] > 0 and lat["measured_noise"] >= 0
+    assert lat["measured_ratio"] == pytest.approx(lat["measured_ms"] / lat["measured_original_ms"], rel=0.5)
     assert doc["achieved"]["flops"] <= 0.8
-    assert "profile latency" in doc["timings"]
+    assert {"profile latency", "check latency"} <= set(doc["timings"])
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_check_latency_times_both_models_in_turn():
+    """A model against itself measures about 1; against a copy that does twice the work, more."""
+    model = load_model(LENET)
+    feeds = {model.graph.input[0].name: np.zeros((8, 1, 32, 32), np.float32)}
+    cpu = resolve_providers(["cpu"])[0]
+    same = check_latency(model, model, feeds, cpu, threads=1, runs=5, rounds=3)
+    assert 0.5 < same.ratio < 2.0 and same.noise >= 0 and same.original_ms > 0 and same.pruned_ms > 0
+    times = run_times([model, model], feeds, cpu, threads=1, runs=3, rounds=2)
+    assert len(times) == 2 and all(len(t) == 2 and min(t) > 0 for t in times)
+
+
+def _latency_run(tmp_path):
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    result = run_cli(["compress", RESNET, "--data", RESNET.with_name("resnet_basic.npz"), "--num-samples", 32,
+                      "--target-latency", 0.8, "--latency-runs", 2, "--latency-batch", 4, "-o", out,
+                      "--report", report])
+    assert result.exit_code == 0, result.output
+    return result, json.loads(report.read_text())
+
+
+def test_a_measured_miss_prunes_again_with_a_tighter_budget(tmp_path, monkeypatch):
+    import onnxprune.compress as compress_module
+
+    measured = iter([0.95, 0.5, 0.79])   # a miss, then far below, then close below: the last one is kept
+
+    def fake_check(original, pruned, feeds, provider, **kw):
+        ratio = next(measured)
+        return LatencyCheck(10.0, 10.0 * ratio, ratio, 0.01)
+
+    monkeypatch.setattr(compress_module, "check_latency", fake_check)
+    result, doc = _latency_run(tmp_path)
+    assert "(predicted budget -> measured ratio): 0.800 -> 0.950 ± 0.010, 0.674 -> 0.500 ± 0.010" in result.output
+    tighter = 0.8 * 0.8 / 0.95
+    between = tighter + (0.8 - 0.5) / (0.95 - 0.5) * (0.8 - tighter)
+    assert doc["latency"]["budget"] == pytest.approx(between, abs=1e-3)
+    assert doc["latency"]["measured_ratio"] == 0.79
+
+
+def test_a_pruning_far_below_the_target_is_loosened_and_the_closest_one_that_meets_it_kept(tmp_path, monkeypatch):
+    import onnxprune.compress as compress_module
+
+    measured = iter([0.75, 0.79])   # well below 0.8: pruned again less, which meets it closely
+
+    monkeypatch.setattr(compress_module, "check_latency",
+                        lambda *a, **kw: (lambda r: LatencyCheck(10.0, 10.0 * r, r, 0.005))(next(measured)))
+    result, doc = _latency_run(tmp_path)
+    assert doc["latency"]["budget"] == pytest.approx(0.8 * 0.8 / 0.75, abs=1e-3)
+    assert doc["latency"]["measured_ratio"] == 0.79
+    assert any("0.800 -> 0.750 ± 0.005, 0.853 -> 0.790 ± 0.005; kept the one at 0.853" in n for n in doc["notes"])
+
+
+def test_a_target_still_missed_after_the_retries_says_so(tmp_path, monkeypatch):
+    import onnxprune.compress as compress_module
+
+    calls = []
+    monkeypatch.setattr(compress_module, "check_latency",
+                        lambda *a, **kw: calls.append(1) or LatencyCheck(10.0, 9.9, 0.99, 0.001))
+    result, doc = _latency_run(tmp_path)
+    assert len(calls) <= compress_module.RETRIES + 1
+    assert "--target-latency 0.8 missed: the original's latency measured after each pruning" in " ".join(doc["notes"])
+    assert "-> 0.990 ± 0.001; kept the fastest" in " ".join(doc["notes"])
+
+
+def test_a_latency_target_that_guts_the_model_warns(tmp_path, monkeypatch):
+    import onnxprune.compress as compress_module
+
+    monkeypatch.setattr(compress_module, "COLLAPSE", 1.01)   # any pruning counts as gutting the model here
+    result, doc = _latency_run(tmp_path)
+    warning = [n for n in doc["notes"] if "kept only" in n]
+    assert warning and "onnxprune: warning: --target-latency 0.8 at batch 4 kept only" in result.output
+    assert "pruning reaches at best" in warning[0] and "half the channels of every group is predicted at" in warning[0]
 
 
 @pytest.mark.parametrize("value, message", [("1.5", "must be in (0, 1]"), ("0.001", "cannot be reached")])
@@ -269,3 +348,12 @@ def test_a_latency_target_out_of_reach_is_a_usage_error(tmp_path, value, message
     assert result.exit_code == 4, result.output  # UsageError
     assert message in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_next_budget_scales_then_interpolates_between_the_tries_either_side():
+    from onnxprune.compress import next_budget
+
+    assert next_budget([(0.5, 0.6)], 0.5) == pytest.approx(0.5 * 0.5 / 0.6)
+    assert next_budget([(0.5, 0.587), (0.426, 0.435)], 0.5) == pytest.approx(0.426 + 0.065 / 0.152 * 0.074)
+    assert next_budget([(0.5, 0.4), (0.6, 0.45)], 0.5) == pytest.approx(0.6 * 0.5 / 0.45)  # nothing above yet
+    assert next_budget([(0.5, 0.2)], 0.5) == pytest.approx(0.75)   # loosened at most half-way to 1
