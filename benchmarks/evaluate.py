@@ -74,8 +74,10 @@ def compress_cli(model: str | Path, data: str | Path, out: str | Path,
     return time.perf_counter() - start, proc
 
 
-def accuracy(model_path: str | Path, data_path: str | Path, *, mean=None, std=None, batch: int = 256) -> float:
-    """Top-1 accuracy of a model over all samples of data (an .npz with labels, or a class-folder image tree)."""
+def predictions(model_path: str | Path, data_path: str | Path, *, mean=None, std=None,
+                batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 class of every sample, its label) of a model over labelled data (an .npz with labels, or a
+    class-folder image tree)."""
     import onnx
 
     from onnxprune.calibration.sources import ImageOptions, open_data
@@ -86,11 +88,14 @@ def accuracy(model_path: str | Path, data_path: str | Path, *, mean=None, std=No
     data = open_data(data_path, input_specs(model), image_options=ImageOptions(mean=mean, std=std))
     session = create_session(model)
     size = fixed_batch(model) or batch
-    correct = 0
-    for idx, feed in data.batches(range(len(data)), size):
-        pred = session.run(None, feed)[0].argmax(axis=1)
-        correct += int(np.sum(pred == data.labels[np.asarray(idx)]))
-    return correct / len(data)
+    found = [session.run(None, feed)[0].argmax(axis=1) for _, feed in data.batches(range(len(data)), size)]
+    return np.concatenate(found), np.asarray(data.labels)
+
+
+def accuracy(model_path: str | Path, data_path: str | Path, *, mean=None, std=None, batch: int = 256) -> float:
+    """Top-1 accuracy of a model over all samples of labelled data (see :func:`predictions`)."""
+    found, labels = predictions(model_path, data_path, mean=mean, std=std, batch=batch)
+    return float(np.mean(found == labels))
 
 
 if __name__ == "__main__":

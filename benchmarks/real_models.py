@@ -15,10 +15,14 @@ judged against the original on its ``*.test.npz``, never calibrated on, the way 
 for the recogniser, top-1 agreement for the classifier); beside it the compress stages' seconds (from
 ``--report``) and solve / calibrate.
 
-    python benchmarks/real_models.py [--part core|exports|all] [--targets 0.8,0.6,0.5] [--only NAME,...]
+Compact CIFAR-10 models (``--part compact``, ``sample_models/compact_cifar/``, trained by
+``sample_models/compact_cifar.py``): calibrated on 1 000 train-subset images at every ``--targets`` fraction of the
+multiply-adds; top-1 on the 10 000 test JPEGs before and after, and top-1 agreement with the original.
+
+    python benchmarks/real_models.py [--part core|exports|compact|all] [--targets 0.8,0.6,0.5] [--only NAME,...]
                                      [--extra "--independent"]
 
-Prints the tables and writes them to benchmarks/results/real_models.md and real_exports.md.
+Prints the tables and writes them to benchmarks/results/real_models.md, real_exports.md and compact_cifar.md.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import CIFAR_TUTORIAL, accuracy, compress_cli, require_shared, write_mnist_npz  # noqa: E402
+from evaluate import (CIFAR_RESNET, CIFAR_TUTORIAL, accuracy, compress_cli, predictions, require_shared,  # noqa: E402
+                      write_mnist_npz)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +117,7 @@ def exports_table(targets: list[float], only: set[str] | None, extra: list[str])
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="checks on the real models")
-    ap.add_argument("--part", choices=("core", "exports", "all"), default="all")
+    ap.add_argument("--part", choices=("core", "exports", "compact", "all"), default="all")
     ap.add_argument("--targets", default="0.8,0.6,0.5", help="fractions of the multiply-adds for the exports")
     ap.add_argument("--only", default="", help="comma-separated export names (default: all)")
     ap.add_argument("--extra", default="", help="extra compress options for every run, quoted")
@@ -130,6 +135,49 @@ def main() -> None:
         print(f"wrote {out}")
     if args.part in ("core", "all"):
         core_table(extra, args.extra)
+    if args.part in ("compact", "all"):
+        compact_table([float(t) for t in args.targets.split(",")], extra, args)
+
+
+COMPACT = ROOT / "sample_models" / "compact_cifar"
+
+
+def compact_table(targets: list[float], extra: list[str], args: argparse.Namespace) -> None:
+    """The compact CIFAR-10 models trained by ``sample_models/compact_cifar.py`` at each fraction of their
+    multiply-adds: top-1 on the 10 000 test JPEGs before and after, and agreement with the original."""
+    import onnx
+
+    from onnxprune.metrics import count_model
+
+    shared = require_shared()
+    images, testset = shared / "cifar10" / "train-subset", shared / "cifar10" / "test"
+    options = ["--num-samples", "1000", "--mean", ",".join(map(str, CIFAR_RESNET["mean"])),
+               "--std", ",".join(map(str, CIFAR_RESNET["std"]))]
+    rows = ["| model | parameters | target MACs | kept | top-1 before | top-1 after | top-1 agreement | "
+            "compress (s) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    only = set(filter(None, args.only.split(",")))
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in sorted(COMPACT.glob("*.onnx")):
+            if only and model.stem not in only:
+                continue
+            before = count_model(onnx.load(str(model)))
+            top1, labels = predictions(model, testset, **CIFAR_RESNET)
+            for target in targets:
+                out = Path(tmp) / f"{model.stem}_{target:g}.onnx"
+                secs = compress(model, images, out, [*options, "--target-flops", f"{target:g}", *extra])
+                kept = count_model(onnx.load(str(out))).flops / before.flops
+                after, _ = predictions(out, testset, **CIFAR_RESNET)
+                rows.append(f"| {model.stem} | {before.params / 1e3:.0f} k | {target:g} | {kept:.1%} | "
+                            f"{np.mean(top1 == labels):.2%} | {np.mean(after == labels):.2%} | "
+                            f"{np.mean(after == top1):.2%} | {secs:.0f} |")
+                print(rows[-1], flush=True)
+    cmd = (f"python benchmarks/real_models.py --part compact --targets {args.targets}" +
+           (f" --only {args.only}" if args.only else "") + (f' --extra "{args.extra}"' if args.extra else ""))
+    out = ROOT / "benchmarks" / "results" / ("compact_cifar.md" if not extra else "compact_cifar_extra.md")
+    out.write_text(f"# Compact CIFAR-10 models at a share of their multiply-adds\n\n`{cmd}`; calibration: 1 000 "
+                   "images of train-subset (the README's CIFAR normalisation); test: the 10 000 test JPEGs\n\n"
+                   + "\n".join(rows) + "\n")
+    print(f"wrote {out}")
 
 
 def core_table(extra: list[str], extra_text: str) -> None:

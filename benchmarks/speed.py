@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,12 +36,13 @@ TARGETS = {"flops 0.5": ["--target-flops", "0.5"], "latency 0.5": ["--target-lat
 
 
 def _cases() -> dict[str, tuple[Path, Path, list[str], Path | None]]:
-    """name -> (model, calibration data, compress options, test data for the fidelity or None for CIFAR top-1)."""
+    """name -> (model, calibration data, compress options, test data for the fidelity, or None: CIFAR top-1 for
+    ResNet-56, compress's held-out figure for the lookalike)."""
     real = SHARED / "real"
     cases = {"resnet56": (SHARED / "models" / "resnet56-cifar10.onnx", SHARED / "cifar10" / "train-subset", CIFAR,
                           None),
              "yolov8_like": (LOOKALIKES / "yolov8_like.ts.onnx", LOOKALIKES / "yolov8_like_calib",
-                             ["--image-size", "480,640", "--resize", "letterbox"], None)}
+                             ["--image-size", "480,640", "--resize", "letterbox"], None)}   # timed at 480x640
     for name, stem in (("ppocrv5_mobile_det", "ppocrv5_mobile_det"), ("ppocrv3_det", "ppocrv5_mobile_det"),
                        ("ppocrv5_mobile_rec", "ppocrv5_mobile_rec"), ("yolov8n_doclaynet", "yolov8n_doclaynet")):
         cases[name] = (real / f"{name}.onnx", real / f"{stem}.calib.npz", ["--holdout", "0"],
@@ -66,11 +68,27 @@ def _fidelity(name: str, original: Path, pruned: Path, test: Path | None, report
     return f"{fid.headline_name or '1 - rel. error'} {fid.headline:.3f}"
 
 
-def _ratios(original: Path, pruned: Path, batches: tuple[int, ...], runs: int) -> dict[int, float | None]:
-    from onnxprune.bench.compare import BenchSettings, compare_models
+def _timed_shapes(name: str, calib: Path) -> dict[str, tuple[int, ...]] | None:
+    """The input shape the models are timed at (batch 1; bench sets the batch): the calibration data's size, for
+    the exports and the lookalike whose height and width are dynamic."""
+    if name == "yolov8_like":
+        return {"images": (1, 3, 480, 640)}
+    if calib.suffix == ".npz":
+        with np.load(calib) as data:
+            return {key: (1, *data[key].shape[1:]) for key in data.files}
+    return None
 
-    comparison = compare_models(original, pruned, settings=BenchSettings(batches=batches, runs=runs, warmup=5))
-    return {row["batch"]: row["latency_ratio"] for row in comparison.ratios()}
+
+def _ratios(original: Path, pruned: Path, batches: tuple[int, ...], runs: int,
+            shapes: dict[str, tuple[int, ...]] | None) -> dict[int, float | None]:
+    """p50 ratio pruned/original per batch size (None where the model's batch is fixed at another size)."""
+    from onnxprune.bench.compare import BenchSettings, Comparison
+    from onnxprune.bench.measure import benchmark_models
+
+    settings = BenchSettings(batches=batches, runs=runs, warmup=5)
+    results = benchmark_models([original, pruned], batches=batches, runs=runs, warmup=5, rounds=settings.rounds,
+                               shapes=shapes)
+    return {row["batch"]: row["latency_ratio"] for row in Comparison(*results, "cpu", settings).ratios()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 report = json.loads(report_path.read_text())
                 kept = report["flops"]["after"] / report["flops"]["before"]
-                ratios = _ratios(model, out, batches, args.runs)
+                shapes = _timed_shapes(name, calib)
+                ratios = _ratios(model, out, batches, args.runs, shapes)
                 lat = report.get("latency") or {}
                 check = (f"{lat['predicted_ratio']:.3f} / {lat['measured_ratio']:.3f}" if "measured_ratio" in lat
                          else "—")
