@@ -385,7 +385,8 @@ def machines_seen(doc: dict) -> list[str]:
 
 
 def render(doc: dict, command: str) -> str:
-    """RESULTS.md: one table per model, the figure, machine and versions."""
+    """RESULTS.md: one table per model, the figure, the tables of :func:`measured_elsewhere`, machine and
+    versions."""
     fractions = sorted({float(k.split("|")[2]) for k in doc["cells"]} | set(FRACTIONS), reverse=True)
     specs = [MODELS[m] for m in MODELS if m in doc["originals"] or any(k.startswith(m + "|") for k in doc["cells"])]
     ver = versions()
@@ -413,6 +414,7 @@ def render(doc: dict, command: str) -> str:
         "![top-1 versus FLOPs kept](results/quality.png)\n",
     ]
     parts += [model_section(s, doc, fractions) for s in specs]
+    parts += measured_elsewhere()
     parts.append("## Machine and versions\n")
     parts.append(f"- measured on: {'; '.join(machines_seen(doc)) or '—'}")
     loads = [c["load1"] for c in doc["cells"].values() if "load1" in c]
@@ -474,6 +476,28 @@ def plot_model(ax, spec: ModelSpec, doc: dict) -> None:
     ax.set_xlabel("FLOPs kept (achieved)")
     ax.set_ylabel("top-1 %")
     ax.grid(alpha=0.3)
+
+
+# tables other scripts write to results/: (file, section title, the command that writes it)
+ELSEWHERE = [("real_exports.md", "Third-party exports: fidelity against the original",
+              "python benchmarks/real_models.py --part exports"),
+             ("compact_cifar.md", "Compact CIFAR-10 models trained here",
+              "python benchmarks/real_models.py --part compact"),
+             ("speed.md", "Latency of the pruned models on the CPU provider", "python benchmarks/speed.py")]
+
+
+def measured_elsewhere() -> list[str]:
+    """The real-exports, compact-CIFAR and speed tables of ``results/``, each under its own heading (their own
+    first heading dropped, the rest one level down), as their scripts last wrote them."""
+    parts = []
+    for name, title, command in ELSEWHERE:
+        path = RESULTS_DIR / name
+        if not path.is_file():
+            continue
+        body = path.read_text().split("\n", 1)[1].strip() if path.read_text().startswith("# ") else path.read_text()
+        body = "\n".join("#" + line if line.startswith("#") else line for line in body.splitlines())
+        parts.append(f"## {title}\n\nFrom `benchmarks/results/{name}` (`{command}`).\n\n{body}\n")
+    return parts
 
 
 def write_outputs(doc: dict, command: str) -> None:

@@ -91,7 +91,8 @@ def test_committed_model_checks_and_runs(path: Path):
     assert outs
     for out in outs:
         assert np.isfinite(out).all()
-    size_limit = 1 << 20 if path.name == "lenet5_digits.onnx" else 200 << 10
+    trained = path.name == "lenet5_digits.onnx" or path.parent.name == "compact_cifar"  # real weights
+    size_limit = 1 << 20 if trained else 200 << 10
     assert path.stat().st_size < size_limit
 
 
@@ -269,3 +270,34 @@ def test_vgg16_fixed_batch_and_seed(vgg_mod):
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     out = _session(m).run(None, {"input": np.zeros((1, 3, 32, 32), np.float32)})[0]
     assert out.shape == (1, 10) and np.isfinite(out).all()
+
+
+COMPACT = sorted((SAMPLES / "compact_cifar").glob("*.onnx"))
+
+
+def test_compact_cifar_models_are_committed():
+    assert {p.stem for p in COMPACT} == {"squeezenet", "mobilenetv2", "shufflenetv2"}
+    assert sum(p.stat().st_size for p in COMPACT) < 4 << 20
+
+
+@pytest.mark.parametrize("path", COMPACT, ids=lambda p: p.stem)
+def test_compact_cifar_model_prunes_to_half_validly(path: Path, tmp_path: Path):
+    """Fire modules, inverted residuals with depthwise convolutions, channel split and shuffle: half the
+    multiply-adds gives a valid model with the original's interface."""
+    from onnxprune.calibration.collect import CalibrationSettings
+    from onnxprune.compress import CompressOptions, compress
+    from onnxprune.metrics import count_model
+    from onnxprune.plan import Target
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "x.npz"
+    np.savez(data, input=rng.standard_normal((24, 3, 32, 32)).astype(np.float32))
+    options = CompressOptions(target=Target("flops", 0.5), holdout=0.0,
+                              calibration=CalibrationSettings(max_positions=64))
+    pruned, original = compress(path, data, options).model, onnx.load(str(path))
+    onnx.checker.check_model(pruned, full_check=True)
+    assert count_model(pruned).flops <= 0.55 * count_model(original).flops
+    x = rng.standard_normal((5, 3, 32, 32)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+           for m in (original, pruned)]
+    assert run[0].shape == run[1].shape == (5, 10) and np.isfinite(run[1]).all()
