@@ -7,7 +7,10 @@ are split in two colours so that a layer's input and output channels mostly fall
 colour is thinned alone (every group of it keeps 75 %, 50 %, 25 % or the fewest allowed of its channels),
 and each copy is profiled on the provider (:mod:`onnxprune.bench.profile`). Each Conv/Gemm/MatMul gets a
 factor curve per weight axis, and a pruned model's latency is predicted as the sum of its layers' times
-(original time × the product of their axes' factors) plus everything else as measured on the original.
+(original time × the product of their axes' factors) plus everything else as measured on the original, plus the
+session's own time per run (wall clock minus the profiled kernels), which no pruning removes. The prediction is
+checked after the rewrite: :func:`check_latency` times the pruned graph against the original, wall clock, in
+interleaved rounds.
 """
 from __future__ import annotations
 
