@@ -91,6 +91,7 @@ MODELS = {m.key: m for m in (
 # onnxprune methods: extra `compress` options
 ONNXPRUNE = {
     "default": [],
+    "cpu-blocks": ["--round-to", "16", "--allow-below"],
     "independent": ["--independent"],
     "l1": ["--method", "l1"],
     "l1-no-refit": ["--method", "l1", "--no-refit"],
@@ -100,6 +101,7 @@ ONNXPRUNE = {
 ONNXSIM = {"onnxsim-l1": ("l1", False), "onnxsim-l2": ("l2", False), "onnxsim-wanda": ("l2", True)}
 LABELS = {
     "default": "onnxprune default (entropic, error-correcting)",
+    "cpu-blocks": "onnxprune `--round-to 16 --allow-below` (counts of CPU channel blocks)",
     "independent": "onnxprune entropic `--independent`",
     "l1": "onnxprune `--method l1` (re-fit)",
     "l1-no-refit": "onnxprune `--method l1 --no-refit`",
@@ -469,7 +471,7 @@ def plot_model(ax, spec: ModelSpec, doc: dict) -> None:
                      if k.startswith(f"{spec.key}|{method}|") and "top1" in c and "note" not in c)
         if pts:
             style = "--" if method.startswith("onnxsim") else "-"
-            ax.plot(*zip(*pts), style, marker="os^vDPX*"[i], label=LABELS[method].replace("`", ""), color=f"C{i}")
+            ax.plot(*zip(*pts), style, marker="os^vDPX*h"[i], label=LABELS[method].replace("`", ""), color=f"C{i}")
     if orig:
         ax.axhline(100 * orig["top1"], color="k", lw=0.8, ls=":", label="original")
     ax.set_title(f"{spec.title}")
