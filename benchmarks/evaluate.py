@@ -16,6 +16,14 @@ CIFAR_TUTORIAL = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 CIFAR_RESNET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
+def publish(text: str, out: Path) -> None:
+    """Print a benchmark's table and write it to ``out`` (its folder made if needed)."""
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+
+
 def require_shared() -> Path:
     """The shared data folder, or exit with a clear message when it is absent."""
     if not SHARED.is_dir():

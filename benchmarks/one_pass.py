@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evaluate import publish  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "one_pass.md"
@@ -150,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += [_stage_row(name, LOOKALIKES / f"{name}.ts.onnx", folder, tmp) for name in detectors]
             lines.append("")
     text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+    publish(text, args.out)
     return 0
 
 

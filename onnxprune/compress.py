@@ -32,7 +32,6 @@ from onnxprune.graph.io import check_output_path, load_model, model_inputs, save
 from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.graph.precision import refuse_quantised, restore_float16, to_float32
 from onnxprune.graph.probe import onnx_to_numpy_dtype
-from onnxprune.costs import CostModel
 from onnxprune.latency import (ROUNDS, LatencyCheck, LatencyCost, LatencyTarget, check_latency, copies,
                                measure_latency, uniform_mask)
 from onnxprune.metrics import count_model
@@ -265,12 +264,12 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
     notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
     allocation = options.allocation
-    latency_feeds = None
+    timed_on = None   # with --target-latency: the provider it is profiled and checked on
     if options.latency is not None and not skip:
         allocation = fast_counts(allocation, options.calibration.provider, notes)
-        latency_feeds = timing_feeds(model, loaded, options.latency)
+        timed_on = resolve_providers([options.calibration.provider])[0]
         with _stage(log, "profile latency"), progress("profiling latency", copies() * ROUNDS) as bar:
-            table = measure_latency(model, analysis, latency_feeds, resolve_providers([options.calibration.provider])[0],
+            table = measure_latency(model, analysis, timing_feeds(model, loaded, options.latency), timed_on,
                                     threads=options.latency.threads, runs=options.latency.runs,
                                     rounded=allocation.rounded, progress=bar.update)
         allocation = replace(allocation, latency=LatencyBudget(options.latency.fraction, table))
@@ -344,13 +343,13 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     check: LatencyCheck | None = None   # the measured --target-latency check of the pruning kept
     if options.target_fidelity is None or skip:
         plan, pruned, fidelity = prune(solve_target)
-        if latency_feeds is not None and not plan.kept.all():
-            feeds, provider = timing_feeds(original, loaded, options.latency), options.calibration.provider
+        if timed_on is not None and not plan.kept.all():
+            feeds = timing_feeds(original, loaded, options.latency)   # the original's own input types
 
             def measure(pruned_model: onnx.ModelProto) -> LatencyCheck:
                 with _stage(log, "check latency"):
-                    return check_latency(original, pruned_model, feeds, resolve_providers([provider])[0],
-                                         threads=options.latency.threads, runs=options.latency.runs)
+                    return check_latency(original, pruned_model, feeds, timed_on, threads=options.latency.threads,
+                                         runs=options.latency.runs)
 
             def prune_at(budget: float) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
                 nonlocal allocation
@@ -371,14 +370,15 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                      f"{fraction:.3f} of the original ({_headline_text(fidelity)} measured on the held-out samples)")
     if error_correct and not plan.kept.all():
         notes.append(f"error-correcting re-fit in {len(consumer_stages(model, stats_consumers))} stages")
+    after = count_model(pruned, input_shapes)
     latency = None
     if allocation.latency is not None:
         latency = predicted_latency(model, analysis, counts, plan, allocation.latency, options.latency.fraction,
                                     check)
-        if (warning := collapse_warning(model, analysis, counts, plan, allocation, latency, fidelity)):
+        if (warning := collapse_warning(model, analysis, counts, after.flops / counts.flops, allocation, latency,
+                                        fidelity)):
             notes.append(warning)
             warnings.warn(warning, OnnxPruneWarning, stacklevel=2)
-    after = count_model(pruned, input_shapes)
     size_after = None
     if out_path is not None:
         with _stage(log, "save"):
@@ -484,12 +484,10 @@ def predicted_latency(model: onnx.ModelProto, analysis: Analysis, counts, plan: 
     return facts
 
 
-def collapse_warning(model: onnx.ModelProto, analysis: Analysis, counts, plan: PrunePlan,
+def collapse_warning(model: onnx.ModelProto, analysis: Analysis, counts, kept: float,
                      allocation: AllocationSettings, latency: dict, fidelity: Fidelity | None) -> str | None:
-    """A warning when --target-latency kept under ``COLLAPSE`` of the multiply-adds: what it cost, what pruning
-    cannot remove at this batch, and the latency predicted at half the multiply-adds instead."""
-    flops = CostModel(model, analysis, counts, "flops")
-    kept = flops.evaluate(plan.kept) / flops.before
+    """A warning when --target-latency kept under ``COLLAPSE`` of the multiply-adds (``kept``, a share): what it
+    cost, what pruning cannot remove at this batch, and the latency predicted at half the channels instead."""
     if kept >= COLLAPSE:
         return None
     floor = minimum_fraction(model, analysis, "latency", counts, allocation)

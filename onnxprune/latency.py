@@ -111,7 +111,7 @@ def uniform_mask(analysis: Analysis, share: float, rounded: Optional[Rounding] =
     for i, g in enumerate(analysis.groups):
         if not g.prunable or (groups is not None and i not in groups):
             continue
-        k = max(int(np.ceil(share * g.size - 1e-9)), int(g.frozen.sum()), 1)
+        k = g.fewest(share)
         k = rounded(g, k) if rounded is not None else k
         order = np.lexsort((np.arange(g.size), ~g.frozen))
         kept[g.classes[order[min(k, g.size):]]] = False
@@ -213,9 +213,10 @@ def run_times(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray]
     taking turns within each round (after ``warmup`` untimed calls each), so that a burst of load skews a round,
     not a model."""
     sessions = [open_session(m.SerializeToString(), provider, threads)[0] for m in models]
+    feed = dict(feeds)
     for session in sessions:
         for _ in range(warmup):
-            session.run(None, dict(feeds))
+            session.run(None, feed)
     times: list[list[float]] = [[] for _ in models]
     for _ in range(rounds):
         for session, mine in zip(sessions, times):
@@ -223,7 +224,7 @@ def run_times(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray]
             began = time.perf_counter()
             while len(calls) < runs or time.perf_counter() - began < seconds:
                 start = time.perf_counter()
-                session.run(None, dict(feeds))
+                session.run(None, feed)
                 calls.append(1e3 * (time.perf_counter() - start))
             mine.append(float(np.median(calls)))
     return times

@@ -81,7 +81,7 @@ class AllocationSettings:
     def curve(self, group: ChannelGroup, order: np.ndarray, errors: np.ndarray) -> GroupCurve:
         """The group's allocation curve under these constraints (``order`` in local indices)."""
         step = self.unit(group)
-        floor = max(int(group.frozen.sum()), int(np.ceil(self.min_keep * group.size - 1e-9)), 1)
+        floor = group.fewest(self.min_keep)
         return GroupCurve(group.classes[order], errors, self.rounded(group, floor), step,
                           step if self.allow_below and step > 1 else 0)
 

@@ -45,7 +45,7 @@ def output_gains(model: onnx.ModelProto, analysis: Analysis, ranked: Sequence[Ra
     weights = initializer_arrays(model)
     gains: dict[int, float] = {}
     for r in ranked:
-        k = _kept_count(r, level)
+        k = r.group.fewest(level)
         if k < r.group.size and r.curve[k] > 0:
             kept = np.ones(analysis.n_classes, dtype=bool)
             kept[r.group.classes[r.order[k:]]] = False
@@ -97,7 +97,3 @@ def calibrate_curves(ranked: Sequence[RankedGroup], gains: Mapping[int, float]) 
     return [replace(r, curve=r.curve * float(np.clip(gains.get(r.group.id, typical), typical / SPREAD,
                                                      typical * SPREAD))) for r in ranked]
 
-
-def _kept_count(r: RankedGroup, level: float) -> int:
-    """Channels kept when the group is cut to ``level``: at least its frozen ones and one."""
-    return max(int(np.ceil(level * r.group.size)), int(np.count_nonzero(r.group.frozen)), 1)

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.allocate import Budgets, GroupCurve, allocate
 from onnxprune.analysis import find_groups
+from onnxprune.analysis.model import ChannelGroup
 from onnxprune.bench.profile import attribute, cpu_channel_block, kernel_times, profile_events
 from onnxprune.bench.providers import resolve_providers
 from onnxprune.costs import CostModel
@@ -188,7 +189,9 @@ def test_latency_cost_prices_each_layer_at_its_share_of_multiply_adds():
 
 
 class _FakeGroup:
-    """The fields of a ChannelGroup that AllocationSettings.curve reads."""
+    """The fields and the method of a ChannelGroup that AllocationSettings.curve reads."""
+
+    fewest = ChannelGroup.fewest
 
     def __init__(self, size: int):
         self.size, self.classes, self.frozen = size, np.arange(size), np.zeros(size, dtype=bool)

@@ -98,6 +98,10 @@ class ChannelGroup:
     def prunable(self) -> bool:
         return bool(self.consumers) and not bool(self.frozen.all())
 
+    def fewest(self, share: float) -> int:
+        """Channels kept at ``share`` (0–1) of the group's: rounded up, at least its frozen ones and one."""
+        return max(int(np.ceil(share * self.size - 1e-9)), int(self.frozen.sum()), 1)
+
     @property
     def name(self) -> str:
         return self.producers[0] if self.producers else (self.consumers[0].node if self.consumers else f"group{self.id}")
