@@ -18,6 +18,12 @@ class GroupCurve:
     min_keep: int           # never keep fewer (frozen classes, and at least one)
     step: int = 1           # channels are removed and restored this many at a time (--round-to)
     fine_below: int = 0     # at or below this many kept channels, one at a time (--allow-below)
+    removable: bool = False  # a residual branch that may also go at once, every channel (onnxprune/depth.py)
+
+    @property
+    def fewest(self) -> int:
+        """The fewest channels the group can end with."""
+        return 0 if self.removable else self.min_keep
 
     def unit(self, k: int) -> int:
         """How many channels the next removal takes when ``k`` are kept."""
@@ -41,28 +47,38 @@ class _Allocation:
         self.k = [len(c.order) for c in curves]
         cost.reset()
 
-    def _next_removal(self, g: int, steps: int = 1) -> np.ndarray:
-        c = self.curves[g]
-        return c.order[max(c.after_removals(self.k[g], steps), 0):self.k[g]]
+    def _removal(self, g: int, after: int) -> np.ndarray:
+        """The classes group ``g`` loses when it goes down to ``after`` kept."""
+        return self.curves[g].order[max(after, 0):self.k[g]]
 
     def _next_restore(self, g: int) -> np.ndarray:
         c = self.curves[g]
         return c.order[self.k[g]:self.k[g] + c.restore_unit(self.k[g])]
 
     def removal_score(self, g: int) -> tuple[float, int]:
-        """Error added per unit of cost saved by the group's next removal, and how many steps it takes: a
-        removal that saves nothing (a measured latency that only drops every few channels) looks further."""
+        """Error added per unit of cost saved by the group's next removal, and the channels kept after it: a
+        removal that saves nothing (a measured latency that only drops every few channels) looks further; a
+        removable branch may also go whole, when that adds less error per unit of cost."""
         c, k = self.curves[g], self.k[g]
-        steps = 1
+        best, steps = (np.inf, k), 1
         while (after := c.after_removals(k, steps)) >= c.min_keep:
-            saving = self.cost.saving(self._next_removal(g, steps))
+            saving = self.cost.saving(self._removal(g, after))
             if saving > 0:
-                return max(c.curve[after] - c.curve[k], 0.0) / saving, steps
+                best = (max(c.curve[after] - c.curve[k], 0.0) / saving, after)
+                break
             steps += 1
-        return np.inf, 0
+        if c.removable and k > 0:
+            saving = self.cost.saving(self._removal(g, 0))
+            if saving > 0 and max(c.curve[0] - c.curve[k], 0.0) / saving < best[0]:
+                best = (max(c.curve[0] - c.curve[k], 0.0) / saving, 0)
+        return best
 
     def can_restore(self, g: int) -> bool:
-        return self.k[g] < len(self.curves[g].order)
+        """Whether group ``g`` has removed classes to restore; a removed branch only where that lowers its error."""
+        c, k = self.curves[g], self.k[g]
+        if k == 0 and c.removable:
+            return c.curve[min(c.restore_unit(0), len(c.order))] < c.curve[0]
+        return k < len(c.order)
 
     def restore_cost(self, g: int) -> float:
         return self.cost.restore_cost(self._next_restore(g))
@@ -72,8 +88,8 @@ class _Allocation:
         c, k = self.curves[g], self.k[g]
         return (c.curve[k] - c.curve[min(k + c.restore_unit(k), len(c.order))]) / max(cost, 1e-12)
 
-    def remove(self, g: int, steps: int = 1) -> None:
-        for cls in self._next_removal(g, steps).tolist():
+    def remove(self, g: int, after: int) -> None:
+        for cls in self._removal(g, after).tolist():
             self.cost.remove(cls)
             self.kept[cls] = False
             self.k[g] -= 1
@@ -192,7 +208,7 @@ def minimum_cost(curves: list[GroupCurve], cost: CostModel | Budgets, n_classes:
     """The lowest cost reachable when every group drops to its minimum."""
     kept = np.ones(n_classes, dtype=bool)
     for c in curves:
-        kept[c.order[c.min_keep:]] = False
+        kept[c.order[c.fewest:]] = False
     value = cost.evaluate(kept)
     cost.reset()
     return value

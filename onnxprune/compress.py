@@ -25,6 +25,7 @@ from onnxprune.calibration.frontier import FrontierStore
 from onnxprune.calibration.parallel import Passes
 from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
 from onnxprune.calibration.store import FirstPass, sum_shards
+from onnxprune.depth import bypassed
 from onnxprune.errors import OnnxPruneWarning, UsageError, during
 from onnxprune.executor import Executor, LocalExecutor
 from onnxprune.graph.input_shapes import known_dim
@@ -36,7 +37,7 @@ from onnxprune.latency import (ROUNDS, LatencyCheck, LatencyCost, LatencyTarget,
                                measure_latency, uniform_mask)
 from onnxprune.metrics import count_model
 from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, SolverSettings, Target, check_method,
-                            check_target, minimum_fraction, rank_groups, solve)
+                            check_target, minimum_fraction, output_means, rank_groups, solve)
 from onnxprune.report import PruneReport
 from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
@@ -308,7 +309,9 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             ranked = calibrate_curves(ranked, gains)
         notes.append(f"allocation weighs groups by their measured reach to the outputs ({len(gains)} groups cut to "
                      f"half alone, on {len(sample)} samples), not by their layer errors alone")
+    means = {}   # what a removed branch's last layers output (the error-correcting pass re-fits the rest)
     if error_correct:
+        means = output_means(model, analysis, stats, allocation) if ranked else {}
         stats = {}  # the error-correcting pass collects its own; free the first pass's Gram matrices
     held = data
     if input_specs(original) != specs:  # float16 inputs: read the held-out samples as the original takes them
@@ -322,6 +325,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             plan = solve(model, analysis, stats, target=target, counts=counts, settings=options.solver,
                          fit_consumers=not error_correct, allocation=allocation, ranked=ranked)
         if error_correct and not plan.kept.all():
+            plan.refits.update((c.node, means[c.node]) for c in bypassed(analysis, plan.kept))
             with _stage(log, "error-correct"):
                 with progress("re-fitting", len(stats_consumers)) as bar:
                     plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,

@@ -68,6 +68,8 @@ class LayerCurve:
     joint: Optional[tuple[np.ndarray, np.ndarray]] = None
 
     def factor(self, shares: Sequence[float]) -> float:
+        if min(shares, default=1.0) <= 0.0:
+            return 0.0   # no channel left on an axis: the layer is gone (a removed residual branch)
         changed = [a for a, x in enumerate(shares) if x < 1.0 - 1e-9]
         if changed and self.joint is not None and not all(a in self.axes for a in changed):
             return float(np.interp(float(np.prod(shares)), *self.joint))

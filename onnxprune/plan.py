@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -11,6 +11,7 @@ from onnxprune.allocate import Budgets, GroupCurve, allocate, minimum_cost
 from onnxprune.analysis.groups import consumer_columns
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
 from onnxprune.costs import CostModel
+from onnxprune.depth import removable_groups
 from onnxprune.errors import UsageError
 from onnxprune.executor import Executor, PoolExecutor
 from onnxprune.graph.normalise import initializer_arrays
@@ -60,12 +61,14 @@ class LatencyBudget:
 class AllocationSettings:
     """Constraints on the global allocation: keep at least ``min_keep`` (a share) of every group's
     channels, keep multiples of ``round_to`` channels in every group whose size is one, and (optionally)
-    a latency budget that must hold besides the FLOPs or parameter target."""
+    a latency budget that must hold besides the FLOPs or parameter target. With ``depth`` a residual branch
+    may also be removed whole (``onnxprune/depth.py``), whatever ``min_keep`` says of thinning it."""
 
     min_keep: float = 0.0
     round_to: int = 1
     allow_below: bool = False           # with round_to N, any count below N is allowed too
     latency: LatencyBudget | None = None
+    depth: bool = True
 
     def unit(self, group: ChannelGroup) -> int:
         """The group's channel step: ``round_to`` where its size is a multiple of it, else 1."""
@@ -78,12 +81,18 @@ class AllocationSettings:
             return count
         return min(-(-count // step) * step, group.size)
 
-    def curve(self, group: ChannelGroup, order: np.ndarray, errors: np.ndarray) -> GroupCurve:
-        """The group's allocation curve under these constraints (``order`` in local indices)."""
+    def curve(self, group: ChannelGroup, order: np.ndarray, errors: np.ndarray,
+              removable: Collection[int] = ()) -> GroupCurve:
+        """The group's allocation curve under these constraints (``order`` in local indices); ``removable``:
+        the ids of the groups whose whole branch may go (:func:`onnxprune.depth.removable_groups`)."""
         step = self.unit(group)
         floor = group.fewest(self.min_keep)
         return GroupCurve(group.classes[order], errors, self.rounded(group, floor), step,
-                          step if self.allow_below and step > 1 else 0)
+                          step if self.allow_below and step > 1 else 0, bool(removable) and group.id in removable)
+
+    def removable(self, model: onnx.ModelProto, analysis: Analysis) -> set[int]:
+        """The groups whose whole branch the allocation may remove: none without ``depth``."""
+        return removable_groups(model, analysis) if self.depth else set()
 
 
 @dataclass
@@ -159,6 +168,17 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
     if not fit_consumers:
         return PrunePlan(kept, {}, [_outcome(g, kept, None) for g in analysis.groups])
     return refit_kept(model, analysis, stats, settings, ranked, kept)
+
+
+def output_means(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
+                 allocation: AllocationSettings) -> dict[str, Refit]:
+    """The re-fits with no input column (each its output's mean on the calibration data) of the consumers of
+    every group the allocation may remove whole: what the rewrite installs for a removed branch's last layers.
+    The error-correcting pass takes them before it frees the first pass's statistics."""
+    empty = np.zeros(0, dtype=np.intp)
+    removable = allocation.removable(model, analysis)
+    return {c.node: refit(stats[c.node].full.centred(), empty)
+            for g in analysis.groups if g.id in removable for c in g.consumers if c.node in stats}
 
 
 def refit_kept(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
@@ -262,7 +282,9 @@ def _refit_groups(ranked: list[RankedGroup], kept: np.ndarray, analysis: Analysi
             if len(cols) == len(channel_of_column):
                 continue
             prob = ConsumerProblem(ctx.stats[cons.node].full.centred(), channel_of_column)
-            if ctx.settings.delta is None:
+            if not len(cols):   # a removed branch's last layer: its mean output
+                fit = refit(prob.stats, cols)
+            elif ctx.settings.delta is None:
                 w0 = consumer_weight_matrix(ctx.nodes[cons.node], cons, ctx.weights)
                 fit, _ = refit_towards(prob.stats, cols, w0[:, cols], ctx.stats[cons.node].folds())
             else:
@@ -307,7 +329,8 @@ def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context, gains: Mapping
 def _allocate(model, analysis: Analysis, ranked: list[RankedGroup], target: Target | None, counts,
               allocation: AllocationSettings) -> np.ndarray:
     cost, budget = _budget(model, analysis, target, counts, allocation)
-    curves = [allocation.curve(r.group, r.order, r.curve) for r in ranked]
+    removable = allocation.removable(model, analysis)
+    curves = [allocation.curve(r.group, r.order, r.curve, removable) for r in ranked]
     return allocate(curves, cost, budget, analysis.n_classes)
 
 
@@ -360,6 +383,7 @@ def minimum_fraction(model, analysis: Analysis, kind: str, counts,
     """The smallest share of the original cost ('flops', 'params', or 'latency' as ``allocation.latency``
     predicts it) that the prunable groups can reach."""
     cost = cost_model(model, analysis, kind, counts, allocation)
-    curves = [allocation.curve(g, np.lexsort((np.arange(g.size), ~g.frozen)), np.zeros(g.size + 1))
+    removable = allocation.removable(model, analysis)
+    curves = [allocation.curve(g, np.lexsort((np.arange(g.size), ~g.frozen)), np.zeros(g.size + 1), removable)
               for g in analysis.groups if g.prunable]
     return minimum_cost(curves, cost, analysis.n_classes) / cost.before

@@ -33,6 +33,11 @@ class PruneReport:
     # peak resident memory per stage (MiB) and the error-correcting frontier's budget and peaks
     memory: dict | None = None
 
+    @property
+    def removed(self) -> list[GroupOutcome]:
+        """The groups removed whole: residual branches whose layers are gone (``onnxprune/depth.py``)."""
+        return [g for g in self.groups if g.before and not g.after]
+
     def achieved(self, kind: str) -> float:
         before, after = self.params if kind == "params" else self.flops
         return after / before if before else 1.0
@@ -49,6 +54,8 @@ class PruneReport:
                       "input_shapes": {name: list(dims) for name, dims in self.input_shapes.items()}},
             "file_size": {"before": self.file_size[0], "after": self.file_size[1], "unit": "bytes"},
             "groups": [asdict(g) for g in self.groups],
+            "removed_blocks": [{"group": g.name, "channels": g.before, "layers": [*g.producers, *g.consumers]}
+                               for g in self.removed],
             "blocked": [{"node": n, "op": o, "reason": r} for n, o, r in self.blocked],
             "fidelity": None if self.fidelity is None else self.fidelity.to_dict(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -81,7 +88,7 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
         width = min(max(len(g.name) for g in shown), 48)
         lines.append(f"{'group':<{width}}  {'channels':>11}  {'re-fit error':>12}")
         for g in shown:
-            err = "" if g.error is None else f"{g.error:12.4f}"
+            err = "removed" if g.before and not g.after else "" if g.error is None else f"{g.error:12.4f}"
             lines.append(f"{g.name[-width:]:<{width}}  {g.before:>4} -> {g.after:<4}  {err:>12}")
         lines.append("")
     untouched = [g for g in report.groups if g.before == g.after and g.reasons]
@@ -91,6 +98,11 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
         for g in untouched:
             lines.append(f"  {g.name}: {'; '.join(g.reasons)}")
     if untouched or verbose:
+        lines.append("")
+    if report.removed:
+        lines.append(f"removed {len(report.removed)} residual branch(es) whole (their layers are gone; each residual "
+                     "Add keeps its shortcut plus a constant; --no-depth keeps every branch): "
+                     + ", ".join(g.name for g in report.removed))
         lines.append("")
     rows = [("parameters", *report.params), ("multiply-adds", *report.flops), ("file size (bytes)", *report.file_size)]
     lines.append(f"{'':<18} {'before':>10} {'after':>10} {'kept':>7}")

@@ -28,6 +28,7 @@ from onnxprune.calibration.frontier import FrontierStore
 from onnxprune.calibration.segments import Segment, TensorGraph, schedule, segment_model
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.calibration.stage_pass import ORIGINAL, PRUNED, StagePass, stage_blocks
+from onnxprune.depth import vanished
 from onnxprune.executor import LocalExecutor
 from onnxprune.graph.io import model_inputs
 from onnxprune.graph.probe import element_types
@@ -115,8 +116,15 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     The store is left empty.
     """
     landings = landings or {}
-    plan_stages = _Stages(model, consumers, landings)
-    current = apply_plan(model, analysis, PrunePlan(plan.kept, {}, []), shapes=False)  # re-fits installed per stage
+    gone = vanished(analysis, plan.kept)   # removed branches: no layer of theirs is re-fitted
+    constants = {c: plan.refits[c] for c in gone if c in plan.refits}   # their last layers' outputs
+    plan_stages = _Stages(model, [c for c in consumers if c.node not in gone], landings)
+    if gone and seeded is not None and store is not None:   # the first pass kept the first stage of every
+        stored = first_pass_keep(model, consumers, landings, seeded)[ORIGINAL]   # consumer: still enough?
+        if not set(plan_stages.original_segments(model, seeded)[0].outputs) <= set(stored):
+            seeded = None
+            store.clear()
+    current = apply_plan(model, analysis, PrunePlan(plan.kept, constants, []), shapes=False)  # re-fits per stage
     specs = weight_specs(model, analysis)
     segments = {ORIGINAL: plan_stages.original_segments(model, seeded),
                 PRUNED: schedule(current, plan_stages.wanted[PRUNED])}
@@ -125,7 +133,7 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
     w_arrays = {c.weight: numpy_helper.to_array(inits[c.weight]) for c in consumers}
-    refits: dict[str, Refit] = {}
+    refits: dict[str, Refit] = dict(constants)
     own = store is None
     store = FrontierStore() if own else store
     try:

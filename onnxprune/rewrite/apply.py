@@ -11,6 +11,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.analysis.model import Analysis, ChannelRange, SetGroup, ShapeDim, SliceInitializer
 from onnxprune.analysis.propagate import attr
+from onnxprune.depth import bypassed, vanished
 from onnxprune.graph.io import model_inputs
 from onnxprune.graph.normalise import opset_of, set_graph_inputs
 from onnxprune.plan import PrunePlan
@@ -43,10 +44,7 @@ class _Rewriter:
     def put(self, node: onnx.NodeProto, index: int, value: np.ndarray, like: str | None = None) -> None:
         """Store ``value`` as a new initializer and point ``node.input[index]`` at it."""
         base = like or (node.input[index] if index < len(node.input) and node.input[index] else f"{node.name}_param{index}")
-        name, k = f"{base}_pruned", 1
-        while name in self.taken:
-            name, k = f"{base}_pruned{k}", k + 1
-        self.taken.add(name)
+        name = self.fresh(f"{base}_pruned")
         tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
         self.model.graph.initializer.append(tensor)
         self.inits[name] = tensor
@@ -64,8 +62,9 @@ class _Rewriter:
 
     def run(self) -> onnx.ModelProto:
         by_input = self.slice_edits()
+        gone = vanished(self.analysis, self.plan.kept)
         for cons in self.analysis.consumers:
-            if cons.node in self.plan.refits:
+            if cons.node in self.plan.refits and cons.node not in gone:
                 self.install_refit(cons, self.plan.refits[cons.node], by_input)
         for (node_name, index), edits in by_input.items():
             self.slice_input(self.nodes[node_name], index, edits)
@@ -76,8 +75,60 @@ class _Rewriter:
                 self.shape_dim(self.nodes[e.node], e)
             elif isinstance(e, ChannelRange):
                 {"Split": self.split, "Slice": self.slice, "Pad": self.pad}[self.nodes[e.node].op_type](self.nodes[e.node], e.axis)
+        self.remove_branches()
         self.finish()
         return self.model
+
+    def remove_branches(self) -> None:
+        """Replace every consumer left no input channel by a constant, its output's value (the re-fitted bias, else
+        its own), which the residual Add broadcasts; then remove the nodes whose outputs keep no channel: the rest
+        of the branch (``onnxprune/depth.py``)."""
+        constants = {c.node: self.constant_output(c) for c in bypassed(self.analysis, self.plan.kept)}
+        if not constants:
+            return
+        for name, value in constants.items():
+            node = self.nodes[name]
+            const = self.fresh(f"{name}_constant")
+            self.model.graph.initializer.append(numpy_helper.from_array(value, const))
+            for reader in self.model.graph.node:
+                for i, tensor in enumerate(reader.input):
+                    if tensor == node.output[0]:
+                        reader.input[i] = const
+        layouts = self.analysis.layouts
+        empty = {t for t in layouts if not self.mask(t).any()}
+        keep = [n for n in self.model.graph.node if n.name not in constants and
+                not all(o in empty for o in n.output if o)]
+        del self.model.graph.node[:]
+        self.model.graph.node.extend(keep)
+        self.nodes = {n.name: n for n in keep}
+
+    def constant_output(self, cons) -> np.ndarray:
+        """What ``cons`` outputs with no input channel, shaped to broadcast against its output."""
+        node = self.nodes[cons.node]
+        dtype = self.weights[cons.weight][1] if self.weights is not None else self.array(cons.weight).dtype
+        fit = self.plan.refits.get(cons.node)
+        if fit is not None:
+            value = fit.intercept
+            if cons.output in self.analysis.layouts:
+                value = np.compress(self.mask(cons.output), value)
+        elif cons.op in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:   # already sliced to the outputs
+            value = self.array(node.input[2]).reshape(-1)
+            if cons.op == "Gemm":
+                value = value * float(attr(node, "beta", 1.0))
+        else:
+            value = np.zeros(int(self.analysis.mask(cons.output, self.plan.kept).sum())
+                             if cons.output in self.analysis.layouts else self.analysis.shapes[cons.output][-1])
+        rank = len(self.analysis.shapes[cons.output])
+        shape = [1, -1] + [1] * (rank - 2) if cons.op == "Conv" else [1] * (rank - 1) + [-1]
+        return np.ascontiguousarray(np.asarray(value, dtype=dtype).reshape(shape))
+
+    def fresh(self, base: str) -> str:
+        """A tensor name no other tensor of the model has (``base``, else with a number), now taken."""
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}{k}", k + 1
+        self.taken.add(name)
+        return name
 
     def slice_input(self, node: onnx.NodeProto, index: int, edits: list[SliceInitializer]) -> None:
         masks = [(e.axis, self.mask(e.tensor)) for e in edits]
@@ -130,15 +181,9 @@ class _Rewriter:
         out = node.output[0]
         if out in self.analysis.layouts:
             bias = np.compress(self.mask(out), bias)
-        inner = f"{out}_nobias"
-        while inner in self.taken:
-            inner += "_"
-        self.taken.add(inner)
+        inner = self.fresh(f"{out}_nobias")
         node.output[0] = inner
-        bias_name = f"{node.name}_bias"
-        while bias_name in self.taken:
-            bias_name += "_"
-        self.taken.add(bias_name)
+        bias_name = self.fresh(f"{node.name}_bias")
         self.model.graph.initializer.append(numpy_helper.from_array(bias, bias_name))
         add = helper.make_node("Add", [inner, bias_name], [out], name=f"{node.name}_bias_add")
         nodes = list(self.model.graph.node)

@@ -1,0 +1,85 @@
+"""Depth pruning: residual branches that can be removed whole (README "Removing whole blocks").
+
+A channel group is a removable branch when its channels fill every tensor they travel through, nothing but the
+group's own nodes reads those tensors, and each of its consumers writes only into a residual sum (a ResNet
+block's inner channels, a MobileNetV2 block's expansion). Keeping none of its channels then removes the whole
+branch: the producers and every node between disappear, and each consumer's output becomes a constant (its
+re-fitted bias, one value per output channel) that the residual Add broadcasts, so the sum is the shortcut plus
+that constant. A plain chain has no such group: no layer is removed that the graph cannot bypass.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
+from onnxprune.residual import residual_landings
+
+BYPASSABLE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+
+
+def removable_groups(model: onnx.ModelProto, analysis: Analysis) -> set[int]:
+    """Ids of the prunable groups whose whole branch can be removed (module docstring)."""
+    landings = residual_landings(model, analysis, analysis.consumers)
+    producers_of = {t: n for n in model.graph.node for t in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in set(node.input):
+            readers.setdefault(name, []).append(node)
+    group_of = np.full(analysis.n_classes, -1)
+    for g in analysis.groups:
+        group_of[g.classes] = g.id
+    carried: dict[int, list[tuple[str, bool]]] = {}   # group id -> (tensor, whether the group fills it)
+    for tensor in analysis.layouts:
+        ids = set(group_of[analysis.classes_of(tensor)].tolist())
+        for i in ids:
+            carried.setdefault(i, []).append((tensor, len(ids) == 1))
+    outputs = {o.name for o in model.graph.output}
+    return {g.id for g in analysis.groups
+            if _removable(g, carried.get(g.id, []), landings, producers_of, readers, outputs)}
+
+
+def _removable(group: ChannelGroup, carried: list[tuple[str, bool]], landings, producers_of, readers,
+               outputs) -> bool:
+    if not group.prunable or group.frozen.any():
+        return False
+    if any(c.node not in landings or c.op not in BYPASSABLE_OPS for c in group.consumers):
+        return False
+    whole = {t for t, fills in carried if fills}
+    if len(whole) < len(carried) or whole & outputs:
+        return False   # another group's channels share a tensor with these, or a graph output carries them
+    consumer_inputs = {(c.node, c.input) for c in group.consumers}
+    gone: dict[str, onnx.NodeProto] = {}
+    for tensor in whole:
+        producer = producers_of.get(tensor)
+        if producer is None or not all(o in whole for o in producer.output if o):
+            return False   # a graph input, or a node that also writes what stays
+        gone[producer.name] = producer
+        for node in readers.get(tensor, []):
+            if (node.name, tensor) not in consumer_inputs and not all(o in whole for o in node.output if o):
+                return False   # read by something that stays
+    gone.update((c.node, producers_of[c.output]) for c in group.consumers)
+    for node in gone.values():   # what the branch reads must stay read: removing it must not strand a layer
+        for tensor in node.input:
+            if tensor and tensor not in whole and tensor in producers_of and \
+                    not any(r.name not in gone for r in readers.get(tensor, [])):
+                return False
+    return True
+
+
+def removed_groups(analysis: Analysis, kept: np.ndarray) -> list[ChannelGroup]:
+    """The groups ``kept`` keeps none of."""
+    return [g for g in analysis.groups if g.prunable and not kept[g.classes].any()]
+
+
+def bypassed(analysis: Analysis, kept: np.ndarray) -> list[Consumer]:
+    """The consumers ``kept`` leaves no input channel: the rewrite replaces each by a constant."""
+    return [c for c in analysis.consumers if not analysis.mask(c.input, kept).any()]
+
+
+def vanished(analysis: Analysis, kept: np.ndarray) -> set[str]:
+    """Consumer nodes that are not in the pruned graph as layers: those left no input channel (a constant
+    stands in for each) and those left no output channel (a removed branch's first layers)."""
+    gone = {c.node for c in bypassed(analysis, kept)}
+    return gone | {c.node for c in analysis.consumers
+                   if c.output in analysis.layouts and not analysis.mask(c.output, kept).any()}

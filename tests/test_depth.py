@@ -1,0 +1,130 @@
+"""Depth pruning: which residual branches may go whole, the graph without them, and the allocation's choice."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from cli.main import cli
+from onnxprune.allocate import GroupCurve, allocate, minimum_cost
+from onnxprune.analysis import find_groups
+from onnxprune.costs import CostModel
+from onnxprune.depth import bypassed, removable_groups, vanished
+from onnxprune.graph.io import load_model
+from onnxprune.graph.normalise import normalise
+from onnxprune.metrics import count_model
+from onnxprune.plan import PrunePlan
+from onnxprune.rewrite import apply_plan
+
+from conftest import SAMPLES, real_inputs, run_model
+
+ZOO = SAMPLES / "zoo"
+# removable branches per zoo architecture (both exporters): basic blocks and inverted residuals only
+REMOVABLE = {"resnet_basic": 3, "mobilenet_v2": 2}
+
+
+def _load(arch: str, exporter: str = "ts"):
+    model = normalise(load_model(ZOO / f"{arch}.{exporter}.onnx"))
+    return model, find_groups(model)
+
+
+def _feed(arch: str, n: int = 4) -> dict[str, np.ndarray]:
+    with np.load(ZOO / f"{arch}.npz") as data:
+        return {k: data[k][:n] for k in data.files}
+
+
+@pytest.mark.parametrize("path", sorted(ZOO.glob("*.onnx")), ids=lambda p: p.name)
+def test_only_residual_branches_are_removable(path):
+    """A plain chain, a bottleneck's middle (it would strand the first conv), a Concat or an SE branch never is."""
+    model = normalise(load_model(path))
+    analysis = find_groups(model)
+    removable = removable_groups(model, analysis)
+    assert len(removable) == REMOVABLE.get(path.name.split(".")[0], 0)
+    adds = {n.output[0] for n in model.graph.node if n.op_type == "Add"}
+    readers = {t: [n for n in model.graph.node if t in n.input] for n in model.graph.node for t in n.output}
+    for g in (analysis.groups[i] for i in removable):
+        for c in g.consumers:   # each last layer writes only into a residual Add
+            assert [r.output[0] for r in readers[c.output]] and all(r.output[0] in adds for r in readers[c.output])
+
+
+def _zeroed_branch(model: onnx.ModelProto, consumers) -> onnx.ModelProto:
+    """The model with these consumers' weights set to zero: what a removed branch computes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    names = {c.weight for c in consumers}
+    for init in out.graph.initializer:
+        if init.name in names:
+            init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+    return out
+
+
+@pytest.mark.parametrize("arch", sorted(REMOVABLE))
+def test_removed_branch_leaves_a_valid_graph_that_adds_the_constant(arch):
+    model, analysis = _load(arch)
+    group = analysis.groups[min(removable_groups(model, analysis))]
+    kept = np.ones(analysis.n_classes, dtype=bool)
+    kept[group.classes] = False
+    pruned = apply_plan(model, analysis, PrunePlan(kept, {}, []))
+    onnx.checker.check_model(pruned, full_check=True)
+    names = {n.name for n in pruned.graph.node}
+    assert not names & {*group.producers, *(c.node for c in group.consumers)}
+    assert vanished(analysis, kept) >= {c.node for c in group.consumers}
+    assert [i.name for i in real_inputs(pruned)] == [i.name for i in real_inputs(model)]
+    assert [o.name for o in pruned.graph.output] == [o.name for o in model.graph.output]
+    assert count_model(pruned).flops < count_model(model).flops
+    feed = _feed(arch)
+    expected = run_model(_zeroed_branch(model, bypassed(analysis, kept)), feed)
+    got = run_model(pruned, feed)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_allocation_removes_a_branch_whole_when_that_costs_least():
+    """A branch whose error only drops once most of it is kept goes whole; thinning it would cost as much error."""
+    model, analysis = _load("resnet_basic")
+    cost = CostModel(model, analysis, count_model(model), "flops")
+    groups = [g for g in analysis.groups if g.prunable]
+    removable = removable_groups(model, analysis)
+    branch = next(g for g in groups if g.id in removable)
+
+    def curve(g, removable_ids):
+        errors = np.linspace(1.0, 0.0, g.size + 1)
+        if g is branch:   # any cut costs the whole branch's error, but nothing is lost at no channel either
+            errors = np.full(g.size + 1, 0.05)
+            errors[-1] = 0.0
+        return GroupCurve(g.classes, errors, 1, removable=g.id in removable_ids)
+
+    budget = 0.8 * cost.before
+    kept = allocate([curve(g, removable) for g in groups], cost, budget, analysis.n_classes)
+    assert not kept[branch.classes].any() and cost.evaluate(kept) <= budget
+    kept = allocate([curve(g, set()) for g in groups], cost, budget, analysis.n_classes)
+    assert kept[branch.classes].sum() >= 1   # --no-depth: never below one channel
+    low = minimum_cost([curve(g, removable) for g in groups], cost, analysis.n_classes)
+    assert low < minimum_cost([curve(g, set()) for g in groups], cost, analysis.n_classes)
+
+
+def test_compress_removes_branches_and_reports_them(tmp_path):
+    """MobileNetV2 at 15 % of its multiply-adds removes both inverted residuals; --no-depth keeps them."""
+    model, data = ZOO / "mobilenet_v2.ts.onnx", ZOO / "mobilenet_v2.npz"
+    runner = CliRunner()
+    reports = {}
+    for flag in ("", "--no-depth"):
+        out, report = tmp_path / f"out{flag}.onnx", tmp_path / f"r{flag}.json"
+        result = runner.invoke(cli, ["compress", str(model), "--data", str(data), "--target-flops", "0.15",
+                                     "-o", str(out), "--report", str(report), *([flag] if flag else [])])
+        assert result.exit_code == 0, result.output
+        reports[flag] = (json.loads(report.read_text()), result.output, onnx.load(str(out)))
+        onnx.checker.check_model(reports[flag][2], full_check=True)
+    removed, output, pruned = reports[""]
+    assert len(removed["removed_blocks"]) == 2 and "removed 2 residual branch(es) whole" in output
+    assert all(b["layers"] and b["channels"] > 0 for b in removed["removed_blocks"])
+    assert not {n for b in removed["removed_blocks"] for n in b["layers"]} & {n.name for n in pruned.graph.node}
+    kept, output, _ = reports["--no-depth"]
+    assert kept["removed_blocks"] == [] and "residual branch" not in output
+    assert min(g["after"] for g in kept["groups"]) >= 1
+    feed = _feed("mobilenet_v2")
+    assert all(np.isfinite(o).all() for o in run_model(pruned, feed))
