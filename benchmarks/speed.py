@@ -9,6 +9,7 @@ judges it (CIFAR ResNet-56: top-1 on the 10 000 JPEG test images; the exports of
 ``*.test.npz``, never calibrated on). A model whose batch is fixed at 1 has no large-batch cell.
 
     python benchmarks/speed.py [--only resnet56,yolov8_like,ppocrv5_mobile_det,...] [--big-batch 64] [--runs 20]
+                               [--targets "flops 0.5,latency 0.5 --latency-batch 64,..."] [--out FILE]
 
 Writes ``benchmarks/results/speed.md``. Time the table with nothing else running: each cell is a ratio of two
 models timed in turn, but a loaded machine widens its noise.
@@ -34,8 +35,15 @@ RESULTS = ROOT / "benchmarks" / "results" / "speed.md"
 LOOKALIKES = ROOT / "sample_models" / "lookalikes"
 CIFAR = ["--num-samples", "1000", "--mean", ",".join(map(str, CIFAR_RESNET["mean"])),
          "--std", ",".join(map(str, CIFAR_RESNET["std"]))]
-TARGETS = {"flops 0.5": ["--target-flops", "0.5"], "flops 0.5, --round-to 16": ["--target-flops", "0.5", "--round-to", "16"],
-           "latency 0.5": ["--target-latency", "0.5"]}
+TARGETS = {"flops 0.5": ["--target-flops", "0.5"],
+           "flops 0.5 --no-depth": ["--target-flops", "0.5", "--no-depth"],
+           "flops 0.5 --round-to 16": ["--target-flops", "0.5", "--round-to", "16"],
+           "flops 0.5 --round-to 16 --allow-below": ["--target-flops", "0.5", "--round-to", "16", "--allow-below"],
+           "latency 0.5": ["--target-latency", "0.5"],
+           "latency 0.5 --latency-batch 64": ["--target-latency", "0.5", "--latency-batch", "64"],
+           "latency 0.5 --latency-batch 64 --no-depth": ["--target-latency", "0.5", "--latency-batch", "64",
+                                                         "--no-depth"]}
+DEFAULT_TARGETS = "flops 0.5,flops 0.5 --round-to 16,latency 0.5"
 
 
 def _cases() -> dict[str, tuple[Path, Path, list[str], Path | None]]:
@@ -106,16 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated model names (default: all)")
     ap.add_argument("--big-batch", type=int, default=64, help="the large batch size, samples per run")
     ap.add_argument("--runs", type=int, default=20, help="timed runs per model and batch size")
+    ap.add_argument("--targets", default=DEFAULT_TARGETS, help=f"comma-separated rows of: {', '.join(TARGETS)}")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the table is written")
     args = ap.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        ap.error(f"unknown target {unknown[0]!r}; choose from: {', '.join(TARGETS)}")
     if not SHARED.is_dir():
         print(f"skipped: real data not found at {SHARED} (this benchmark needs ../shared/data)")
         return 0
     only = set(filter(None, args.only.split(",")))
     batches = (1, args.big_batch)
-    rows = [f"| model | target | multiply-adds kept | latency ratio at batch 1 | at batch {args.big_batch} | "
+    rows = [f"| model | target | multiply-adds kept | blocks removed | latency ratio at batch 1 | at batch {args.big_batch} | "
             "--target-latency: predicted / measured in compress | fidelity vs the original | compress (s) |",
-            "| --- | --- | ---: | ---: | ---: | --- | --- | ---: |"]
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, (model, calib, options, test) in _cases().items():
@@ -125,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skipped {name}: {model} is absent")
                 continue
             shapes = _timed_shapes(name, calib)
-            for label, target in TARGETS.items():
+            for label in targets:
+                target = TARGETS[label]
                 out, report_path = tmp / f"{name}.onnx", tmp / f"{name}.json"
                 secs, proc = compress_cli(model, calib, out, [*target, *options, "--report", str(report_path)])
                 if proc.returncode:
-                    rows.append(f"| {name} | {label} | failed: {proc.stderr.strip().splitlines()[-1]} | | | | | |")
+                    rows.append(f"| {name} | {label} | failed: {proc.stderr.strip().splitlines()[-1]} | | | | | | |")
                     print(rows[-1], flush=True)
                     continue
                 report = json.loads(report_path.read_text())
@@ -139,17 +153,20 @@ def main(argv: list[str] | None = None) -> int:
                 check = (f"{lat['predicted_ratio']:.3f} / {lat['measured_ratio']:.3f}" if "measured_ratio" in lat
                          else "—")
                 cells = [f"{ratios[b]:.3f}" if ratios.get(b) is not None else "—" for b in batches]
-                rows.append(f"| {name} | {label} | {kept:.1%} | {cells[0]} | {cells[1]} | {check} | "
+                removed = len(report.get("removed_blocks", []))
+                rows.append(f"| {name} | {label} | {kept:.1%} | {removed} | {cells[0]} | {cells[1]} | {check} | "
                             f"{_fidelity(name, model, out, test, report)} | {secs:.0f} |")
                 print(rows[-1], flush=True)
     text = "\n".join([
         "# Latency of the pruned models on the CPU provider",
         "",
         f"`python benchmarks/speed.py{' --only ' + args.only if args.only else ''} --big-batch {args.big_batch} "
-        f"--runs {args.runs}`; {platform.machine()}, onnxruntime's default threads, Python "
+        f"--runs {args.runs}{chr(32) + '--targets ' + repr(args.targets) if args.targets != DEFAULT_TARGETS else ''}`; "
+        f"{platform.machine()}, onnxruntime's default threads, Python "
         f"{platform.python_version()}. Latency ratio: p50 of the pruned model over the original's, the two timed in "
         "interleaved rounds by `onnxprune bench`'s `benchmark_models` (5 warm-up runs each). `--target-latency 0.5` "
-        "is met at `--latency-batch 1`.",
+        "is met at `--latency-batch 1` unless the row says otherwise. Blocks removed: residual branches removed "
+        "whole (README \"Removing whole blocks\").",
         "", *rows, ""])
     publish(text, args.out)
     return 0

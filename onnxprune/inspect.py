@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 from onnxprune.analysis import find_groups
 from onnxprune.bench.inputs import check_overrides, input_specs
+from onnxprune.depth import removable_groups
 from onnxprune.graph.input_shapes import concrete_input_shapes, shapes_text
 from onnxprune.graph.io import load_model
 from onnxprune.graph.normalise import normalise, static_shapes
@@ -24,6 +25,7 @@ def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[i
     analysis = find_groups(model, static_shapes(model, shapes))
     counts = count_model(model, shapes)
     nodes = {n.name: n for n in model.graph.node}
+    removable = removable_groups(model, analysis)
     groups = []
     for g in analysis.groups:
         touched = set(g.producers) | {c.node for c in g.consumers} | set(g.members)
@@ -34,6 +36,7 @@ def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[i
             "channels": g.size,
             "frozen_channels": int(g.frozen.sum()),
             "prunable": g.prunable,
+            "removable_branch": g.id in removable,
             "flops_share": macs / counts.flops if counts.flops else 0.0,
             "producers": [f"{p} ({nodes[p].op_type})" for p in g.producers],
             "consumers": [f"{c.node} ({c.op})" for c in g.consumers],
@@ -49,7 +52,9 @@ def render_groups(summary: dict, *, verbose: bool = False) -> str:
     """A table of the groups (channels, frozen channels, share of MACs, state) with their members and reasons below each row."""
     groups = summary["groups"]
     prunable = [g for g in groups if g["prunable"]]
-    lines = [(f"{summary['model']}: {len(groups)} channel groups, {len(prunable)} prunable; "
+    branches = sum(g["removable_branch"] for g in groups)
+    lines = [(f"{summary['model']}: {len(groups)} channel groups, {len(prunable)} prunable"
+              f"{f' ({branches} of them residual branches that can be removed whole)' if branches else ''}; "
               f"{summary['params']:,} parameters, {summary['flops']:,} multiply-adds at "
               f"{shapes_text(summary['input_shapes'])}"),
              "",
@@ -67,6 +72,8 @@ def render_groups(summary: dict, *, verbose: bool = False) -> str:
 def _state(group: dict) -> str:
     if group["frozen_channels"] == group["channels"]:
         return "frozen"
+    if group["removable_branch"]:
+        return "branch"   # prunable, and removable whole
     return "prunable" if group["prunable"] else "kept"
 
 

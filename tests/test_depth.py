@@ -16,6 +16,7 @@ from onnxprune.costs import CostModel
 from onnxprune.depth import bypassed, removable_groups, vanished
 from onnxprune.graph.io import load_model
 from onnxprune.graph.normalise import normalise
+from onnxprune.inspect import analyze_model, render_groups
 from onnxprune.metrics import count_model
 from onnxprune.plan import PrunePlan
 from onnxprune.rewrite import apply_plan
@@ -108,11 +109,12 @@ def test_allocation_removes_a_branch_whole_when_that_costs_least():
 
 
 def test_compress_removes_branches_and_reports_them(tmp_path):
-    """MobileNetV2 at 15 % of its multiply-adds removes both inverted residuals; --no-depth keeps them."""
+    """MobileNetV2 at 15 % of its multiply-adds removes both inverted residuals (also layer by layer); --no-depth
+    keeps them."""
     model, data = ZOO / "mobilenet_v2.ts.onnx", ZOO / "mobilenet_v2.npz"
     runner = CliRunner()
     reports = {}
-    for flag in ("", "--no-depth"):
+    for flag in ("", "--no-depth", "--independent"):
         out, report = tmp_path / f"out{flag}.onnx", tmp_path / f"r{flag}.json"
         result = runner.invoke(cli, ["compress", str(model), "--data", str(data), "--target-flops", "0.15",
                                      "-o", str(out), "--report", str(report), *([flag] if flag else [])])
@@ -123,8 +125,18 @@ def test_compress_removes_branches_and_reports_them(tmp_path):
     assert len(removed["removed_blocks"]) == 2 and "removed 2 residual branch(es) whole" in output
     assert all(b["layers"] and b["channels"] > 0 for b in removed["removed_blocks"])
     assert not {n for b in removed["removed_blocks"] for n in b["layers"]} & {n.name for n in pruned.graph.node}
+    independent, _, pruned_alone = reports["--independent"]   # layer by layer: the removed branch the same way
+    assert len(independent["removed_blocks"]) == 2
+    assert not {n for b in independent["removed_blocks"] for n in b["layers"]} & {n.name for n in pruned_alone.graph.node}
     kept, output, _ = reports["--no-depth"]
     assert kept["removed_blocks"] == [] and "residual branch" not in output
     assert min(g["after"] for g in kept["groups"]) >= 1
     feed = _feed("mobilenet_v2")
     assert all(np.isfinite(o).all() for o in run_model(pruned, feed))
+
+
+def test_analyze_marks_removable_branches():
+    summary = analyze_model(ZOO / "resnet_basic.ts.onnx")
+    assert sum(g["removable_branch"] for g in summary["groups"]) == REMOVABLE["resnet_basic"]
+    text = render_groups(summary)
+    assert "3 of them residual branches that can be removed whole" in text and text.count(" branch ") == 3
