@@ -485,11 +485,13 @@ ELSEWHERE = [("real_exports.md", "Third-party exports: fidelity against the orig
               "python benchmarks/real_models.py --part exports"),
              ("compact_cifar.md", "Compact CIFAR-10 models trained here",
               "python benchmarks/real_models.py --part compact"),
-             ("speed.md", "Latency of the pruned models on the CPU provider", "python benchmarks/speed.py")]
+             ("speed.md", "Latency of the pruned models on the CPU provider", "python benchmarks/speed.py"),
+             ("speed_depth.md", "ResNet-56 with and without removing whole blocks",
+              "python benchmarks/speed.py --only resnet56 --targets …")]
 
 
 def measured_elsewhere() -> list[str]:
-    """The real-exports, compact-CIFAR and speed tables of ``results/``, each under its own heading (their own
+    """The real-exports, compact-CIFAR and speed tables (with the depth-pruning one) of ``results/``, each under its own heading (their own
     first heading dropped, the rest one level down), as their scripts last wrote them."""
     parts = []
     for name, title, command in ELSEWHERE:

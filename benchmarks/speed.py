@@ -36,10 +36,11 @@ LOOKALIKES = ROOT / "sample_models" / "lookalikes"
 CIFAR = ["--num-samples", "1000", "--mean", ",".join(map(str, CIFAR_RESNET["mean"])),
          "--std", ",".join(map(str, CIFAR_RESNET["std"]))]
 TARGETS = {"flops 0.5": ["--target-flops", "0.5"],
-           "flops 0.5 --no-depth": ["--target-flops", "0.5", "--no-depth"],
+           "flops 0.5 --depth": ["--target-flops", "0.5", "--depth"],
            "flops 0.5 --round-to 16": ["--target-flops", "0.5", "--round-to", "16"],
            "flops 0.5 --round-to 16 --allow-below": ["--target-flops", "0.5", "--round-to", "16", "--allow-below"],
            "latency 0.5": ["--target-latency", "0.5"],
+           "latency 0.5 --no-depth": ["--target-latency", "0.5", "--no-depth"],
            "latency 0.5 --latency-batch 64": ["--target-latency", "0.5", "--latency-batch", "64"],
            "latency 0.5 --latency-batch 64 --no-depth": ["--target-latency", "0.5", "--latency-batch", "64",
                                                          "--no-depth"]}

@@ -118,7 +118,10 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     landings = landings or {}
     gone = vanished(analysis, plan.kept)   # removed branches: no layer of theirs is re-fitted
     constants = {c: plan.refits[c] for c in gone if c in plan.refits}   # their last layers' outputs
-    plan_stages = _Stages(model, [c for c in consumers if c.node not in gone], landings)
+    outputs = {c.node: c.output for c in consumers}
+    removed = {outputs[n] for n in gone if n in outputs}   # a removed branch's output: a constant now
+    plan_stages = _Stages(model, [c for c in consumers if c.node not in gone],
+                          {n: r for n, r in landings.items() if r.other not in removed})
     if gone and seeded is not None and store is not None:   # the first pass kept the first stage of every
         stored = first_pass_keep(model, consumers, landings, seeded)[ORIGINAL]   # consumer: still enough?
         if not set(plan_stages.original_segments(model, seeded)[0].outputs) <= set(stored):

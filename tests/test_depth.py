@@ -18,7 +18,8 @@ from onnxprune.graph.io import load_model
 from onnxprune.graph.normalise import normalise
 from onnxprune.inspect import analyze_model, render_groups
 from onnxprune.metrics import count_model
-from onnxprune.plan import PrunePlan
+from onnxprune.latency import LatencyTable
+from onnxprune.plan import AllocationSettings, LatencyBudget, PrunePlan
 from onnxprune.rewrite import apply_plan
 
 from conftest import SAMPLES, real_inputs, run_model
@@ -109,30 +110,37 @@ def test_allocation_removes_a_branch_whole_when_that_costs_least():
 
 
 def test_compress_removes_branches_and_reports_them(tmp_path):
-    """MobileNetV2 at 15 % of its multiply-adds removes both inverted residuals (also layer by layer); --no-depth
-    keeps them."""
+    """MobileNetV2 at 15 % of its multiply-adds with --depth removes both inverted residuals (also layer by layer);
+    against a multiply-add target alone the default keeps every branch."""
     model, data = ZOO / "mobilenet_v2.ts.onnx", ZOO / "mobilenet_v2.npz"
     runner = CliRunner()
     reports = {}
-    for flag in ("", "--no-depth", "--independent"):
-        out, report = tmp_path / f"out{flag}.onnx", tmp_path / f"r{flag}.json"
+    for flags in (("--depth",), (), ("--depth", "--independent")):
+        out, report = tmp_path / f"out{len(reports)}.onnx", tmp_path / f"r{len(reports)}.json"
         result = runner.invoke(cli, ["compress", str(model), "--data", str(data), "--target-flops", "0.15",
-                                     "-o", str(out), "--report", str(report), *([flag] if flag else [])])
+                                     "-o", str(out), "--report", str(report), *flags])
         assert result.exit_code == 0, result.output
-        reports[flag] = (json.loads(report.read_text()), result.output, onnx.load(str(out)))
-        onnx.checker.check_model(reports[flag][2], full_check=True)
-    removed, output, pruned = reports[""]
-    assert len(removed["removed_blocks"]) == 2 and "removed 2 residual branch(es) whole" in output
-    assert all(b["layers"] and b["channels"] > 0 for b in removed["removed_blocks"])
-    assert not {n for b in removed["removed_blocks"] for n in b["layers"]} & {n.name for n in pruned.graph.node}
-    independent, _, pruned_alone = reports["--independent"]   # layer by layer: the removed branch the same way
-    assert len(independent["removed_blocks"]) == 2
-    assert not {n for b in independent["removed_blocks"] for n in b["layers"]} & {n.name for n in pruned_alone.graph.node}
-    kept, output, _ = reports["--no-depth"]
+        reports[flags] = (json.loads(report.read_text()), result.output, onnx.load(str(out)))
+        onnx.checker.check_model(reports[flags][2], full_check=True)
+    feed = _feed("mobilenet_v2")
+    for flags in (("--depth",), ("--depth", "--independent")):
+        removed, output, pruned = reports[flags]
+        assert len(removed["removed_blocks"]) == 2 and "removed 2 residual branch(es) whole" in output
+        assert all(b["layers"] and b["channels"] > 0 for b in removed["removed_blocks"])
+        assert not {n for b in removed["removed_blocks"] for n in b["layers"]} & {n.name for n in pruned.graph.node}
+        assert all(np.isfinite(o).all() for o in run_model(pruned, feed))
+    kept, output, _ = reports[()]
     assert kept["removed_blocks"] == [] and "residual branch" not in output
     assert min(g["after"] for g in kept["groups"]) >= 1
-    feed = _feed("mobilenet_v2")
-    assert all(np.isfinite(o).all() for o in run_model(pruned, feed))
+
+
+def test_branches_are_removed_by_default_only_against_a_latency_budget():
+    model, analysis = _load("resnet_basic")
+    budget = LatencyBudget(0.5, LatencyTable("cpu", 1, 1.0, {}))
+    assert not AllocationSettings().removes_branches and not AllocationSettings().removable(model, analysis)
+    assert AllocationSettings(latency=budget).removable(model, analysis) == removable_groups(model, analysis)
+    assert AllocationSettings(depth=True).removes_branches
+    assert not AllocationSettings(depth=False, latency=budget).removes_branches
 
 
 def test_analyze_marks_removable_branches():
@@ -140,3 +148,18 @@ def test_analyze_marks_removable_branches():
     assert sum(g["removable_branch"] for g in summary["groups"]) == REMOVABLE["resnet_basic"]
     text = render_groups(summary)
     assert "3 of them residual branches that can be removed whole" in text and text.count(" branch ") == 3
+
+
+def test_a_block_with_a_projection_shortcut_can_go(tmp_path):
+    """The shortcut's re-fit no longer targets the sum minus a branch that is now a constant."""
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    result = CliRunner().invoke(cli, ["compress", str(ZOO / "resnet_basic.ts.onnx"), "--data",
+                                      str(ZOO / "resnet_basic.npz"), "--target-flops", "0.1", "--depth",
+                                      "-o", str(out), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    removed = {b["group"] for b in json.loads(report.read_text())["removed_blocks"]}
+    assert "/2/body/body.0/body.0.0/Conv" in removed   # block 2 has a 1x1 projection shortcut
+    pruned = onnx.load(str(out))
+    onnx.checker.check_model(pruned, full_check=True)
+    assert "/2/short/short.0/Conv" in {n.name for n in pruned.graph.node}
+    assert all(np.isfinite(o).all() for o in run_model(pruned, _feed("resnet_basic")))

