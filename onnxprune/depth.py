@@ -58,18 +58,13 @@ def _removable(group: ChannelGroup, carried: list[tuple[str, bool]], landings, p
         for node in readers.get(tensor, []):
             if (node.name, tensor) not in consumer_inputs and not all(o in whole for o in node.output if o):
                 return False   # read by something that stays
-    gone.update((c.node, producers_of[c.output]) for c in group.consumers)
+    gone.update((c.node, producers_of[c.output]) for c in group.consumers)   # the consumers become constants
     for node in gone.values():   # what the branch reads must stay read: removing it must not strand a layer
         for tensor in node.input:
             if tensor and tensor not in whole and tensor in producers_of and \
                     not any(r.name not in gone for r in readers.get(tensor, [])):
                 return False
     return True
-
-
-def removed_groups(analysis: Analysis, kept: np.ndarray) -> list[ChannelGroup]:
-    """The groups ``kept`` keeps none of."""
-    return [g for g in analysis.groups if g.prunable and not kept[g.classes].any()]
 
 
 def bypassed(analysis: Analysis, kept: np.ndarray) -> list[Consumer]:

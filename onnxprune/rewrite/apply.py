@@ -94,8 +94,7 @@ class _Rewriter:
                 for i, tensor in enumerate(reader.input):
                     if tensor == node.output[0]:
                         reader.input[i] = const
-        layouts = self.analysis.layouts
-        empty = {t for t in layouts if not self.mask(t).any()}
+        empty = {t for t in self.analysis.layouts if not self.mask(t).any()}
         keep = [n for n in self.model.graph.node if n.name not in constants and
                 not all(o in empty for o in n.output if o)]
         del self.model.graph.node[:]
@@ -116,8 +115,8 @@ class _Rewriter:
             if cons.op == "Gemm":
                 value = value * float(attr(node, "beta", 1.0))
         else:
-            value = np.zeros(int(self.analysis.mask(cons.output, self.plan.kept).sum())
-                             if cons.output in self.analysis.layouts else self.analysis.shapes[cons.output][-1])
+            value = np.zeros(int(self.mask(cons.output).sum()) if cons.output in self.analysis.layouts
+                             else self.analysis.shapes[cons.output][-1])
         rank = len(self.analysis.shapes[cons.output])
         shape = [1, -1] + [1] * (rank - 2) if cons.op == "Conv" else [1] * (rank - 1) + [-1]
         return np.ascontiguousarray(np.asarray(value, dtype=dtype).reshape(shape))
