@@ -16,6 +16,12 @@ CIFAR_TUTORIAL = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 CIFAR_RESNET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
+def image_args(norm: dict, samples: int = 1000) -> list[str]:
+    """The compress options that calibrate on ``samples`` images of a folder with the normalisation ``norm``."""
+    return ["--num-samples", str(samples), "--mean", ",".join(map(str, norm["mean"])),
+            "--std", ",".join(map(str, norm["std"]))]
+
+
 def publish(text: str, out: Path) -> None:
     """Print a benchmark's table and write it to ``out`` (its folder made if needed)."""
     print(text)

@@ -34,12 +34,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import publish  # noqa: E402
+from evaluate import CIFAR_RESNET, image_args, publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "one_pass.md"
-CIFAR = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
 LOOKALIKES = ROOT / "sample_models" / "lookalikes"
 
 
@@ -129,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if "resnet56" in only:
             model = SHARED / "models" / "resnet56-cifar10.onnx"
             if model.exists():
-                cases.append(("resnet56", model, SHARED / "cifar10" / "train-subset", ["--num-samples", "1000",
-                                                                                       *CIFAR]))
+                cases.append(("resnet56", model, SHARED / "cifar10" / "train-subset", image_args(CIFAR_RESNET)))
             else:
                 print(f"skipped resnet56: {model} is absent")
         if "vgg16" in only:

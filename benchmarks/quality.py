@@ -47,6 +47,7 @@ from evaluate import (
     CIFAR_TUTORIAL,
     accuracy,
     compress_cli,
+    image_args,
     require_shared,
     write_image_npz,
     write_mnist_npz,
@@ -147,7 +148,7 @@ def prepare(spec: ModelSpec, shared: Path) -> Prepared:
                        lambda p: write_image_npz(model, folder / "train-subset", p, num_samples=CALIB_SAMPLES, **spec.norm))
     test = cached(CACHE / f"cifar10-test-{name}-{spec.preset}.npz",
                   lambda p: write_image_npz(model, folder / "test", p, **spec.norm))
-    args = ["--num-samples", str(CALIB_SAMPLES), "--mean", csv(spec.norm["mean"]), "--std", csv(spec.norm["std"])]
+    args = image_args(spec.norm, CALIB_SAMPLES)
     return Prepared(model, folder / "train-subset", args, calib_npz, test, name, counts)
 
 
@@ -157,10 +158,6 @@ def cached(path: Path, write: Callable[[Path], Path]) -> Path:
         print(f"  preparing {path}", flush=True)
         write(path)
     return path
-
-
-def csv(values) -> str:
-    return ",".join(str(v) for v in values)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -491,14 +488,15 @@ ELSEWHERE = [("real_exports.md", "Third-party exports: fidelity against the orig
 
 
 def measured_elsewhere() -> list[str]:
-    """The real-exports, compact-CIFAR and speed tables (with the depth-pruning one) of ``results/``, each under its own heading (their own
-    first heading dropped, the rest one level down), as their scripts last wrote them."""
+    """The real-exports, compact-CIFAR and speed tables (with the depth-pruning one) of ``results/``, each under its
+    own heading (their own first heading dropped, the rest one level down), as their scripts last wrote them."""
     parts = []
     for name, title, command in ELSEWHERE:
         path = RESULTS_DIR / name
         if not path.is_file():
             continue
-        body = path.read_text().split("\n", 1)[1].strip() if path.read_text().startswith("# ") else path.read_text()
+        text = path.read_text()
+        body = text.split("\n", 1)[1].strip() if text.startswith("# ") else text
         body = "\n".join("#" + line if line.startswith("#") else line for line in body.splitlines())
         parts.append(f"## {title}\n\nFrom `benchmarks/results/{name}` (`{command}`).\n\n{body}\n")
     return parts

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import (CIFAR_RESNET, CIFAR_TUTORIAL, accuracy, compress_cli, predictions, require_shared,  # noqa: E402
-                      write_mnist_npz)
+from evaluate import (CIFAR_RESNET, CIFAR_TUTORIAL, accuracy, compress_cli, image_args, predictions,  # noqa: E402
+                      publish, require_shared, write_mnist_npz)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,8 +151,7 @@ def compact_table(targets: list[float], extra: list[str], args: argparse.Namespa
 
     shared = require_shared()
     images, testset = shared / "cifar10" / "train-subset", shared / "cifar10" / "test"
-    options = ["--num-samples", "1000", "--mean", ",".join(map(str, CIFAR_RESNET["mean"])),
-               "--std", ",".join(map(str, CIFAR_RESNET["std"]))]
+    options = image_args(CIFAR_RESNET)
     rows = ["| model | parameters | target MACs | kept | top-1 before | top-1 after | top-1 agreement | "
             "compress (s) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     only = set(filter(None, args.only.split(",")))
@@ -174,10 +173,9 @@ def compact_table(targets: list[float], extra: list[str], args: argparse.Namespa
     cmd = (f"python benchmarks/real_models.py --part compact --targets {args.targets}" +
            (f" --only {args.only}" if args.only else "") + (f' --extra "{args.extra}"' if args.extra else ""))
     out = ROOT / "benchmarks" / "results" / ("compact_cifar.md" if not extra else "compact_cifar_extra.md")
-    out.write_text(f"# Compact CIFAR-10 models at a share of their multiply-adds\n\n`{cmd}`; calibration: 1 000 "
-                   "images of train-subset (the README's CIFAR normalisation); test: the 10 000 test JPEGs\n\n"
-                   + "\n".join(rows) + "\n")
-    print(f"wrote {out}")
+    publish(f"# Compact CIFAR-10 models at a share of their multiply-adds\n\n`{cmd}`; calibration: 1 000 images of "
+            "train-subset (the README's CIFAR normalisation); test: the 10 000 test JPEGs\n\n" + "\n".join(rows) + "\n",
+            out)
 
 
 def core_table(extra: list[str], extra_text: str) -> None:
@@ -202,7 +200,7 @@ def core_table(extra: list[str], extra_text: str) -> None:
 
         cifar = shared / "models" / "cifar10-tutorial-cnn.onnx"
         images = shared / "cifar10" / "train-subset"
-        img_args = ["--num-samples", "1000", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
+        img_args = image_args(CIFAR_TUTORIAL)
         secs = compress(cifar, images, tmp / "cifar.onnx", [*img_args, "--target-flops", "0.5", *extra])
         kept = count_model(onnx.load(str(tmp / "cifar.onnx"))).flops / count_model(onnx.load(str(cifar))).flops
         testset = shared / "cifar10" / "test"

@@ -21,20 +21,17 @@ import json
 import platform
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import CIFAR_RESNET, SHARED, accuracy, compress_cli, publish  # noqa: E402
+from evaluate import CIFAR_RESNET, SHARED, accuracy, compress_cli, image_args, publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "speed.md"
 LOOKALIKES = ROOT / "sample_models" / "lookalikes"
-CIFAR = ["--num-samples", "1000", "--mean", ",".join(map(str, CIFAR_RESNET["mean"])),
-         "--std", ",".join(map(str, CIFAR_RESNET["std"]))]
+CIFAR = image_args(CIFAR_RESNET)
 TARGETS = {"flops 0.5": ["--target-flops", "0.5"],
            "flops 0.5 --depth": ["--target-flops", "0.5", "--depth"],
            "flops 0.5 --round-to 16": ["--target-flops", "0.5", "--round-to", "16"],
@@ -86,15 +83,9 @@ def _timed_shapes(name: str, calib: Path) -> dict[str, tuple[int, ...]] | None:
     if name == "yolov8_like":
         return {"images": (1, 3, 480, 640)}
     if calib.suffix == ".npz":   # read from each array's header, not the (up to 250 MB) arrays
-        shapes = {}
-        with zipfile.ZipFile(calib) as archive:
-            for member in archive.namelist():
-                with archive.open(member) as f:
-                    version = np.lib.format.read_magic(f)
-                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
-                              np.lib.format.read_array_header_2_0)
-                    shapes[member.removesuffix(".npy")] = (1, *header(f)[0][1:])
-        return shapes
+        from onnxprune.calibration.sources import npz_headers
+
+        return {name: (1, *shape[1:]) for name, (shape, _) in npz_headers(calib).items()}
     return None
 
 
@@ -158,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(f"| {name} | {label} | {kept:.1%} | {removed} | {cells[0]} | {cells[1]} | {check} | "
                             f"{_fidelity(name, model, out, test, report)} | {secs:.0f} |")
                 print(rows[-1], flush=True)
+    command = (f"python benchmarks/speed.py{' --only ' + args.only if args.only else ''} --big-batch {args.big_batch} "
+               f"--runs {args.runs}" + (f" --targets {args.targets!r}" if args.targets != DEFAULT_TARGETS else ""))
     text = "\n".join([
         "# Latency of the pruned models on the CPU provider",
         "",
-        f"`python benchmarks/speed.py{' --only ' + args.only if args.only else ''} --big-batch {args.big_batch} "
-        f"--runs {args.runs}{chr(32) + '--targets ' + repr(args.targets) if args.targets != DEFAULT_TARGETS else ''}`; "
-        f"{platform.machine()}, onnxruntime's default threads, Python "
+        f"`{command}`; {platform.machine()}, onnxruntime's default threads, Python "
         f"{platform.python_version()}. Latency ratio: p50 of the pruned model over the original's, the two timed in "
         "interleaved rounds by `onnxprune bench`'s `benchmark_models` (5 warm-up runs each). `--target-latency 0.5` "
         "is met at `--latency-batch 1` unless the row says otherwise. Blocks removed: residual branches removed "

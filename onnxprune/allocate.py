@@ -67,10 +67,10 @@ class _Allocation:
                 best = (max(c.curve[after] - c.curve[k], 0.0) / saving, after)
                 break
             steps += 1
-        if c.removable and k > 0:
-            saving = self.cost.saving(self._removal(g, 0))
-            if saving > 0 and max(c.curve[0] - c.curve[k], 0.0) / saving < best[0]:
-                best = (max(c.curve[0] - c.curve[k], 0.0) / saving, 0)
+        if c.removable and k > 0 and (saving := self.cost.saving(self._removal(g, 0))) > 0:
+            whole = max(c.curve[0] - c.curve[k], 0.0) / saving
+            if whole < best[0]:   # on a tie, thinning goes first
+                best = (whole, 0)
         return best
 
     def can_restore(self, g: int) -> bool:

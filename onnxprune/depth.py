@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
-from onnxprune.residual import residual_landings
+from onnxprune.residual import residual_landings, tensor_readers
 
 BYPASSABLE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 
@@ -22,10 +22,7 @@ def removable_groups(model: onnx.ModelProto, analysis: Analysis) -> set[int]:
     """Ids of the prunable groups whose whole branch can be removed (module docstring)."""
     landings = residual_landings(model, analysis, analysis.consumers)
     producers_of = {t: n for n in model.graph.node for t in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in set(node.input):
-            readers.setdefault(name, []).append(node)
+    readers = tensor_readers(model)
     group_of = np.full(analysis.n_classes, -1)
     for g in analysis.groups:
         group_of[g.classes] = g.id

@@ -115,6 +115,11 @@ class GroupOutcome:
     producers: list[str]
     reasons: list[str] = field(default_factory=list)
 
+    @property
+    def removed(self) -> bool:
+        """Whether the group lost every channel: a residual branch removed whole (``onnxprune/depth.py``)."""
+        return bool(self.before) and not self.after
+
 
 @dataclass
 class PrunePlan:

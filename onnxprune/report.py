@@ -36,7 +36,7 @@ class PruneReport:
     @property
     def removed(self) -> list[GroupOutcome]:
         """The groups removed whole: residual branches whose layers are gone (``onnxprune/depth.py``)."""
-        return [g for g in self.groups if g.before and not g.after]
+        return [g for g in self.groups if g.removed]
 
     def achieved(self, kind: str) -> float:
         before, after = self.params if kind == "params" else self.flops
@@ -88,7 +88,7 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
         width = min(max(len(g.name) for g in shown), 48)
         lines.append(f"{'group':<{width}}  {'channels':>11}  {'re-fit error':>12}")
         for g in shown:
-            err = "removed" if g.before and not g.after else "" if g.error is None else f"{g.error:12.4f}"
+            err = "removed" if g.removed else "" if g.error is None else f"{g.error:12.4f}"
             lines.append(f"{g.name[-width:]:<{width}}  {g.before:>4} -> {g.after:<4}  {err:>12}")
         lines.append("")
     untouched = [g for g in report.groups if g.before == g.after and g.reasons]

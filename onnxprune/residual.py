@@ -21,7 +21,7 @@ import onnx
 from onnxprune.analysis.model import Analysis, Consumer
 
 
-def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+def tensor_readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     """The nodes that read each tensor (each node once per tensor)."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -40,7 +40,7 @@ class Landing:
 
 def residual_landings(model: onnx.ModelProto, analysis: Analysis, consumers: Sequence[Consumer]) -> dict[str, Landing]:
     """Consumers whose output feeds only a two-branch Add (or two-input Sum) of equal shapes, by node name."""
-    readers = _readers(model)
+    readers = tensor_readers(model)
     constants = {i.name for i in model.graph.initializer}
     out: dict[str, Landing] = {}
     for c in consumers:
@@ -62,7 +62,7 @@ _LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 def output_consumers(model: onnx.ModelProto, consumers: Sequence[Consumer]) -> set[str]:
     """Names of the consumers from whose output no Conv, ConvTranspose, Gemm or MatMul can be reached."""
-    readers = _readers(model)
+    readers = tensor_readers(model)
     last: set[str] = set()
     for c in consumers:
         stack, seen, reaches = [c.output], {c.output}, False

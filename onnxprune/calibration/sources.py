@@ -304,7 +304,8 @@ def _read_npy_header(fp) -> tuple[tuple, np.dtype]:
     return tuple(int(d) for d in shape), np.dtype(dtype)
 
 
-def _npz_headers(path: Path) -> dict[str, tuple[tuple, np.dtype]]:
+def npz_headers(path: Path) -> dict[str, tuple[tuple, np.dtype]]:
+    """(shape, dtype) of every array of the .npz at ``path``, read from their headers (no array is loaded)."""
     try:
         with zipfile.ZipFile(path) as zf:
             headers = {}
@@ -531,7 +532,7 @@ def _open_npz(root: Path, paths: list[Path], inputs: list[InputSpec], num_sample
     for path in paths:
         if num_samples is not None and total >= num_samples:
             break
-        headers = _npz_headers(path)
+        headers = npz_headers(path)
         missing = [n for n in names if n not in headers]
         if missing:
             found = ", ".join(repr(k) for k in headers) or "no arrays"

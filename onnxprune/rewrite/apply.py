@@ -86,14 +86,15 @@ class _Rewriter:
         constants = {c.node: self.constant_output(c) for c in bypassed(self.analysis, self.plan.kept)}
         if not constants:
             return
+        renamed = {}   # a bypassed consumer's output -> the constant standing in for it
         for name, value in constants.items():
-            node = self.nodes[name]
             const = self.fresh(f"{name}_constant")
             self.model.graph.initializer.append(numpy_helper.from_array(value, const))
-            for reader in self.model.graph.node:
-                for i, tensor in enumerate(reader.input):
-                    if tensor == node.output[0]:
-                        reader.input[i] = const
+            renamed[self.nodes[name].output[0]] = const
+        for reader in self.model.graph.node:
+            for i, tensor in enumerate(reader.input):
+                if tensor in renamed:
+                    reader.input[i] = renamed[tensor]
         empty = {t for t in self.analysis.layouts if not self.mask(t).any()}
         keep = [n for n in self.model.graph.node if n.name not in constants and
                 not all(o in empty for o in n.output if o)]
