@@ -94,16 +94,17 @@ from onnxprune.runtime import cpu_cores
                    "disappear and the Add keeps the shortcut plus a constant. Default: only with --target-latency "
                    "(ResNet-56 at half its latency, batch 64: 75.9 % top-1 instead of 64.7 %); against multiply-adds "
                    "alone it cost top-1 on the models measured. The summary and the report list removed blocks.")
-@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="Keep a multiple of N channels in every group whose size is a multiple of N "
-                   "(e.g. 8 for Tensor Cores and TensorRT; 16 for onnxruntime's CPU convolutions with AVX-512, 8 "
-                   "with AVX2, whose blocks pad other counts: at half the multiply-adds the PP-OCR detectors went "
-                   "from 1.1-1.3x to 0.7-0.8x of the original's latency at batch 1; add --allow-below where groups "
-                   "have that many channels or fewer); the target is still met within 2 %.")
+@click.option("--round-to", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Keep a multiple of N channels in every group whose size is a multiple of N (e.g. 8 for Tensor "
+                   "Cores and TensorRT); the target is still met within 2 %. Default: on the cpu provider with "
+                   "--target-flops or --target-latency, the channel block of onnxruntime's CPU convolutions (16 with "
+                   "AVX-512, 8 with AVX2; ONNXPRUNE_CPU_BLOCK sets another CPU's) with --allow-below, and "
+                   "--target-flops ranks cuts by the multiply-adds those blocked kernels execute (ResNet-56 at half "
+                   "the multiply-adds, batch 64: 0.64x of the original's latency instead of 0.74-0.83x); elsewhere "
+                   "1. --round-to 1 keeps exact counts.")
 @click.option("--allow-below", is_flag=True,
               help="With --round-to N, also allow any count below N (onnxruntime's CPU kernels read fewer than N "
-                   "input channels without padding). --target-latency on cpu sets --round-to to the CPU's channel "
-                   "block with this flag when --round-to is not given.")
+                   "input channels without padding); part of the cpu default.")
 @exclude_option
 @image_options
 @sampling_options

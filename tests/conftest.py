@@ -18,6 +18,13 @@ CHAIN_MODELS = sorted((SAMPLES / "chains").glob("**/*.onnx"))
 sys.path.insert(0, str(SAMPLES))  # the sample-model builders, importable by every test module
 
 
+@pytest.fixture(autouse=True)
+def exact_cpu_counts(monkeypatch):
+    """Every test sees a CPU without channel blocks (exact counts by default), whatever CPU runs the suite;
+    the tests of the CPU-block defaults set ``ONNXPRUNE_CPU_BLOCK`` themselves."""
+    monkeypatch.setenv("ONNXPRUNE_CPU_BLOCK", "1")
+
+
 def run_cli(args) -> object:
     """Invoke the onnxprune CLI in-process with the given arguments (any path-like is turned into str)."""
     return CliRunner().invoke(cli, [str(a) for a in args])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.bench.providers import ProviderSpec, open_session, resolve_providers
+from onnxprune.errors import UsageError
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 # ops onnxruntime fuses into the kernel of the Conv/Gemm before them
@@ -130,13 +132,22 @@ def _compute_sources(node: onnx.NodeProto, producer: Mapping[str, onnx.NodeProto
     return found
 
 
-@functools.lru_cache(maxsize=None)
 def cpu_channel_block() -> int:
     """The channel block of onnxruntime's NCHWc convolutions on this CPU (16 with AVX-512, 8 with AVX2), or 1
-    where the CPU provider does not use that layout.
+    where the CPU provider does not use that layout; ``ONNXPRUNE_CPU_BLOCK`` sets it instead (the block of the
+    CPU the model will run on, when that is another machine; 1 for exact counts)."""
+    forced = os.environ.get("ONNXPRUNE_CPU_BLOCK", "").strip()
+    if not forced:
+        return _probed_channel_block()
+    if not forced.isdigit() or int(forced) < 1:
+        raise UsageError(f"ONNXPRUNE_CPU_BLOCK must be a whole number of channels >= 1, not {forced!r}")
+    return int(forced)
 
-    Read from the graph onnxruntime optimises: it pads a convolution's output channels up to the block, so
-    a probe convolution with one output channel gets a weight with ``block`` of them."""
+
+@functools.lru_cache(maxsize=None)
+def _probed_channel_block() -> int:
+    """The block read from the graph onnxruntime optimises: it pads a convolution's output channels up to the
+    block, so a probe convolution with one output channel gets a weight with ``block`` of them."""
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["y"], name="probe", pads=[1, 1, 1, 1])], "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
