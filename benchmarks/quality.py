@@ -7,7 +7,7 @@ Models (``../shared/data/models``), calibration and test splits, as in ``../shar
   (1 000 images drawn at random with the default seed, every class represented), scored on all 10 000
   images of ``test/``.
 
-Methods: onnxprune through its CLI in a fresh process (``default``, ``independent``, ``l1``, ``l1-no-refit``,
+Methods: onnxprune through its CLI in a fresh process (``default``, ``exact``, ``independent``, ``l1``, ``l1-no-refit``,
 ``random``), and onnxsim's ``apply_structured_pruning`` (L1, L2) and ``apply_structured_wanda_pruning`` on the
 model after ``onnxsim.simplify`` (which folds CNTK's bias Adds into the Convs; without it onnxsim prunes
 nothing of mnist-cntk). onnxsim's knob is a per-chain (uniform) or pooled (global) channel ratio: it is
@@ -90,23 +90,25 @@ MODELS = {m.key: m for m in (
 )}
 
 # onnxprune methods: extra `compress` options
+# (the method rows keep exact counts, as every row did before the CPU-block default of 2026-12-05, so that they
+# compare ranking methods; the cells measured before then ran the same options without the `--round-to 1`)
 ONNXPRUNE = {
     "default": [],
-    "cpu-blocks": ["--round-to", "16", "--allow-below"],
-    "independent": ["--independent"],
-    "l1": ["--method", "l1"],
-    "l1-no-refit": ["--method", "l1", "--no-refit"],
-    "random": ["--method", "random"],
+    "exact": ["--round-to", "1"],
+    "independent": ["--independent", "--round-to", "1"],
+    "l1": ["--method", "l1", "--round-to", "1"],
+    "l1-no-refit": ["--method", "l1", "--no-refit", "--round-to", "1"],
+    "random": ["--method", "random", "--round-to", "1"],
 }
 # onnxsim methods: (importance_norm, calibrated Wanda)
 ONNXSIM = {"onnxsim-l1": ("l1", False), "onnxsim-l2": ("l2", False), "onnxsim-wanda": ("l2", True)}
 LABELS = {
-    "default": "onnxprune default (entropic, error-correcting)",
-    "cpu-blocks": "onnxprune `--round-to 16 --allow-below` (counts of CPU channel blocks)",
-    "independent": "onnxprune entropic `--independent`",
-    "l1": "onnxprune `--method l1` (re-fit)",
-    "l1-no-refit": "onnxprune `--method l1 --no-refit`",
-    "random": "onnxprune `--method random` (re-fit)",
+    "default": "onnxprune default (entropic, error-correcting; counts of this CPU's 16-channel blocks)",
+    "exact": "onnxprune `--round-to 1` (exact counts: the default before 2026-12-05)",
+    "independent": "onnxprune entropic `--independent --round-to 1`",
+    "l1": "onnxprune `--method l1 --round-to 1` (re-fit)",
+    "l1-no-refit": "onnxprune `--method l1 --no-refit --round-to 1`",
+    "random": "onnxprune `--method random --round-to 1` (re-fit)",
     "onnxsim-l1": "onnxsim `apply_structured_pruning` L1",
     "onnxsim-l2": "onnxsim `apply_structured_pruning` L2",
     "onnxsim-wanda": "onnxsim `apply_structured_wanda_pruning`",
@@ -482,6 +484,8 @@ ELSEWHERE = [("real_exports.md", "Third-party exports: fidelity against the orig
               "python benchmarks/real_models.py --part exports"),
              ("compact_cifar.md", "Compact CIFAR-10 models trained here",
               "python benchmarks/real_models.py --part compact"),
+             ("speed_counts.md", "Latency at the CPU's channel-block counts (the default) and at exact counts",
+              "python benchmarks/speed.py --targets 'flops 0.5,flops 0.5 --round-to 1'"),
              ("speed.md", "Latency of the pruned models on the CPU provider", "python benchmarks/speed.py"),
              ("speed_depth.md", "ResNet-56 with and without removing whole blocks",
               "python benchmarks/speed.py --only resnet56 --targets …")]

@@ -98,9 +98,8 @@ from onnxprune.runtime import cpu_cores
               help="Keep a multiple of N channels in every group whose size is a multiple of N (e.g. 8 for Tensor "
                    "Cores and TensorRT); the target is still met within 2 %. Default: on the cpu provider with "
                    "--target-flops or --target-latency, the channel block of onnxruntime's CPU convolutions (16 with "
-                   "AVX-512, 8 with AVX2; ONNXPRUNE_CPU_BLOCK sets another CPU's) with --allow-below, and "
-                   "--target-flops ranks cuts by the multiply-adds those blocked kernels execute (ResNet-56 at half "
-                   "the multiply-adds, batch 64: 0.64x of the original's latency instead of 0.74-0.83x); elsewhere "
+                   "AVX-512, 8 with AVX2; ONNXPRUNE_CPU_BLOCK sets another CPU's) with --allow-below: other counts are "
+                   "padded to the block or fall back to slower kernels (README 'Counts the CPU runs fast'); elsewhere "
                    "1. --round-to 1 keeps exact counts.")
 @click.option("--allow-below", is_flag=True,
               help="With --round-to N, also allow any count below N (onnxruntime's CPU kernels read fewer than N "

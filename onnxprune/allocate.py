@@ -172,43 +172,7 @@ class Budgets:
         self._now = None
 
 
-class Steered:
-    """A budget counted by one cost, with the greedy's removals ranked by the savings of another (``guide``,
-    rescaled to the budget's units): e.g. multiply-adds as the target, the blocks a backend executes as the guide,
-    so that of two removals with the same error per multiply-add the one that also runs faster goes first."""
-
-    def __init__(self, budget: CostModel, guide: CostModel):
-        self.budget, self.guide = budget, guide
-        self.before = budget.before
-        self._scale = budget.before / guide.before
-
-    def cost(self) -> float:
-        return self.budget.cost()
-
-    def saving(self, classes) -> float:
-        return self.guide.saving(classes) * self._scale
-
-    def restore_cost(self, classes) -> float:
-        return self.budget.restore_cost(classes)
-
-    def remove(self, cls: int) -> None:
-        self.budget.remove(cls)
-        self.guide.remove(cls)
-
-    def restore(self, cls: int) -> None:
-        self.budget.restore(cls)
-        self.guide.restore(cls)
-
-    def reset(self) -> None:
-        self.budget.reset()
-        self.guide.reset()
-
-    def evaluate(self, kept: np.ndarray) -> float:
-        self.guide.evaluate(kept)
-        return self.budget.evaluate(kept)
-
-
-def allocate(curves: list[GroupCurve], cost: CostModel | Budgets | Steered, budget: float, n_classes: int,
+def allocate(curves: list[GroupCurve], cost: CostModel | Budgets, budget: float, n_classes: int,
              tolerance: float = 0.01) -> np.ndarray:
     """Kept-per-class mask whose cost is at most ``budget``, removing least error per unit cost first.
 
@@ -240,7 +204,7 @@ def allocate(curves: list[GroupCurve], cost: CostModel | Budgets | Steered, budg
     return state.kept
 
 
-def minimum_cost(curves: list[GroupCurve], cost: CostModel | Budgets | Steered, n_classes: int) -> float:
+def minimum_cost(curves: list[GroupCurve], cost: CostModel | Budgets, n_classes: int) -> float:
     """The lowest cost reachable when every group drops to its minimum."""
     kept = np.ones(n_classes, dtype=bool)
     for c in curves:

@@ -264,8 +264,10 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     skip = not prunable or (options.target is not None and options.target.fraction >= 1.0 and options.latency is None)
     solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
     notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
-    allocation = backend_counts(options.allocation, options.calibration.provider, options.target, options.latency,
-                                notes)
+    for_speed = any((options.latency is not None, options.target_fidelity is not None,
+                     options.target is not None and options.target.kind == "flops"))
+    allocation = options.allocation if skip else backend_counts(options.allocation, options.calibration.provider,
+                                                                for_speed, notes)
     timed_on = None   # with --target-latency: the provider it is profiled and checked on
     if options.latency is not None and not skip:
         timed_on = resolve_providers([options.calibration.provider])[0]
@@ -409,25 +411,20 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     return CompressResult(pruned, report, plan, analysis)
 
 
-def backend_counts(allocation: AllocationSettings, provider: str, target: Target | None,
-                   latency: LatencyTarget | None, notes: list[str]) -> AllocationSettings:
-    """Resolve ``round_to=None`` (the default): on the CPU provider, for a multiply-add or latency target, the counts
-    onnxruntime's NCHWc convolutions run fastest (multiples of the CPU's channel block, or fewer than one block, which
-    they read without padding), and a multiply-add target's removals ranked by the multiply-adds those kernels
-    execute (output channels padded up to the block), so that of equally costly cuts the one that runs faster goes
-    first; exact counts otherwise. Says so in ``notes``."""
+def backend_counts(allocation: AllocationSettings, provider: str, for_speed: bool,
+                   notes: list[str]) -> AllocationSettings:
+    """Resolve ``round_to=None`` (the default): on the CPU provider, for a run that cuts multiply-adds or latency
+    (``for_speed``: --target-flops, --target-latency, --target-fidelity), the counts onnxruntime's NCHWc convolutions
+    run fastest (multiples of the CPU's channel block, or fewer than one block, which they read without padding;
+    other counts are padded or fall back to slower kernels); exact counts otherwise. Says so in ``notes``."""
     if allocation.round_to is not None:
         return allocation
-    speed = latency is not None or (target is not None and target.kind == "flops")
-    if provider != "cpu" or not speed or (block := cpu_channel_block()) == 1:
+    if provider != "cpu" or not for_speed or (block := cpu_channel_block()) == 1:
         return replace(allocation, round_to=1)
-    steered = latency is None
     notes.append(f"counts for onnxruntime's CPU convolutions: kept counts are multiples of {block} or fewer than "
-                 f"{block} (the NCHWc channel block on this CPU; other counts fall back to slower kernels)"
-                 + (f", and of cuts that remove as many multiply-adds, those that also shorten the {block}-channel "
-                    "blocks the kernels compute go first" if steered else "")
-                 + "; --round-to 1 keeps exact counts")
-    return replace(allocation, round_to=block, allow_below=True, block=block if steered else 1)
+                 f"{block} (the NCHWc channel block on this CPU; other counts are padded to it or fall back to slower "
+                 "kernels); --round-to 1 keeps exact counts")
+    return replace(allocation, round_to=block, allow_below=True)
 
 
 def timing_feeds(model: onnx.ModelProto, loaded: Loaded, target: LatencyTarget) -> dict[str, np.ndarray]:

@@ -16,16 +16,12 @@ class CostModel:
     """Exact cost under channel removal: each sliced tensor or layer costs ``coef × Π kept sizes``.
 
     ``kind`` is 'flops' (multiply-adds of Conv/ConvTranspose/Gemm/MatMul at batch 1) or 'params'
-    (float parameters). Removing or restoring one class updates the cost incrementally. With ``block`` > 1
-    (flops only) a Conv costs what a backend that computes output channels in blocks executes: its kept output
-    channels rounded up to a multiple of ``block`` (onnxruntime's NCHWc convolutions on the CPU pad them so).
+    (float parameters). Removing or restoring one class updates the cost incrementally.
     """
 
-    def __init__(self, model: onnx.ModelProto, analysis: Analysis, counts: ModelCounts, kind: str, block: int = 1):
+    def __init__(self, model: onnx.ModelProto, analysis: Analysis, counts: ModelCounts, kind: str):
         if kind not in ("flops", "params"):
             raise ValueError(f"unknown cost kind {kind!r}")
-        if block > 1 and kind != "flops":
-            raise ValueError("only multiply-adds are counted in channel blocks")
         self.kind = kind
         self.before = float(counts.flops if kind == "flops" else counts.params)
         nodes = {n.name: n for n in model.graph.node}
@@ -36,7 +32,6 @@ class CostModel:
                 axes.setdefault(nodes[e.node].input[e.input_index], {}).setdefault(e.axis, e)
         self.terms: list[tuple[float, list[float]]] = []
         self.term_nodes: list[str] = []   # the node of each flops term (the initializer's name for params)
-        self.padded: list[int | None] = []   # per term, the index in its dims padded up to ``block``, if any
         self.touches: dict[int, list[tuple[int, int, float]]] = {}
         if kind == "params":
             items = [(float(np.prod(sizes[name])), name, name) for name in axes if name in sizes]
@@ -46,10 +41,8 @@ class CostModel:
         for value, init, owner in items:
             if value <= 0:
                 continue
-            dims, padded = [], None
+            dims = []
             for axis, edit in sorted(axes[init].items()):
-                if block > 1 and axis == 0 and nodes.get(owner) is not None and nodes[owner].op_type == "Conv":
-                    padded = len(dims)
                 classes = analysis.classes_of(edit.tensor)
                 per_class = np.bincount(classes, minlength=analysis.n_classes) * edit.repeat
                 t, a = len(self.terms), len(dims)
@@ -58,15 +51,11 @@ class CostModel:
                 dims.append(float(per_class.sum()))
             self.terms.append((value / float(np.prod(dims)), dims))
             self.term_nodes.append(owner)
-            self.padded.append(padded)
-        self.block = block
         self._orig = [list(d) for _, d in self.terms]
         self._sliced_total = self._sum_terms()
 
     def _value(self, t: int, dims: Sequence[float]) -> float:
         """Term ``t``'s cost at the kept sizes ``dims``."""
-        if (a := self.padded[t]) is not None:
-            dims = [-(-d // self.block) * self.block if i == a else d for i, d in enumerate(dims)]
         return self.terms[t][0] * float(np.prod(dims))
 
     def shares(self, t: int, dims: Sequence[float] | None = None) -> list[float]:

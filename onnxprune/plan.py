@@ -7,7 +7,7 @@ from typing import Callable, Collection, Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnxprune.allocate import Budgets, GroupCurve, Steered, allocate, minimum_cost
+from onnxprune.allocate import Budgets, GroupCurve, allocate, minimum_cost
 from onnxprune.analysis.groups import consumer_columns
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
 from onnxprune.costs import CostModel
@@ -61,9 +61,7 @@ class LatencyBudget:
 class AllocationSettings:
     """Constraints on the global allocation: keep at least ``min_keep`` (a share) of every group's
     channels, keep multiples of ``round_to`` channels in every group whose size is one, and (optionally)
-    a latency budget that must hold besides the FLOPs or parameter target. With ``block`` > 1 a FLOPs target's
-    removals are ranked by the multiply-adds a backend computing output channels in blocks of that size executes
-    (:class:`onnxprune.allocate.Steered`); the target itself stays the exact count. With ``depth`` a residual branch
+    a latency budget that must hold besides the FLOPs or parameter target. With ``depth`` a residual branch
     may also be removed whole (``onnxprune/depth.py``), whatever ``min_keep`` says of thinning it; ``None`` (the
     default) removes branches only against a latency budget, where it was measured to pay (README "Removing whole
     blocks"): against multiply-adds alone it cost top-1 (ResNet-56 −0.2, EfficientNet-Lite0 −5.5 points)."""
@@ -73,7 +71,6 @@ class AllocationSettings:
     allow_below: bool = False           # with round_to N, any count below N is allowed too
     latency: LatencyBudget | None = None
     depth: bool | None = None
-    block: int = 1                      # > 1: rank a FLOPs target's removals by multiply-adds padded to this block
 
     def unit(self, group: ChannelGroup) -> int:
         """The group's channel step: ``round_to`` where its size is a multiple of it, else 1."""
@@ -351,16 +348,12 @@ def _allocate(model, analysis: Analysis, ranked: list[RankedGroup], target: Targ
 
 
 def _budget(model, analysis: Analysis, target: Target | None, counts,
-            allocation: AllocationSettings) -> tuple[CostModel | Budgets | Steered, float]:
+            allocation: AllocationSettings) -> tuple[CostModel | Budgets, float]:
     """The cost the allocation must bring under its budget: the target's, the latency's, or both at once."""
     wanted = _wanted(target, allocation)
     costs = [cost_model(model, analysis, kind, counts, allocation) for kind, _ in wanted]
     budgets = [fraction * cost.before for (_, fraction), cost in zip(wanted, costs)]
-    if len(costs) > 1:
-        return Budgets(costs, budgets), 1.0
-    if wanted[0][0] == "flops" and allocation.block > 1:
-        return Steered(costs[0], CostModel(model, analysis, counts, "flops", allocation.block)), budgets[0]
-    return costs[0], budgets[0]
+    return (costs[0], budgets[0]) if len(costs) == 1 else (Budgets(costs, budgets), 1.0)
 
 
 def _wanted(target: Target | None, allocation: AllocationSettings) -> list[tuple[str, float]]:
