@@ -34,10 +34,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import CIFAR_RESNET, image_args, publish  # noqa: E402
+from evaluate import CIFAR_RESNET, SHARED, image_args, publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "one_pass.md"
 LOOKALIKES = ROOT / "sample_models" / "lookalikes"
 

@@ -97,7 +97,7 @@ from onnxprune.runtime import cpu_cores
 @click.option("--round-to", type=click.IntRange(min=1), default=None, metavar="N",
               help="Keep a multiple of N channels in every group whose size is a multiple of N (e.g. 8 for Tensor "
                    "Cores and TensorRT); the target is still met within 2 %. Default: on the cpu provider with "
-                   "--target-flops or --target-latency, the channel block of onnxruntime's CPU convolutions (16 with "
+                   "--target-flops, --target-latency or --target-fidelity, the channel block of onnxruntime's CPU convolutions (16 with "
                    "AVX-512, 8 with AVX2; ONNXPRUNE_CPU_BLOCK sets another CPU's) with --allow-below: other counts are "
                    "padded to the block or fall back to slower kernels (README 'Counts the CPU runs fast'); elsewhere "
                    "1. --round-to 1 keeps exact counts.")

@@ -122,15 +122,16 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     removed = {outputs[n] for n in gone if n in outputs}   # a removed branch's output: a constant now
     plan_stages = _Stages(model, [c for c in consumers if c.node not in gone],
                           {n: r for n, r in landings.items() if r.other not in removed})
+    original = plan_stages.original_segments(model, seeded)
     if gone and seeded is not None and store is not None:   # the first pass kept the first stage of every
         stored = first_pass_keep(model, consumers, landings, seeded)[ORIGINAL]   # consumer: still enough?
-        if not set(plan_stages.original_segments(model, seeded)[0].outputs) <= set(stored):
+        if not set(original[0].outputs) <= set(stored):
             seeded = None
             store.clear()
+            original = plan_stages.original_segments(model)
     current = apply_plan(model, analysis, PrunePlan(plan.kept, constants, []), shapes=False)  # re-fits per stage
     specs = weight_specs(model, analysis)
-    segments = {ORIGINAL: plan_stages.original_segments(model, seeded),
-                PRUNED: schedule(current, plan_stages.wanted[PRUNED])}
+    segments = {ORIGINAL: original, PRUNED: schedule(current, plan_stages.wanted[PRUNED])}
     types = element_types(model)   # pruning changes no element type: one map serves both networks
     original_graph = TensorGraph(model)
     nodes = {n.name: n for n in model.graph.node}
