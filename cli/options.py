@@ -151,6 +151,24 @@ sampling_options = _stacked(
                  help="Spatial positions sampled at random per sample and layer for the statistics (0 = all)."),
 )
 
+augment_options = _stacked(
+    click.option("--augment", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+                 help="Add N seeded, transformed copies of every calibration sample to the statistics (more "
+                      "statistics from few images; held-out samples are never copied). Image inputs only."),
+    click.option("--augment-ops", default="flip,crop", show_default=True, metavar="OPS",
+                 help="What --augment does to each copy, comma-separated: flip (horizontal, half of the copies), "
+                      "crop (56-100% of the area, aspect 4:5-5:4, resized back), scale (shrunk to 70-100% of the "
+                      "sides and placed at random on the border's mean colour)."),
+)
+
+
+def augmentation(copies: int, ops: str):
+    """The values of ``augment_options`` as the library's Augmentation."""
+    from onnxprune.calibration.augment import Augmentation, parse_ops
+
+    return Augmentation(copies, parse_ops(ops))
+
+
 def _parse_size(ctx, param, value: str | None) -> int | None:
     """Callback of a size option: bytes, or a number with a unit K, M, G, T (powers of 1024; KiB/KB/k alike)."""
     if value is None:

@@ -7,7 +7,8 @@ import click
 
 from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, data_option, echo,
                                    executor_for, fidelity_option, html_option, image_options, image_settings,
-                                   parse_fraction, ray_options, sampling_options, show_progress, split_list,
+                                   parse_fraction, ray_options, sampling_options,
+                                   augment_options, augmentation, show_progress, split_list,
                                    traceback_option, write_json)
 from onnxprune.runtime import cpu_cores
 
@@ -19,6 +20,7 @@ from onnxprune.runtime import cpu_cores
               help="Fractions of the original multiply-adds to keep (0.5 or 50%); one compress run each.")
 @image_options
 @sampling_options
+@augment_options
 @click.option("--bench-batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Batch size of the CPU latency measurement.")
 @bench_runs_option
@@ -35,7 +37,7 @@ from onnxprune.runtime import cpu_cores
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no table.")
 @traceback_option
 def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size,
-          max_positions, bench_batch, bench_runs, fidelity, out_dir, force, json_path, html_path, plot_path, quiet,
+          max_positions, augment, augment_ops, bench_batch, bench_runs, fidelity, out_dir, force, json_path, html_path, plot_path, quiet,
           ray_address=None, ray_ship_data=False) -> None:
     """Compress MODEL at each FLOPs target; table held-out fidelity and CPU latency against FLOPs kept.
 
@@ -57,6 +59,7 @@ def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, 
         num_samples=num_samples,
         holdout=holdout,
         fidelity=fidelity,
+        augment=augmentation(augment, augment_ops),
     )
     log = (lambda line: click.echo(line, err=True)) if show_progress(quiet) else None
     with executor_for(ray_address, ray_ship_data) as executor:

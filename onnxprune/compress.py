@@ -19,6 +19,7 @@ from onnxprune.bench.inputs import feeds_for_batch, input_specs as bench_input_s
 from onnxprune.bench.memory import read_peak_rss, reset_peak_rss
 from onnxprune.bench.profile import cpu_channel_block
 from onnxprune.bench.providers import resolve_providers
+from onnxprune.calibration.augment import Augmentation, augmented
 from onnxprune.calibration.cache import StatsCache
 from onnxprune.calibration.collect import CalibrationSettings, Keep
 from onnxprune.calibration.frontier import FrontierStore
@@ -80,6 +81,8 @@ class CompressOptions:
     # what the allocation weighs groups by: "layers" (their consumers' re-fit errors) or "outputs" (those curves
     # scaled by each group's measured reach to the model's outputs, onnxprune/sensitivity.py)
     allocate_by: str = "layers"
+    # transformed copies of each calibration sample (--augment; calibration/augment.py)
+    augment: Augmentation = field(default_factory=Augmentation)
     # where the calibration passes and per-group rankings run (None: this process); see onnxprune/executor.py
     executor: Executor | None = field(default=None, compare=False)
 
@@ -135,6 +138,7 @@ def load_inputs(model_path: str | os.PathLike, data_path: str | os.PathLike, opt
     data = open_data(data_path, specs, image_options=options.image, num_samples=options.num_samples,
                      seed=options.calibration.seed)
     calib_idx, hold_idx = data.split(options.holdout, seed=options.calibration.seed)
+    data, calib_idx = augmented(data, calib_idx, options.augment, options.calibration.seed, options.image.layout)
     sample = data.load([int(calib_idx[0])])
     input_shapes = {k: (1, *v.shape[1:]) for k, v in sample.items()}
     shapes = static_shapes(model, input_shapes)
@@ -264,6 +268,10 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     skip = not prunable or (options.target is not None and options.target.fraction >= 1.0 and options.latency is None)
     solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
     notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
+    if options.augment.copies:
+        n_copies = options.augment.copies
+        notes.append(f"calibrated on {len(calib_idx) // (n_copies + 1)} samples and {n_copies} augmented cop"
+                     f"{'y' if n_copies == 1 else 'ies'} of each ({', '.join(options.augment.ops)}; seeded by --seed)")
     for_speed = any((options.latency is not None, options.target_fidelity is not None,
                      options.target is not None and options.target.kind == "flops"))
     allocation = options.allocation if skip else backend_counts(options.allocation, options.calibration.provider,

@@ -42,7 +42,10 @@ def calibrate_shards(model: Path, data: Path, folder: Path, n: int, extra: list)
     (RESNET, 3, ["--batch-size", "8"]),
     # --exclude on both commands: the statistics are of the same consumers
     (LENET, 2, [*LENET_ARGS, "--independent", "--exclude", "/conv1/*"]),
-], ids=["lenet-2-shards", "chain-3-shards-subsampled", "resnet-3-shards-error-correcting", "lenet-excluded"])
+    # augmented copies: each shard makes the same bytes of the copies it holds
+    (LENET, 3, [*LENET_ARGS, "--augment", "1", "--augment-ops", "crop,scale,flip"]),
+], ids=["lenet-2-shards", "chain-3-shards-subsampled", "resnet-3-shards-error-correcting", "lenet-excluded",
+        "lenet-3-shards-augmented"])
 def test_summed_shards_give_the_single_pass_model(tmp_path, model, n, extra):
     data = {LENET: DIGITS, RESNET: RESNET.with_name("resnet_basic.npz")}.get(model) \
         or write_calibration(model, tmp_path, n=60)
