@@ -14,6 +14,7 @@ from onnxprune.calibration.sources import ImageOptions, parse_floats, parse_imag
 from onnxprune.errors import UsageError
 
 if TYPE_CHECKING:
+    from onnxprune.calibration.augment import Augmentation
     from onnxprune.calibration.collect import CalibrationSettings
 
 
@@ -162,7 +163,7 @@ augment_options = _stacked(
 )
 
 
-def augmentation(copies: int, ops: str):
+def augmentation(copies: int, ops: str) -> Augmentation:
     """The values of ``augment_options`` as the library's Augmentation."""
     from onnxprune.calibration.augment import Augmentation, parse_ops
 
