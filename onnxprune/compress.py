@@ -269,9 +269,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
     notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
     if options.augment.copies:
-        n_copies = options.augment.copies
-        notes.append(f"calibrated on {len(calib_idx) // (n_copies + 1)} samples and {n_copies} augmented cop"
-                     f"{'y' if n_copies == 1 else 'ies'} of each ({', '.join(options.augment.ops)}; seeded by --seed)")
+        notes.append(options.augment.describe(len(calib_idx) // (options.augment.copies + 1)))
     for_speed = any((options.latency is not None, options.target_fidelity is not None,
                      options.target is not None and options.target.kind == "flops"))
     allocation = options.allocation if skip else backend_counts(options.allocation, options.calibration.provider,

@@ -36,6 +36,11 @@ class Augmentation:
     copies: int = 0
     ops: tuple[str, ...] = DEFAULT_OPS
 
+    def describe(self, samples: int) -> str:
+        """The summary's note for a run that calibrated on ``samples`` samples and their copies."""
+        return (f"calibrated on {samples} samples and {self.copies} augmented cop{'y' if self.copies == 1 else 'ies'} "
+                f"of each ({', '.join(self.ops)}; seeded by --seed)")
+
     def __post_init__(self) -> None:
         if self.copies < 0:
             raise UsageError(f"--augment must be 0 or more copies, got {self.copies}")
@@ -108,16 +113,13 @@ class AugmentedData(CalibrationData):
 
     def _load(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         n = len(self.base)
-        source = np.where(idx < n, idx, self.sources[(idx - n) % max(self.sources.size, 1)])
-        feed = self.base.load(source)
+        feed = self.base.load(np.where(idx < n, idx, self.sources[(idx - n) % self.sources.size]))
         for j in np.flatnonzero(idx >= n):
             rng = np.random.default_rng((self.seed, int(idx[j])))
             for name, layout in self.layouts.items():
-                sample = feed[name][j]
-                if layout == "nhwc":
-                    feed[name][j] = transform(sample.transpose(2, 0, 1), self.augmentation.ops, rng).transpose(1, 2, 0)
-                else:
-                    feed[name][j] = transform(sample, self.augmentation.ops, rng)
+                last = -1 if layout == "nhwc" else 0   # where the channels are in one sample
+                copy = transform(np.moveaxis(feed[name][j], last, 0), self.augmentation.ops, rng)
+                feed[name][j] = np.moveaxis(copy, 0, last)
         return feed
 
 
