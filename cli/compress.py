@@ -132,7 +132,7 @@ from onnxprune.runtime import cpu_cores
                                                   "internal error, print its traceback.")
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_latency, latency_batch,
              latency_runs, target_fidelity, fidelity, method, rho, tau, threshold, ridge, no_refit,
-             independent, residual_power, output_weight, wide_head_weight, allocate_by, min_keep, depth, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions, augment, augment_ops,
+             independent, residual_power, output_weight, wide_head_weight, allocate_by, min_keep, depth, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions, score_positions, augment, augment_ops,
              provider, stats_files, cache_dir, memory_budget, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
              ray_address=None, ray_ship_data=False) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
@@ -175,7 +175,7 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
         latency=None if target_latency is None else LatencyTarget(
             parse_fraction(target_latency, "--target-latency"), latency_batch, cpu_cores(), latency_runs),
         memory_budget=memory_budget,
-        augment=augmentation(augment, augment_ops),
+        augment=augmentation(augment, augment_ops), score_positions=score_positions,
         allocate_by=allocate_by,
     )
     out = output or str(default_output(model))

@@ -36,9 +36,10 @@ from onnxprune.runtime import cpu_cores
 @ray_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no table.")
 @traceback_option
-def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size,
-          max_positions, augment, augment_ops, bench_batch, bench_runs, fidelity, out_dir, force, json_path, html_path,
-          plot_path, quiet, ray_address=None, ray_ship_data=False) -> None:
+def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple,
+          num_samples, holdout, seed, batch_size, max_positions, score_positions, augment, augment_ops, bench_batch,
+          bench_runs, fidelity, out_dir, force, json_path, html_path, plot_path, quiet, ray_address=None,
+          ray_ship_data=False) -> None:
     """Compress MODEL at each FLOPs target; table held-out fidelity and CPU latency against FLOPs kept.
 
     Example: onnxprune sweep model.onnx --data calib/ --targets 0.9,0.7,0.5,0.35 --html sweep.html
@@ -59,7 +60,7 @@ def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, 
         num_samples=num_samples,
         holdout=holdout,
         fidelity=fidelity,
-        augment=augmentation(augment, augment_ops),
+        augment=augmentation(augment, augment_ops), score_positions=score_positions,
     )
     log = (lambda line: click.echo(line, err=True)) if show_progress(quiet) else None
     with executor_for(ray_address, ray_ship_data) as executor:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis, Consumer, exclude_nodes, find_groups
+from onnxprune.analysis.score_heads import score_guides, score_note
 from onnxprune.atomic import removed_on_error
 from onnxprune.bench.compare import BenchSettings, compare_models
 from onnxprune.bench.inputs import feeds_for_batch, input_specs as bench_input_specs
@@ -83,6 +84,8 @@ class CompressOptions:
     allocate_by: str = "layers"
     # transformed copies of each calibration sample (--augment; calibration/augment.py)
     augment: Augmentation = field(default_factory=Augmentation)
+    # dense score heads' layers sample positions where the original scores high (analysis/score_heads.py)
+    score_positions: bool = True
     # where the calibration passes and per-group rankings run (None: this process); see onnxprune/executor.py
     executor: Executor | None = field(default=None, compare=False)
 
@@ -152,9 +155,12 @@ def calibrated_consumers(analysis: Analysis) -> list[Consumer]:
 
 def first_pass(loaded: Loaded, analysis: Analysis, options: CompressOptions) -> FirstPass:
     """The first calibration pass of a compress run: the prunable groups' consumers, the residual landings whose
-    gains it measures, and the odd folds when the re-fits read them (``--independent``)."""
+    gains it measures, the odd folds when the re-fits read them (``--independent``), and the calibration settings
+    of the run (with the score maps that guide positions, unless ``--no-score-positions``)."""
     consumers = calibrated_consumers(analysis)
-    return FirstPass(loaded.model, consumers, loaded.data, loaded.calib_idx, options.calibration,
+    guides = score_guides(loaded.model, analysis, consumers) if options.score_positions else {}
+    settings = replace(options.calibration, guides=tuple(guides.items()))
+    return FirstPass(loaded.model, consumers, loaded.data, loaded.calib_idx, settings,
                      folds=not options.error_correcting, landings=residual_landings(loaded.model, analysis, consumers))
 
 
@@ -287,6 +293,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     error_correct = options.error_correcting
     first = first_pass(loaded, analysis, options)
     stats_consumers, landings = first.consumers, first.landings
+    if first.settings.guides:
+        notes.append(score_note(first.settings.guides))
     stats = {}
     if not skip and (options.stats_files or cache is not None):
         with _stage(log, "read statistics"):
@@ -298,7 +306,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     seeded = first.tensors if error_correct and not skip and not stats and passes is None else None
     with _stage(log, "calibrate"):
         if not skip and not stats:
-            keep = None if seeded is None else Keep(store, first_pass_keep(model, stats_consumers, landings, seeded))
+            keep = None if seeded is None else Keep(store, first_pass_keep(model, stats_consumers, landings, seeded,
+                                                                           first.settings.guides))
             with progress("calibrating", len(calib_idx)) as bar:
                 partial = first.collect(progress=bar.update, passes=passes, keep=keep)
             stats = partial.total()
@@ -337,7 +346,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             with _stage(log, "error-correct"):
                 with progress("re-fitting", len(stats_consumers)) as bar:
                     plan.refits = sequential_refit(model, analysis, plan, stats_consumers, data, calib_idx,
-                                                   options.calibration, options.solver, bar.update, landings,
+                                                   first.settings, options.solver, bar.update, landings,
                                                    passes=passes, store=store, seeded=seeded)
                 seeded = None  # the first pass's frontier is spent: a later call starts from the input
                 errors = refit_errors(plan.refits, analysis)

@@ -68,9 +68,10 @@ def _stages(level: Mapping[str, int], consumers: Sequence[Consumer]) -> list[lis
 
 class _Stages:
     """The stages of a network's consumers and, per stage, the residual landings it targets and the tensors each
-    network must give it."""
+    network must give it (the original network's score maps of the ``guides`` among them)."""
 
-    def __init__(self, model: onnx.ModelProto, consumers: Sequence[Consumer], landings: Mapping[str, Landing]):
+    def __init__(self, model: onnx.ModelProto, consumers: Sequence[Consumer], landings: Mapping[str, Landing],
+                 guides: Sequence[tuple[str, str]] = ()):
         level = _levels(model, consumers)
         self.stages = _stages(level, consumers)
         # a landing's target needs the other branch final: its consumers all in earlier stages
@@ -79,7 +80,7 @@ class _Stages:
                        for stage in self.stages]
         self.wanted = {ORIGINAL: [], PRUNED: []}
         for stage, final in zip(self.stages, self.finals):
-            inputs, outputs = pass_tensors(stage, final)
+            inputs, outputs = pass_tensors(stage, final, guides)
             self.wanted[ORIGINAL].append(outputs)
             self.wanted[PRUNED].append(inputs)
 
@@ -88,11 +89,11 @@ class _Stages:
 
 
 def first_pass_keep(model: onnx.ModelProto, consumers: Sequence[Consumer], landings: Mapping[str, Landing],
-                    computed: Sequence[str]) -> dict[str, tuple[str, ...]]:
+                    computed: Sequence[str], guides: Sequence[tuple[str, str]] = ()) -> dict[str, tuple[str, ...]]:
     """What a first pass that computes the tensors ``computed`` keeps per batch for :func:`sequential_refit` to
     start from (its ``seeded`` store), by network: the original network's first-stage results the re-fit reads,
     and the graph inputs (the pruned network's first segment starts from them)."""
-    first = _Stages(model, consumers, landings).original_segments(model, computed)[0]
+    first = _Stages(model, consumers, landings, guides).original_segments(model, computed)[0]
     graph_inputs = tuple(i.name for i in model_inputs(model))
     return {ORIGINAL: tuple(dict.fromkeys([*first.outputs, *(t for t in graph_inputs
                                                               if t in first.keep or t in first.wanted)])),
@@ -121,10 +122,11 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     outputs = {c.node: c.output for c in consumers}
     removed = {outputs[n] for n in gone if n in outputs}   # a removed branch's output: a constant now
     plan_stages = _Stages(model, [c for c in consumers if c.node not in gone],
-                          {n: r for n, r in landings.items() if r.other not in removed})
+                          {n: r for n, r in landings.items() if r.other not in removed}, settings.guides)
     original = plan_stages.original_segments(model, seeded)
     if gone and seeded is not None and store is not None:   # the first pass kept the first stage of every
-        stored = first_pass_keep(model, consumers, landings, seeded)[ORIGINAL]   # consumer: still enough?
+        stored = first_pass_keep(model, consumers, landings, seeded,   # consumer: still enough?
+                                 settings.guides)[ORIGINAL]
         if not set(original[0].outputs) <= set(stored):
             seeded = None
             store.clear()

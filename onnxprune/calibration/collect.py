@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.model import Consumer
+from onnxprune.analysis.score_heads import position_log_weights
 from onnxprune.calibration.blocks import BlockLayout, PairwiseSum
 from onnxprune.calibration.patches import conv_geometry, transposed_as_conv, unfold, unfold_at
 from onnxprune.calibration.sources import CalibrationData
@@ -29,13 +30,17 @@ T = TypeVar("T")
 class CalibrationSettings:
     """How calibration runs: batch size (samples), positions kept per sample, seed, execution provider, and
     ONNX Runtime's intra-op threads (None: its default; a Ray task uses 1 per CPU it holds). The statistics do not
-    depend on the thread count (onnxruntime's CPU kernels split work by output, not by reduction)."""
+    depend on the thread count (onnxruntime's CPU kernels split work by output, not by reduction).
+
+    ``guides`` pairs consumer node names with the score map of the original network whose scores weigh the
+    positions sampled from them (``analysis/score_heads.py``); the others sample positions uniformly."""
 
     batch_size: int = 32
     max_positions: int | None = 256
     seed: int = 0
     provider: str = "cpu"
     threads: int | None = None
+    guides: tuple[tuple[str, str], ...] = ()
 
 
 class ConsumerStats:
@@ -139,8 +144,10 @@ def _positions(consumer: Consumer, y: np.ndarray) -> int:
 
 
 def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np.ndarray, weight_shape: tuple[int, ...],
-                  rng: np.random.Generator, max_positions: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Regression rows of one batch, per sample: (N, P, p) unfolded input patches and (N, P, M) outputs."""
+                  rng: np.random.Generator, max_positions: int | None,
+                  log_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Regression rows of one batch, per sample: (N, P, p) unfolded input patches and (N, P, M) outputs;
+    ``log_weights`` (N, P) of a Conv's output positions weigh the sampled ones (else they are drawn uniformly)."""
     if consumer.op in ("Conv", "ConvTranspose"):
         kernel = tuple(weight_shape[2:])
         if consumer.op == "ConvTranspose":
@@ -148,7 +155,7 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
         else:
             pads, strides, dilations = conv_geometry(node, x.shape, kernel)
         ys = y.reshape(y.shape[0], y.shape[1], -1).transpose(0, 2, 1)  # (N, P, M)
-        pick = _sampled_positions(rng, ys.shape[0], ys.shape[1], max_positions)
+        pick = _sampled_positions(rng, ys.shape[0], ys.shape[1], max_positions, log_weights)
         # only the sampled patches are gathered: a large feature map unfolded whole would take gigabytes
         xs = unfold(x, kernel, pads, strides, dilations) if pick is None else unfold_at(x, kernel, pads, strides,
                                                                                         dilations, pick)
@@ -164,12 +171,18 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
     return xs, ys
 
 
-def _sampled_positions(rng: np.random.Generator, n: int, positions: int,
-                       max_positions: int | None) -> np.ndarray | None:
-    """A seeded random set of ``max_positions`` of each sample's positions (N, k), or None to keep them all."""
+def _sampled_positions(rng: np.random.Generator, n: int, positions: int, max_positions: int | None,
+                       log_weights: np.ndarray | None = None) -> np.ndarray | None:
+    """A seeded random set of ``max_positions`` of each sample's positions (N, k), or None to keep them all.
+
+    With ``log_weights`` (N, positions) it is a weighted sample without replacement (Gumbel top-k: the largest
+    log-weight plus Gumbel noise), from the same draws, so the generator advances as much either way."""
     if max_positions is None or positions <= max_positions:
         return None
     draws = rng.random((n, positions))
+    if log_weights is not None:
+        with np.errstate(divide="ignore"):   # a draw of exactly 0 gets an infinite key: never picked
+            draws = np.log(-np.log(draws)) - log_weights   # minus the Gumbel key: the smallest are picked
     # the max_positions smallest draws in increasing order: argsort's first max_positions, without sorting them all
     part = np.argpartition(draws, max_positions - 1, axis=1)[:, :max_positions]
     return np.take_along_axis(part, np.argsort(np.take_along_axis(draws, part, axis=1), axis=1), axis=1)
@@ -238,7 +251,7 @@ def collect_blocks(model: onnx.ModelProto, consumers: Sequence[Consumer], data: 
     if not consumers or first >= stop:
         return PairwiseSum(layout.count, merge_blocks)
     landings = {c.node: landings[c.node] for c in consumers if c.node in landings} if landings else {}
-    inputs, outputs = pass_tensors(consumers, landings)
+    inputs, outputs = pass_tensors(consumers, landings, settings.guides)
     if inputs_model is None:
         names = list(dict.fromkeys(inputs + outputs))
         sessions = [(create_session(probe_model(model, names), settings.provider, settings.threads), names, True, True)]
@@ -268,11 +281,15 @@ def collect_blocks(model: onnx.ModelProto, consumers: Sequence[Consumer], data: 
     return rows.accumulate(layout, first, stop, run(), progress)
 
 
-def pass_tensors(consumers: Sequence[Consumer], landings: Mapping[str, Landing]) -> tuple[list[str], list[str]]:
-    """The tensors a pass reads: (the consumers' inputs and the landings' other branches, the consumers' outputs
-    and the landings' sums), each list without repeats; the consumers of ``landings`` are among ``consumers``."""
+def pass_tensors(consumers: Sequence[Consumer], landings: Mapping[str, Landing],
+                 guides: Iterable[tuple[str, str]] = ()) -> tuple[list[str], list[str]]:
+    """The tensors a pass reads: (the consumers' inputs and the landings' other branches, the consumers' outputs,
+    the landings' sums and the score maps that ``guides`` pairs with them), each list without repeats; the
+    consumers of ``landings`` are among ``consumers``."""
+    guide = dict(guides)
     inputs = list(dict.fromkeys([c.input for c in consumers] + [r.other for r in landings.values()]))
-    outputs = list(dict.fromkeys([c.output for c in consumers] + [r.total for r in landings.values()]))
+    outputs = list(dict.fromkeys([c.output for c in consumers] + [r.total for r in landings.values()]
+                                 + [guide[c.node] for c in consumers if c.node in guide]))
     return inputs, outputs
 
 
@@ -303,6 +320,7 @@ class Rows:
         self.landings = landings
         self.measure_gains = measure_gains
         self.output_masks = output_masks
+        self.guides = dict(settings.guides)
 
     def accumulate(self, layout: BlockLayout, first: int, stop: int, batches: Iterator[tuple[np.ndarray, dict, dict]],
                    progress: Callable[[int], None] | None) -> Partial:
@@ -322,13 +340,17 @@ class Rows:
                     rng.bit_generator.advance(offset * draws)
                 offset = 0
                 odd = np.asarray(idx) % 2 == 1
+                weights: dict[str, np.ndarray] = {}   # log-weights of positions, per score map
                 for cons in self.consumers:
                     x, y = sources[cons.input], values[cons.output]
                     if cons.node in landings and not measure_gains:
                         y = _residual_target(values[landings[cons.node].total], sources[landings[cons.node].other],
                                              self.output_masks[cons.node])
+                    guide = self.guides.get(cons.node)
+                    if guide is not None and guide not in weights:
+                        weights[guide] = position_log_weights(values[guide])
                     X, Y = consumer_rows(self.nodes[cons.node], cons, x, y, self.weights[cons.weight], rng,
-                                         settings.max_positions)
+                                         settings.max_positions, None if guide is None else weights[guide])
                     if not (np.isfinite(X).all() and np.isfinite(Y).all()):
                         raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration "
                                         "data.", note="check the preprocessing (--mean/--std, --raw-pixels)")
@@ -339,7 +361,7 @@ class Rows:
                     if cons.node in landings and measure_gains:
                         stats[cons.node].energy += (_energy(y), _energy(values[landings[cons.node].total]))
                     stats[cons.node].add(X, Y, odd)
-                del values, sources, x, y
+                del values, sources, x, y, weights
                 if progress:
                     progress(len(idx))
             partial.push(block, 1, {k: v.flush() for k, v in stats.items()})

@@ -59,6 +59,7 @@ class StatsHeader:
     blocks: int                 # blocks of the whole split (BlockLayout.count)
     nodes: list[list[int]]      # [first block, block count] per tree node in the file
     format: str = FORMAT
+    guides: list[list[str]] = dataclasses.field(default_factory=list)  # [consumer, score map]: guided positions
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -131,7 +132,7 @@ class FirstPass:
     @property
     def tensors(self) -> list[str]:
         """The tensors the pass computes with the whole network (the consumers' inputs and outputs, the sums)."""
-        inputs, outputs = pass_tensors(self.consumers, self.landings or {})
+        inputs, outputs = pass_tensors(self.consumers, self.landings or {}, self.settings.guides)
         return list(dict.fromkeys(inputs + outputs))
 
     def data_fingerprint(self, k: int = 1, n: int = 1) -> str:
@@ -155,6 +156,7 @@ class FirstPass:
             "samples": len(self.shard(k, n)[0]), "total": len(self.indices), "shard": [k, n], "batch": self.batch,
             "seed": self.settings.seed, "max_positions": self.settings.max_positions, "folds": self.folds,
             "provider": self.settings.provider, "blocks": self.layout.count, "format": FORMAT,
+            "guides": [list(pair) for pair in self.settings.guides],
         }
 
     def check(self, header: StatsHeader, where: str) -> None:
@@ -170,6 +172,10 @@ class FirstPass:
                 raise UsageError(f"{where} was computed with {option} {theirs[option]}; "
                                  f"this run uses {option} {value}.",
                                  note="calibrate and compress need the same calibration options")
+        if header.guides != [list(pair) for pair in self.settings.guides]:
+            raise UsageError(f"{where} was computed with score-guided positions on {len(header.guides)} layer(s); "
+                             f"this run guides {len(self.settings.guides)}.",
+                             note="give calibrate and compress the same --score-positions/--no-score-positions")
         if (header.indices, header.total) != (indices_fingerprint(self.indices), len(self.indices)):
             raise UsageError(f"{where} was computed on another calibration split.",
                              note="use the same --data, --num-samples, --holdout and --seed")
