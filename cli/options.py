@@ -162,6 +162,7 @@ augment_options = _stacked(
                       "statistics from few images; held-out samples are never copied). Image inputs only."),
     click.option("--augment-ops", default="flip,crop", show_default=True, metavar="OPS",
                  help="What --augment does to each copy, comma-separated: flip (horizontal, half of the copies), "
+                      "mirror (horizontal, every copy), "
                       "crop (56-100% of the area, aspect 4:5-5:4, resized back), scale (shrunk to 70-100% of the "
                       "sides and placed at random on the border's mean colour)."),
 )

@@ -51,6 +51,16 @@ def test_flip_only_copies_are_the_image_or_its_mirror():
     assert seen == {True, False}
 
 
+def test_mirror_copies_are_always_the_mirror_and_take_no_draw():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        np.testing.assert_array_equal(transform(x, ("mirror",), rng), x[:, :, ::-1])
+        assert rng.random() == np.random.default_rng(seed).random()
+    cropped = transform(x, ("crop", "mirror"), np.random.default_rng(1))
+    assert np.array_equal(cropped, transform(x, ("crop",), np.random.default_rng(1))[:, :, ::-1])
+
+
 def test_scale_fills_the_border_with_its_mean():
     x = np.full((1, 40, 40), 5.0, dtype=np.float32)
     x[:, 10:30, 10:30] = 9.0

@@ -142,11 +142,13 @@ def _channel_sources(node: onnx.NodeProto, tensor: str, channels: Range, constan
     that keep axis 1 as channels; none for any other op."""
     a, b = channels
     op, out_shape = node.op_type, shapes[tensor]
+    known = [shapes.get(t) for t in (*node.input, *node.output) if t and t not in constants]
+    if any(shape is None for shape in known) or op in ("Concat", "Split") and min(map(len, known)) < 2:
+        return []
     if op in _SAME_CHANNELS or (op in _CONSTANT_ARITHMETIC and len(node.input) == 2 and node.input[1] in constants):
         return [(node.input[0], channels)]
     if op in ("Reshape", "Flatten"):
-        in_shape = shapes.get(node.input[0])
-        keeps = in_shape is not None and len(out_shape) >= 2 and tuple(in_shape[:2]) == tuple(out_shape[:2])
+        keeps = len(out_shape) >= 2 and tuple(shapes[node.input[0]][:2]) == tuple(out_shape[:2])
         return [(node.input[0], channels)] if keeps else []
     if op == "Concat":
         axis = attr(node, "axis") % len(out_shape)

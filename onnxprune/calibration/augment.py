@@ -8,6 +8,7 @@ generator seeded by (seed, its index), so batching, shards, the cache and Ray wo
 
 Operations (``--augment-ops``):
 - ``flip``: a horizontal flip, with probability 1/2;
+- ``mirror``: a horizontal flip, always (``--augment 1 --augment-ops mirror``: each sample and its mirror image);
 - ``crop``: a window of 56–100 % of the area, aspect ratio jittered within 4:5–5:4, resized back (bilinear);
 - ``scale``: the whole image shrunk to 70–100 % of its sides and placed at random on a canvas of its border's
   per-channel mean (for letterboxed inputs the pad colour).
@@ -22,7 +23,7 @@ from onnxprune.calibration.images import infer_layout
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import UsageError
 
-OPS = ("flip", "crop", "scale")
+OPS = ("flip", "mirror", "crop", "scale")
 DEFAULT_OPS = ("flip", "crop")
 _AREA = (0.56, 1.0)
 _ASPECT = (0.8, 1.25)
@@ -90,7 +91,7 @@ def transform(image: np.ndarray, ops: tuple[str, ...], rng: np.random.Generator)
         top, left = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
         canvas[:, top:top + sh, left:left + sw] = resize_bilinear(x, sh, sw)
         x = canvas
-    if "flip" in ops and rng.random() < 0.5:
+    if "mirror" in ops or ("flip" in ops and rng.random() < 0.5):
         x = x[:, :, ::-1]
     return np.ascontiguousarray(x, dtype=image.dtype)
 
