@@ -6,6 +6,7 @@ import os
 from typing import Mapping, Sequence
 
 from onnxprune.analysis import find_groups
+from onnxprune.analysis.score_heads import score_guides
 from onnxprune.bench.inputs import check_overrides, input_specs
 from onnxprune.depth import removable_groups
 from onnxprune.graph.input_shapes import concrete_input_shapes, shapes_text
@@ -26,6 +27,7 @@ def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[i
     counts = count_model(model, shapes)
     nodes = {n.name: n for n in model.graph.node}
     removable = removable_groups(model, analysis)
+    guides = score_guides(model, analysis, [c for g in analysis.groups if g.prunable for c in g.consumers])
     groups = []
     for g in analysis.groups:
         touched = set(g.producers) | {c.node for c in g.consumers} | set(g.members)
@@ -41,6 +43,7 @@ def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[i
             "producers": [f"{p} ({nodes[p].op_type})" for p in g.producers],
             "consumers": [f"{c.node} ({c.op})" for c in g.consumers],
             "members": [f"{m} ({nodes[m].op_type})" for m in g.members],
+            "score_guided": {c.node: guides[c.node] for c in g.consumers if c.node in guides},
             "reasons": g.reasons,
         })
     return {"model": str(path), "params": counts.params, "flops": counts.flops,
@@ -53,10 +56,13 @@ def render_groups(summary: dict, *, verbose: bool = False) -> str:
     groups = summary["groups"]
     prunable = [g for g in groups if g["prunable"]]
     branches = sum(g["removable_branch"] for g in groups)
+    guided = {c: m for g in groups for c, m in g["score_guided"].items()}
     lines = [(f"{summary['model']}: {len(groups)} channel groups, {len(prunable)} prunable"
               f"{f' ({branches} of them residual branches that can be removed whole)' if branches else ''}; "
               f"{summary['params']:,} parameters, {summary['flops']:,} multiply-adds at "
               f"{shapes_text(summary['input_shapes'])}"),
+             *([f"{len(guided)} layer(s) of {len(set(guided.values()))} detection score head(s) calibrate on "
+                "positions where the original's scores are high (guided: below)"] if guided else []),
              "",
              f"{'id':>4}  {'channels':>8}  {'frozen':>6}  {'% of MACs':>9}  {'state':<8}  group"]
     for g in groups:
@@ -65,6 +71,9 @@ def render_groups(summary: dict, *, verbose: bool = False) -> str:
         for label, key in (("writes", "producers"), ("read by", "consumers"), ("follows", "members")):
             if g[key]:
                 lines.append(f"{'':6}{label + ':':<9} {_listing(g[key], verbose)}")
+        if g["score_guided"]:
+            by = [f"{c} (by {m})" for c, m in g["score_guided"].items()]
+            lines.append(f"{'':6}{'guided:':<9} {_listing(by, verbose)}")
         lines.extend(f"{'':6}{'frozen:':<9} {r}" for r in g["reasons"])
     return "\n".join(lines)
 

@@ -116,3 +116,12 @@ def test_compress_names_the_guided_layers_and_statistics_files_must_agree(tmp_pa
     assert result.exit_code == 0, result.output
     notes = json.loads((tmp_path / "r.json").read_text())["notes"]
     assert any("9 layer(s) of 3 score head(s)" in n and "/detect/cv3.0/cv3.0.2/Conv_output_0" in n for n in notes)
+
+
+def test_analyze_shows_the_guided_layers(tmp_path):
+    result = run(["analyze", YOLO, "--shape", "images:1x3x320x320", "--json", tmp_path / "a.json"])
+    assert result.exit_code == 0, result.output
+    assert "9 layer(s) of 3 detection score head(s)" in result.output
+    assert "guided:   /detect/cv3.0/cv3.0.1/conv/Conv (by /detect/cv3.0/cv3.0.2/Conv_output_0)" in result.output
+    groups = json.loads((tmp_path / "a.json").read_text())["groups"]
+    assert sum(len(g["score_guided"]) for g in groups) == 9
