@@ -20,7 +20,7 @@ background (``calibration/collect.py``).
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -50,8 +50,8 @@ def score_guides(model: onnx.ModelProto, analysis: Analysis, consumers: Sequence
     shapes = analysis.shapes
     maps: dict[str, str] = {}   # producer node name → guide tensor
     for node in model.graph.node:
-        if node.op_type == "Sigmoid" and not _is_swish(node, readers) and _reaches_output(node.output[0], readers,
-                                                                                           outputs):
+        if node.op_type == "Sigmoid" and not _is_swish(node, readers) and _reaches_output(
+                node.output[0], readers, outputs, lambda n: n.op_type in _LINEAR):
             for conv, tensor in _score_sources(node.input[0], producer, constants, shapes):
                 if shapes.get(tensor) != shapes.get(node.input[0]):   # candidates, not the map itself
                     maps.setdefault(conv, tensor)
@@ -83,15 +83,16 @@ def _is_swish(node: onnx.NodeProto, readers: Mapping[str, list[onnx.NodeProto]])
     return any(r.op_type == "Mul" and node.input[0] in r.input for r in readers.get(node.output[0], []))
 
 
-def _reaches_output(tensor: str, readers: Mapping[str, list[onnx.NodeProto]], outputs: set[str]) -> bool:
-    """Whether a graph output is reached from ``tensor`` without passing a Conv/ConvTranspose/Gemm/MatMul."""
+def _reaches_output(tensor: str, readers: Mapping[str, list[onnx.NodeProto]], outputs: set[str],
+                    stops: Callable[[onnx.NodeProto], bool]) -> bool:
+    """Whether a graph output is reached from ``tensor`` through nodes that do not ``stop`` the way."""
     stack, seen = [tensor], {tensor}
     while stack:
         t = stack.pop()
         if t in outputs:
             return True
         for node in readers.get(t, []):
-            if node.op_type not in _LINEAR:
+            if not stops(node):
                 fresh = [o for o in node.output if o and o not in seen]
                 seen.update(fresh)
                 stack.extend(fresh)
@@ -100,17 +101,7 @@ def _reaches_output(tensor: str, readers: Mapping[str, list[onnx.NodeProto]], ou
 
 def _post_dominated(tensor: str, head: str, readers: Mapping[str, list[onnx.NodeProto]], outputs: set[str]) -> bool:
     """Whether every path from ``tensor`` to a graph output passes through the node named ``head``."""
-    stack, seen = [tensor], {tensor}
-    while stack:
-        t = stack.pop()
-        if t in outputs:
-            return False
-        for node in readers.get(t, []):
-            if node.name != head:
-                fresh = [o for o in node.output if o and o not in seen]
-                seen.update(fresh)
-                stack.extend(fresh)
-    return True
+    return not _reaches_output(tensor, readers, outputs, lambda node: node.name == head)
 
 
 def _score_sources(tensor: str, producer: Mapping[str, onnx.NodeProto], constants: set[str],
