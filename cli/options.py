@@ -151,9 +151,9 @@ sampling_options = _stacked(
     click.option("--max-positions", type=click.IntRange(min=0), default=256, show_default=True,
                  help="Spatial positions sampled at random per sample and layer for the statistics (0 = all)."),
     click.option("--score-positions/--no-score-positions", default=True, show_default=True,
-                 help="Layers of a detection head's class branch (convs whose scores reach a Sigmoid graph output "
-                      "as a list of candidates) sample their positions where the original model's scores are "
-                      "high, background kept at a floor; --no-score-positions samples them uniformly."),
+                 help="Layers of a detection head's class branch (convs whose scores reach, through a Sigmoid, a "
+                      "graph output that lists candidates) sample their positions where the original model's "
+                      "scores are high, background kept at a floor; --no-score-positions samples them uniformly."),
 )
 
 augment_options = _stacked(

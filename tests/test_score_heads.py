@@ -125,3 +125,36 @@ def test_analyze_shows_the_guided_layers(tmp_path):
     assert "guided:   /detect/cv3.0/cv3.0.1/conv/Conv (by /detect/cv3.0/cv3.0.2/Conv_output_0)" in result.output
     groups = json.loads((tmp_path / "a.json").read_text())["groups"]
     assert sum(len(g["score_guided"]) for g in groups) == 9
+
+
+def _tiny_head(flatten: bool):
+    """x → Conv 3x3 (8) → Relu → Conv 3x3 (8) → Relu → Conv 1x1 (3 scores) → Sigmoid → output: YOLOX-like when the
+    scores are flattened into a list of candidates after the Sigmoid, a dense map when they are not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w1", (8, 4, 3, 3)), ("w2", (8, 8, 3, 3)), ("w3", (3, 8, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "w3"], ["scores"], name="score"),
+             helper.make_node("Sigmoid", ["scores"], ["p" if flatten else "y"], name="sigmoid")]
+    out_shape = [1, 3, 64] if flatten else [1, 3, 8, 8]
+    if flatten:
+        inits.append(numpy_helper.from_array(np.array([1, 3, 64], dtype=np.int64), "shape"))
+        nodes.append(helper.make_node("Reshape", ["p", "shape"], ["y"], name="flatten"))
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("flatten", [True, False], ids=["candidates", "dense-map"])
+def test_a_sigmoid_before_the_flattening_still_scores_candidates(flatten):
+    from onnxprune.graph.normalise import normalise, static_shapes
+
+    model = normalise(_tiny_head(flatten))
+    analysis = find_groups(model, static_shapes(model))
+    guides = score_guides(model, analysis, analysis.consumers)
+    assert guides == ({"conv2": "scores", "score": "scores"} if flatten else {}), guides

@@ -7,10 +7,10 @@ positions, README "Detection heads").
 
 A *score map* is the output of a Conv or ConvTranspose whose channels all reach a Sigmoid that reaches a graph output
 without passing another Conv/ConvTranspose/Gemm/MatMul (traced through Concat, Split, flattening Reshapes and
-per-channel constant arithmetic), its positions flattened into a list of candidates before the Sigmoid, as a
-detection head scores anchors. A Sigmoid over the map itself (a text detector's probability map, a segmentation
-mask) judges every pixel alike and is left to uniform positions: guiding the last layer of the two DBNet text
-detectors was measured neutral to worse (IoU 0.942 → 0.942, 0.898 → 0.893).
+per-channel constant arithmetic), where that output is a list of candidates (rank 3: [N, C, A] or [N, A, C]), as a
+detector's anchors are, before or after the Sigmoid (YOLOv8, YOLOX). A map output (rank 4: a text detector's
+probability map, a segmentation mask) judges every pixel alike and is left to uniform positions: guiding the last
+layer of the two DBNet text detectors was measured neutral to worse (IoU 0.942 → 0.942, 0.898 → 0.893).
 
 The layers a score map *guides* are the Conv and ConvTranspose consumers on its own grid that it post-dominates:
 every path from their output to a graph output passes through the score map's producer (the class branch of a
@@ -50,11 +50,12 @@ def score_guides(model: onnx.ModelProto, analysis: Analysis, consumers: Sequence
     shapes = analysis.shapes
     maps: dict[str, str] = {}   # producer node name → guide tensor
     for node in model.graph.node:
-        if node.op_type == "Sigmoid" and not _is_swish(node, readers) and _reaches_output(
-                node.output[0], readers, outputs, lambda n: n.op_type in _LINEAR):
+        if node.op_type != "Sigmoid" or _is_swish(node, readers):
+            continue
+        reached = _outputs_reached(node.output[0], readers, outputs, lambda n: n.op_type in _LINEAR)
+        if any(len(shapes.get(o, ())) == 3 for o in reached):   # a list of candidates, not a map
             for conv, tensor in _score_sources(node.input[0], producer, constants, shapes):
-                if shapes.get(tensor) != shapes.get(node.input[0]):   # candidates, not the map itself
-                    maps.setdefault(conv, tensor)
+                maps.setdefault(conv, tensor)
     guides: dict[str, str] = {}
     for head, tensor in maps.items():
         grid = shapes.get(tensor, ())[2:]
@@ -83,25 +84,25 @@ def _is_swish(node: onnx.NodeProto, readers: Mapping[str, list[onnx.NodeProto]])
     return any(r.op_type == "Mul" and node.input[0] in r.input for r in readers.get(node.output[0], []))
 
 
-def _reaches_output(tensor: str, readers: Mapping[str, list[onnx.NodeProto]], outputs: set[str],
-                    stops: Callable[[onnx.NodeProto], bool]) -> bool:
-    """Whether a graph output is reached from ``tensor`` through nodes that do not ``stop`` the way."""
-    stack, seen = [tensor], {tensor}
+def _outputs_reached(tensor: str, readers: Mapping[str, list[onnx.NodeProto]], outputs: set[str],
+                     stops: Callable[[onnx.NodeProto], bool]) -> set[str]:
+    """The graph outputs reached from ``tensor`` through nodes that do not ``stop`` the way."""
+    stack, seen, reached = [tensor], {tensor}, set()
     while stack:
         t = stack.pop()
         if t in outputs:
-            return True
+            reached.add(t)
         for node in readers.get(t, []):
             if not stops(node):
                 fresh = [o for o in node.output if o and o not in seen]
                 seen.update(fresh)
                 stack.extend(fresh)
-    return False
+    return reached
 
 
 def _post_dominated(tensor: str, head: str, readers: Mapping[str, list[onnx.NodeProto]], outputs: set[str]) -> bool:
     """Whether every path from ``tensor`` to a graph output passes through the node named ``head``."""
-    return not _reaches_output(tensor, readers, outputs, lambda node: node.name == head)
+    return not _outputs_reached(tensor, readers, outputs, lambda node: node.name == head)
 
 
 def _score_sources(tensor: str, producer: Mapping[str, onnx.NodeProto], constants: set[str],
