@@ -114,6 +114,20 @@ def test_local_ray_gives_the_same_bytes(tmp_path):
 
 
 @needs_ray
+def test_score_guided_passes_on_local_ray_give_the_same_bytes(tmp_path):
+    """The detection head's score maps travel with the first pass and every stage pass run as tasks."""
+    look = SAMPLES / "lookalikes"
+    args = [look / "yolov8_like.ts.onnx", "--data", look / "yolov8_like_calib", "--image-size", "320", "--num-samples",
+            "8", "--max-positions", "16", "--target-flops", "0.5", "-q"]
+    single = onnxprune("compress", *args, "-o", tmp_path / "single.onnx", "--report", tmp_path / "single.json")
+    assert single.returncode == 0, single.stderr
+    assert any("score head(s)" in note for note in json.loads((tmp_path / "single.json").read_text())["notes"])
+    shared = onnxprune("compress", *args, "--ray", "local:2", "-o", tmp_path / "ray.onnx")
+    assert shared.returncode == 0, shared.stderr
+    assert (tmp_path / "ray.onnx").read_bytes() == (tmp_path / "single.onnx").read_bytes()
+
+
+@needs_ray
 def test_head_started_apart_shards_and_one_process_agree(tmp_path, head):
     """1 process, 2 --shard files summed by --stats, and 2 Ray workers (also with --ray-ship-data, and
     calibrate --ray for one shard) give byte-identical models of a residual network."""
