@@ -72,10 +72,11 @@ from onnxprune.runtime import cpu_cores
 @click.option("--independent", is_flag=True,
               help="Take every layer's statistics from the original network (the paper's mode) instead of the "
                    "default error-correcting re-fit (inputs from the pruned network, targets from the original).")
-@click.option("--residual-power", type=click.FloatRange(min=0.0), default=2.0, show_default=True, metavar="P",
+@click.option("--residual-power", type=click.FloatRange(min=0.0), metavar="P",
               help="Allocation, expert: a layer that writes into a residual sum has its error weighted by "
-                   "(its output energy / the sum's energy)**P. 0 ignores residual structure; lower values prune "
-                   "the residual stream more readily.")
+                   "(its output energy / the sum's energy)**P. Default: 2 where a ReLU rectifies the sum "
+                   "(post-activation ResNet blocks), 1 where the stream stays linear (inverted residuals). 0 "
+                   "ignores residual structure; lower values prune the residual stream more readily.")
 @click.option("--output-weight", type=click.FloatRange(min=0.0), default=2.0, show_default=True, metavar="W",
               help="Allocation, expert: weight of the error of a layer that no Conv/Gemm/MatMul follows (the "
                    "classifier); no later re-fit can absorb it. 1 treats it like any other layer.")

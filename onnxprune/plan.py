@@ -16,7 +16,7 @@ from onnxprune.errors import UsageError
 from onnxprune.executor import Executor, PoolExecutor
 from onnxprune.graph.normalise import initializer_arrays
 from onnxprune.latency import LatencyCost, LatencyTable
-from onnxprune.residual import landing_gains, output_consumers
+from onnxprune.residual import landing_gains, output_consumers, rectified_sums, residual_landings
 from onnxprune.solvers import ConsumerProblem, Refit, error_curve, rank_channels, refit
 from onnxprune.solvers.shrinkage import effective_rows_factor, prior_error_curve, refit_towards
 from onnxprune.solvers.ties import settled
@@ -44,7 +44,9 @@ class SolverSettings:
     delta: float | None = None          # None: GCV-chosen ridge towards the original weights
     refit: bool = True
     seed: int = 0
-    residual_power: float = 2.0         # a residual block's error counts gain**power (gain = c0/E(sum))
+    # a residual block's error counts gain**power (gain = c0/E(sum)); None: 2 where a ReLU rectifies the sum, 1 where
+    # the stream stays linear (onnxprune/residual.py)
+    residual_power: float | None = None
     output_weight: float = 2.0          # error weight of the consumers nothing linear follows (the classifier)
     wide_head_weight: float = 32.0      # that weight instead for such a consumer with >= WIDE_HEAD outputs
 
@@ -247,6 +249,7 @@ def _rank_task(context, job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 WIDE_HEAD = 1000  # outputs from which a last layer counts as a wide class head (ImageNet, CTC characters)
+RECTIFIED_POWER, LINEAR_POWER = 2.0, 1.0   # the residual power by default (onnxprune/residual.py)
 
 
 def _gains(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
@@ -255,9 +258,15 @@ def _gains(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consu
     wide-head weight for a last layer of at least ``WIDE_HEAD`` outputs: the more classes, the less of its
     relative error the top class survives; PP-OCRv5's recogniser, 18 385 CTC characters, at half its
     multiply-adds: 32 % of its test lines decoded identically at weight 2, 64 % at 8, 88 % at 32)."""
-    gains = landing_gains(analysis, {node: s.gain ** settings.residual_power
-                                     for node, s in stats.items() if s.gain is not None})
     consumers = [c for g in analysis.groups for c in g.consumers]
+    rectified = rectified_sums(model, residual_landings(model, analysis, consumers))
+
+    def power(node: str) -> float:
+        if settings.residual_power is not None:
+            return settings.residual_power
+        return RECTIFIED_POWER if node in rectified else LINEAR_POWER
+
+    gains = landing_gains(analysis, {node: s.gain ** power(node) for node, s in stats.items() if s.gain is not None})
     for node in output_consumers(model, consumers):
         wide = node in stats and stats[node].full.n_targets >= WIDE_HEAD
         gains[node] = gains.get(node, 1.0) * (settings.wide_head_weight if wide else settings.output_weight)

@@ -6,7 +6,11 @@ residual stream, not just its own output. Two things follow:
 - its error-correcting target is the original sum minus what the pruned network's other branch
   already contributes, so the re-fit also cancels the error accumulated in the stream;
 - its error is judged relative to the stream's energy, not its own output's (the gain c0/E(sum)),
-  so the allocation compares blocks by how much they disturb what they write into.
+  so the allocation compares blocks by how much they disturb what they write into. The gain counts squared
+  where a ReLU rectifies the sum (a post-activation ResNet block: ResNet-56 at half its multiply-adds 80.48 %
+  against 77.48 % with the plain gain) and plain where the stream stays linear (an inverted-residual block's linear
+  bottleneck: EfficientNet-Lite0 54.7 % top-1 agreement against 43.0 % squared, the MobileNetV2-style CIFAR net
+  59.80 % against 59.42 %).
 
 A consumer with no Conv/ConvTranspose/Gemm/MatMul after it (the classifier) writes its error
 straight into the output: no later error-correcting re-fit can absorb it.
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import onnx
+from onnx import numpy_helper
 
 from onnxprune.analysis.model import Analysis, Consumer
 
@@ -55,6 +60,22 @@ def residual_landings(model: onnx.ModelProto, analysis: Analysis, consumers: Seq
             continue
         out[c.node] = Landing(add.output[0], other)
     return out
+
+
+def rectified_sums(model: onnx.ModelProto, landings: Mapping[str, Landing]) -> set[str]:
+    """The consumers of ``landings`` whose residual sum only a ReLU reads (Relu, or Clip from 0 up)."""
+    readers = tensor_readers(model)
+    constants = {i.name: i for i in model.graph.initializer}
+
+    def rectifies(node: onnx.NodeProto) -> bool:
+        if node.op_type == "Relu":
+            return True
+        if node.op_type != "Clip" or len(node.input) < 2 or node.input[1] not in constants:
+            return False
+        return float(numpy_helper.to_array(constants[node.input[1]])) >= 0.0
+
+    return {node for node, landing in landings.items()
+            if (readers.get(landing.total) and all(rectifies(r) for r in readers[landing.total]))}
 
 
 _LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})

@@ -111,14 +111,15 @@ def test_allocation_removes_a_branch_whole_when_that_costs_least():
 
 def test_compress_removes_branches_and_reports_them(tmp_path):
     """MobileNetV2 at 15 % of its multiply-adds with --depth removes both inverted residuals (also layer by layer);
-    against a multiply-add target alone the default keeps every branch."""
+    against a multiply-add target alone the default keeps every branch. The squared residual gain (by default only
+    for rectified sums; these are linear) prices the branches low enough that both go."""
     model, data = ZOO / "mobilenet_v2.ts.onnx", ZOO / "mobilenet_v2.npz"
     runner = CliRunner()
     reports = {}
     for flags in (("--depth",), (), ("--depth", "--independent")):
         out, report = tmp_path / f"out{len(reports)}.onnx", tmp_path / f"r{len(reports)}.json"
         result = runner.invoke(cli, ["compress", str(model), "--data", str(data), "--target-flops", "0.15",
-                                     "-o", str(out), "--report", str(report), *flags])
+                                     "--residual-power", "2", "-o", str(out), "--report", str(report), *flags])
         assert result.exit_code == 0, result.output
         reports[flags] = (json.loads(report.read_text()), result.output, onnx.load(str(out)))
         onnx.checker.check_model(reports[flags][2], full_check=True)
