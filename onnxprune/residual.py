@@ -70,9 +70,12 @@ def rectified_sums(model: onnx.ModelProto, landings: Mapping[str, Landing]) -> s
     def rectifies(node: onnx.NodeProto) -> bool:
         if node.op_type == "Relu":
             return True
-        if node.op_type != "Clip" or len(node.input) < 2 or node.input[1] not in constants:
+        if node.op_type != "Clip":
             return False
-        return float(numpy_helper.to_array(constants[node.input[1]])) >= 0.0
+        if len(node.input) < 2 or not node.input[1]:   # opset < 11: the bound is an attribute
+            return any(a.name == "min" and a.f >= 0.0 for a in node.attribute)
+        low = constants.get(node.input[1])
+        return low is not None and float(numpy_helper.to_array(low)) >= 0.0
 
     return {node for node, landing in landings.items()
             if (readers.get(landing.total) and all(rectifies(r) for r in readers[landing.total]))}

@@ -77,6 +77,48 @@ def test_residual_landings_are_the_block_outputs():
         assert analysis.shapes[landing.other] == analysis.shapes[landing.total]
 
 
+@pytest.mark.parametrize("after,rectified", [("Relu", True), ("Clip attribute", True), ("Clip input", True),
+                                             ("Clip below zero", False), ("Identity", False)])
+def test_a_sum_is_rectified_only_when_a_relu_reads_it(after, rectified):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.residual import Landing, rectified_sums
+
+    inits, bound = [], -1.0 if after == "Clip below zero" else 0.0
+    if after == "Relu" or after == "Identity":
+        last = helper.make_node(after, ["s"], ["y"])
+    elif after == "Clip attribute":
+        last = helper.make_node("Clip", ["s"], ["y"], min=0.0, max=6.0)
+    else:
+        inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", bound), ("hi", 6.0))]
+        last = helper.make_node("Clip", ["s", "lo", "hi"], ["y"])
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["s"]), last], "g",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "ab"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], inits)
+    assert rectified_sums(helper.make_model(graph), {"conv": Landing("s", "b")}) == ({"conv"} if rectified else set())
+
+
+def test_the_residual_power_is_two_on_rectified_sums_and_one_on_linear_ones():
+    from onnxprune.plan import _gains
+
+    model, _, analysis = _resnet()   # basic blocks: Add then Relu
+    consumers = [c for g in analysis.groups for c in g.consumers]
+    landings = residual_landings(model, analysis, consumers)
+
+    class Gain:
+        gain = 0.5
+
+    stats = {node: Gain() for node in landings}
+    auto = _gains(model, analysis, stats, SolverSettings())
+    assert all(auto[node] == 0.25 for node in landings)
+    relu = next(n for n in model.graph.node if n.op_type == "Relu" and n.input[0] == next(iter(landings.values())).total)
+    relu.op_type = "Identity"   # that block's stream stays linear now
+    linear = _gains(model, analysis, stats, SolverSettings())
+    assert sorted({linear[node] for node in landings}) == [0.25, 0.5]
+    forced = _gains(model, analysis, stats, SolverSettings(residual_power=1.0))
+    assert all(forced[node] == 0.5 for node in landings)
+
+
 def test_residual_target_is_the_original_sum_minus_the_pruned_other_branch():
     model, data, analysis = _resnet()
     consumers = [c for g in analysis.groups for c in g.consumers]
