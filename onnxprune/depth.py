@@ -20,7 +20,8 @@ BYPASSABLE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 
 def removable_groups(model: onnx.ModelProto, analysis: Analysis) -> set[int]:
     """Ids of the prunable groups whose whole branch can be removed (module docstring)."""
-    landings = residual_landings(model, analysis, analysis.consumers)
+    landings = {node: landing for node, landing in residual_landings(model, analysis, analysis.consumers).items()
+                if landing.scale is None}   # through a BatchNormalization: not measured as a removable branch
     producers_of = {t: n for n in model.graph.node for t in n.output}
     readers = tensor_readers(model)
     group_of = np.full(analysis.n_classes, -1)

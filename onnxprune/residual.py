@@ -17,9 +17,10 @@ straight into the output: no later error-correcting re-fit can absorb it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -37,29 +38,67 @@ def tensor_readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 @dataclass(frozen=True)
 class Landing:
-    """A consumer output added to another branch: ``total`` = output + ``other``."""
+    """A consumer output added to another branch: ``total`` = output + ``other``, or, through an inference-mode
+    BatchNormalization between them (paddle2onnx keeps those), ``total`` = ``scale``·output + ``shift`` + ``other``
+    per channel."""
 
     total: str
     other: str
+    scale: np.ndarray | None = field(default=None, compare=False)
+    shift: np.ndarray | None = field(default=None, compare=False)
+
+    def branch(self, y: np.ndarray) -> np.ndarray:
+        """What the consumer's output ``y`` (N, C, ...) adds to the sum."""
+        return y if self.scale is None else y * _per_channel(self.scale, y) + _per_channel(self.shift, y)
+
+    def output_for(self, branch: np.ndarray) -> np.ndarray:
+        """The consumer output that adds ``branch`` (N, C, ...) to the sum."""
+        return branch if self.scale is None else (branch - _per_channel(self.shift, branch)) / _per_channel(
+            self.scale, branch)
+
+
+def _per_channel(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return values.astype(like.dtype).reshape((1, -1) + (1,) * (like.ndim - 2))
 
 
 def residual_landings(model: onnx.ModelProto, analysis: Analysis, consumers: Sequence[Consumer]) -> dict[str, Landing]:
-    """Consumers whose output feeds only a two-branch Add (or two-input Sum) of equal shapes, by node name."""
+    """Consumers whose output feeds only a two-branch Add (or two-input Sum) of equal shapes, directly or through a
+    BatchNormalization with constant parameters and no zero scale that only it reads, by node name."""
     readers = tensor_readers(model)
-    constants = {i.name for i in model.graph.initializer}
+    constants = {i.name: i for i in model.graph.initializer}
+    graph_outputs = {o.name for o in model.graph.output}
     out: dict[str, Landing] = {}
     for c in consumers:
         nodes = readers.get(c.output, [])
+        written, affine = c.output, (None, None)
+        if len(nodes) == 1 and nodes[0].op_type == "BatchNormalization" and c.output not in graph_outputs:
+            affine = _batch_norm_affine(nodes[0], constants)
+            written = nodes[0].output[0]
+            nodes = readers.get(written, []) if affine[0] is not None else []
         if len(nodes) != 1 or nodes[0].op_type not in ("Add", "Sum") or len(nodes[0].input) != 2:
             continue
         add = nodes[0]
-        other = add.input[1] if add.input[0] == c.output else add.input[0]
-        if other == c.output or other in constants or c.output in {o.name for o in model.graph.output}:
+        other = add.input[1] if add.input[0] == written else add.input[0]
+        if other == written or other in constants or {c.output, written} & graph_outputs:
             continue
         if analysis.shapes.get(other) != analysis.shapes.get(c.output) or other not in analysis.layouts:
             continue
-        out[c.node] = Landing(add.output[0], other)
+        out[c.node] = Landing(add.output[0], other, *affine)
     return out
+
+
+def _batch_norm_affine(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto]
+                       ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(scale, shift) per channel of an inference-mode BatchNormalization, or (None, None) when its parameters are
+    not constants, it has training outputs, or a scale is zero (the consumer's output could not be recovered)."""
+    if len(node.output) > 1 and any(node.output[1:]) or not all(t in constants for t in node.input[1:5]):
+        return None, None
+    gamma, beta, mean, var = (numpy_helper.to_array(constants[t]).astype(np.float64) for t in node.input[1:5])
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+    scale = gamma / np.sqrt(var + eps)
+    if not np.all(np.isfinite(scale)) or np.any(scale == 0):
+        return None, None
+    return scale, beta - scale * mean
 
 
 def rectified_sums(model: onnx.ModelProto, landings: Mapping[str, Landing]) -> set[str]:

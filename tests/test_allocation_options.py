@@ -119,6 +119,47 @@ def test_the_residual_power_is_two_on_rectified_sums_and_one_on_linear_ones():
     assert all(forced[node] == 0.5 for node in landings)
 
 
+def test_a_landing_through_a_batch_norm_recovers_the_consumers_output():
+    """conv → BatchNormalization → Add (paddle2onnx keeps the BN): the sum minus the other branch, mapped back
+    through the BN, is the conv's own output; a BN with a zero scale is no landing."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import run_model
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+
+    def model(gamma):
+        inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+            ("w0", rng.standard_normal((4, 4, 1, 1))), ("w1", rng.standard_normal((6, 4, 3, 3))),
+            ("w2", rng.standard_normal((4, 6, 1, 1))), ("g", gamma), ("b", rng.standard_normal(4)),
+            ("m", rng.standard_normal(4)), ("v", rng.random(4) + 0.5))]
+        nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0"),
+                 helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+                 helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+                 helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"),
+                 helper.make_node("BatchNormalization", ["c2", "g", "b", "m", "v"], ["n2"], name="bn2"),
+                 helper.make_node("Add", ["n2", "r0"], ["s"], name="add"),
+                 helper.make_node("Relu", ["s"], ["y"], name="relu2")]
+        graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 5, 5])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 5, 5])], inits)
+        return normalise(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    m = model(rng.standard_normal(4) + 2.0)
+    analysis = find_groups(m, static_shapes(m))
+    (node, landing), = residual_landings(m, analysis, analysis.consumers).items()
+    assert node == "conv2" and landing.total == "s" and landing.other == "r0" and landing.scale is not None
+    probe = onnx.helper.make_model(m.graph, opset_imports=m.opset_import)
+    probe.graph.output.extend([onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                               for t in ("c2", "r0", "s")])
+    c2, r0, total = run_model(probe, {"x": x})[1:]
+    np.testing.assert_allclose(landing.output_for(total - r0), c2, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(landing.branch(c2) + r0, total, rtol=1e-4, atol=1e-4)
+    zero = model(np.array([1.0, 0.0, 1.0, 1.0]))
+    assert residual_landings(zero, find_groups(zero, static_shapes(zero)), analysis.consumers) == {}
+
+
 def test_residual_target_is_the_original_sum_minus_the_pruned_other_branch():
     model, data, analysis = _resnet()
     consumers = [c for g in analysis.groups for c in g.consumers]

@@ -343,9 +343,10 @@ class Rows:
                 weights: dict[str, np.ndarray] = {}   # log-weights of positions, per score map
                 for cons in self.consumers:
                     x, y = sources[cons.input], values[cons.output]
-                    if cons.node in landings and not measure_gains:
-                        y = _residual_target(values[landings[cons.node].total], sources[landings[cons.node].other],
-                                             self.output_masks[cons.node])
+                    landing = landings.get(cons.node)
+                    if landing is not None and not measure_gains:
+                        y = landing.output_for(_residual_target(values[landing.total], sources[landing.other],
+                                                                self.output_masks[cons.node]))
                     guide = self.guides.get(cons.node)
                     if guide is not None and guide not in weights:
                         weights[guide] = position_log_weights(values[guide])
@@ -358,8 +359,8 @@ class Rows:
                         stats[cons.node] = ConsumerStats.for_rows(X, Y, self.fold_samples)
                         if cons.node in landings and measure_gains:
                             stats[cons.node].energy = np.zeros(2)
-                    if cons.node in landings and measure_gains:
-                        stats[cons.node].energy += (_energy(y), _energy(values[landings[cons.node].total]))
+                    if landing is not None and measure_gains:
+                        stats[cons.node].energy += (_energy(landing.branch(y)), _energy(values[landing.total]))
                     stats[cons.node].add(X, Y, odd)
                 del values, sources, x, y, weights
                 if progress:
