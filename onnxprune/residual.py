@@ -90,13 +90,14 @@ def residual_landings(model: onnx.ModelProto, analysis: Analysis, consumers: Seq
 def _batch_norm_affine(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto]
                        ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(scale, shift) per channel of an inference-mode BatchNormalization, or (None, None) when its parameters are
-    not constants, it has training outputs, or a scale is zero (the consumer's output could not be recovered)."""
+    not constants, it has training outputs, or a scale is (nearly) zero: the consumer's output could not be recovered
+    from the sum, or only with its error magnified a million times."""
     if len(node.output) > 1 and any(node.output[1:]) or not all(t in constants for t in node.input[1:5]):
         return None, None
     gamma, beta, mean, var = (numpy_helper.to_array(constants[t]).astype(np.float64) for t in node.input[1:5])
     eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
     scale = gamma / np.sqrt(var + eps)
-    if not np.all(np.isfinite(scale)) or np.any(scale == 0):
+    if not np.all(np.isfinite(scale)) or np.any(np.abs(scale) <= 1e-6 * np.abs(scale).max()):
         return None, None
     return scale, beta - scale * mean
 
