@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 from onnxprune.analysis import find_groups
 from onnxprune.analysis.score_heads import score_guides
 from onnxprune.bench.inputs import check_overrides, input_specs
+from onnxprune.compress import calibrated_consumers
 from onnxprune.depth import removable_groups
 from onnxprune.graph.input_shapes import concrete_input_shapes, shapes_text
 from onnxprune.graph.io import load_model
@@ -27,7 +28,7 @@ def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[i
     counts = count_model(model, shapes)
     nodes = {n.name: n for n in model.graph.node}
     removable = removable_groups(model, analysis)
-    guides = score_guides(model, analysis, [c for g in analysis.groups if g.prunable for c in g.consumers])
+    guides = score_guides(model, analysis, calibrated_consumers(analysis))
     groups = []
     for g in analysis.groups:
         touched = set(g.producers) | {c.node for c in g.consumers} | set(g.members)

@@ -138,7 +138,7 @@ def image_layouts(data: CalibrationData, layout: str | None = None) -> dict[str,
 
 
 def augmented(data: CalibrationData, calib_idx: np.ndarray, augmentation: Augmentation, seed: int = 0,
-            layout: str | None = None) -> tuple[CalibrationData, np.ndarray]:
+              layout: str | None = None) -> tuple[CalibrationData, np.ndarray]:
     """``data`` with ``augmentation.copies`` copies of each calibration sample, and the calibration indices that
     include them (the held-out indices are unchanged). No copies: ``data`` and ``calib_idx`` as they are."""
     if augmentation.copies == 0:

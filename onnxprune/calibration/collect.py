@@ -340,7 +340,7 @@ class Rows:
                     rng.bit_generator.advance(offset * draws)
                 offset = 0
                 odd = np.asarray(idx) % 2 == 1
-                weights: dict[str, np.ndarray] = {}   # log-weights of positions, per score map
+                log_weights: dict[str, np.ndarray] = {}   # of the positions, per score map
                 for cons in self.consumers:
                     x, y = sources[cons.input], values[cons.output]
                     landing = landings.get(cons.node)
@@ -348,21 +348,21 @@ class Rows:
                         y = landing.output_for(_residual_target(values[landing.total], sources[landing.other],
                                                                 self.output_masks[cons.node]))
                     guide = self.guides.get(cons.node)
-                    if guide is not None and guide not in weights:
-                        weights[guide] = position_log_weights(values[guide])
+                    if guide is not None and guide not in log_weights:
+                        log_weights[guide] = position_log_weights(values[guide])
                     X, Y = consumer_rows(self.nodes[cons.node], cons, x, y, self.weights[cons.weight], rng,
-                                         settings.max_positions, None if guide is None else weights[guide])
+                                         settings.max_positions, log_weights.get(guide))
                     if not (np.isfinite(X).all() and np.isfinite(Y).all()):
                         raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration "
                                         "data.", note="check the preprocessing (--mean/--std, --raw-pixels)")
                     if cons.node not in stats:
                         stats[cons.node] = ConsumerStats.for_rows(X, Y, self.fold_samples)
-                        if cons.node in landings and measure_gains:
+                        if landing is not None and measure_gains:
                             stats[cons.node].energy = np.zeros(2)
                     if landing is not None and measure_gains:
                         stats[cons.node].energy += (_energy(landing.branch(y)), _energy(values[landing.total]))
                     stats[cons.node].add(X, Y, odd)
-                del values, sources, x, y, weights
+                del values, sources, x, y, log_weights
                 if progress:
                     progress(len(idx))
             partial.push(block, 1, {k: v.flush() for k, v in stats.items()})

@@ -135,6 +135,11 @@ class FirstPass:
         inputs, outputs = pass_tensors(self.consumers, self.landings or {}, self.settings.guides)
         return list(dict.fromkeys(inputs + outputs))
 
+    @property
+    def guides(self) -> list[list[str]]:
+        """The settings' (consumer, score map) pairs as a statistics file's header lists them."""
+        return [list(pair) for pair in self.settings.guides]
+
     def data_fingerprint(self, k: int = 1, n: int = 1) -> str:
         """Fingerprint of the samples of shard ``k`` of ``n`` (computed once: it reads them all)."""
         if (k, n) not in self._data_fingerprints:
@@ -156,7 +161,7 @@ class FirstPass:
             "samples": len(self.shard(k, n)[0]), "total": len(self.indices), "shard": [k, n], "batch": self.batch,
             "seed": self.settings.seed, "max_positions": self.settings.max_positions, "folds": self.folds,
             "provider": self.settings.provider, "blocks": self.layout.count, "format": FORMAT,
-            "guides": [list(pair) for pair in self.settings.guides],
+            "guides": self.guides,
         }
 
     def check(self, header: StatsHeader, where: str) -> None:
@@ -172,7 +177,7 @@ class FirstPass:
                 raise UsageError(f"{where} was computed with {option} {theirs[option]}; "
                                  f"this run uses {option} {value}.",
                                  note="calibrate and compress need the same calibration options")
-        if header.guides != [list(pair) for pair in self.settings.guides]:
+        if header.guides != self.guides:
             raise UsageError(f"{where} was computed with score-guided positions on {len(header.guides)} layer(s); "
                              f"this run guides {len(self.settings.guides)}.",
                              note="give calibrate and compress the same --score-positions/--no-score-positions")
