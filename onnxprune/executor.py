@@ -93,7 +93,9 @@ class LocalExecutor(Executor):
 
 class PoolExecutor(Executor):
     """Items in worker processes of this machine, forked per map: ``workers`` of them (default: one per core), each
-    with ``workers``-th of the cores as BLAS threads, and the items handed out in order as workers free up.
+    with ``workers``-th of the cores as BLAS threads, and the items handed out in order as workers free up. The
+    workers inherit the items with the fork: only indices go to them and results come back (a YOLOv8n's rankings
+    would otherwise pickle 250 MB of Gram matrices through pipes).
 
     Small linear algebra (the rankings of a network's many narrow groups) runs several times faster on one BLAS
     thread per core than on all cores at once, and much faster still on a loaded machine, where threaded BLAS
@@ -115,12 +117,12 @@ class PoolExecutor(Executor):
         if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
             return super().map(fn, items, context=context, on_done=on_done)
         global _POOL_WORK
-        _POOL_WORK = (fn, context, max(cpu_cores() // workers, 1))   # inherited by the forked workers
+        _POOL_WORK = (fn, context, max(cpu_cores() // workers, 1), items)   # inherited by the forked workers
         results: list = [None] * len(items)
         self.last_seconds = [0.0] * len(items)
         pool = multiprocessing.get_context("fork").Pool(workers, initializer=_pool_worker_start)
         try:
-            for i, value, seconds in pool.imap_unordered(_pool_task, enumerate(items)):
+            for i, value, seconds in pool.imap_unordered(_pool_task, range(len(items))):
                 results[i], self.last_seconds[i] = value, seconds
                 self.tasks += 1
                 self.task_seconds += seconds
@@ -134,7 +136,7 @@ class PoolExecutor(Executor):
         return results
 
 
-_POOL_WORK: tuple | None = None   # (fn, context, BLAS threads) of the PoolExecutor map being run
+_POOL_WORK: tuple | None = None   # (fn, context, BLAS threads, items) of the PoolExecutor map being run
 _POOL_LIMITS = None               # a worker's BLAS thread limit, held for its lifetime
 
 
@@ -145,11 +147,10 @@ def _pool_worker_start() -> None:
     _POOL_LIMITS = threadpool_limits(limits=_POOL_WORK[2], user_api="blas")
 
 
-def _pool_task(job: tuple[int, Any]) -> tuple[int, Any, float]:
-    index, item = job
-    fn, context, _ = _POOL_WORK
+def _pool_task(index: int) -> tuple[int, Any, float]:
+    fn, context, _, items = _POOL_WORK   # the items came with the fork: only their index is sent
     start = time.perf_counter()
-    value = fn(context, item)
+    value = fn(context, items[index])
     return index, value, time.perf_counter() - start
 
 

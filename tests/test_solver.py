@@ -15,6 +15,7 @@ from onnxprune.solvers import (
     rank_channels,
     refit,
 )
+from onnxprune.solvers.ties import decreasing
 
 D, K, M, T = 16, 9, 8, 20_000  # channels, 3×3 kernel taps, targets, samples
 P = D * K
@@ -392,6 +393,50 @@ def test_ranking_errors(planted):
         rank_channels("l1", problems, D)
     with pytest.raises(ValueError, match="shape"):
         rank_channels("l1", problems, D, weights=[np.ones((M, P + 1))])
+
+
+def _dying_problem(d: int, k: int, m: int, seed: int) -> list[ConsumerProblem]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((3_000, d * k)) @ (np.eye(d * k) + 0.1 * rng.standard_normal((d * k, d * k)))
+    W = rng.standard_normal((m, d * k)) * np.repeat(np.r_[np.ones(d // 2), 1e-3 * np.ones(d - d // 2)], k)
+    stats = LinearStatistics(d * k, m).partial_fit(X, X @ W.T + 0.01 * rng.standard_normal((3_000, m))).centred()
+    return [ConsumerProblem(stats, np.repeat(np.arange(d), k))]
+
+
+def test_faint_columns_leave_the_lambda_step_without_changing_it():
+    """Columns whose scaled Gram block is below 1e-9 ε_Λ are solved to first order outside the Cholesky: Λ equals
+    the full system's solution (float64, 256 columns, half the channels at w = 1e-10)."""
+    from onnxprune.solvers import entropic
+
+    d, k = 64, 4
+    problem = _dying_problem(d, k, 5, seed=7)
+    term = entropic._prepare(problem, d, rho=1.0, eps_lambda=None)[0]
+    rng = np.random.default_rng(1)
+    w = np.r_[rng.uniform(0.5, 1.5, d // 2), 1e-10 * rng.uniform(0.5, 1.5, d - d // 2)]
+    w /= w.sum()
+    s = w[term.channels]
+    assert entropic._faint(s, term.gram, term.eps_lambda).sum() == (d - d // 2) * k
+    G, C = problem[0].stats.G, problem[0].stats.C
+    exact = np.linalg.solve(s[:, None] * G * s[None, :] + term.eps_lambda * np.eye(d * k), s[:, None] * C)
+    np.testing.assert_allclose(entropic._lambda_step(term, w), exact, rtol=1e-8, atol=1e-12 * np.abs(exact).max())
+
+
+def test_ranking_with_faint_columns_equals_the_full_lambda_steps(monkeypatch):
+    """The whole fit with faint columns out of the factorisation gives the full Λ-steps' weights and order (the
+    dying channels' weights, 1e-26 of the others and tied there, only to a few per cent)."""
+    from onnxprune.solvers import entropic
+
+    problem = _dying_problem(48, 9, 6, seed=2)
+    faint, seen = entropic._faint, []
+    monkeypatch.setattr(entropic, "_faint", lambda *a: seen.append(faint(*a)) or seen[-1])
+    fast = fit_entropic(problem, 48, max_iter=11, tol=1e-13)
+    assert sum(f is not None for f in seen) >= 4     # the dying channels left the factorisation for 4+ rounds
+    monkeypatch.setattr(entropic, "_FAINT", -1.0)
+    full = fit_entropic(problem, 48, max_iter=11, tol=1e-13)
+    live = full.w > 1e-9 * full.w.max()
+    assert live.sum() == 24
+    np.testing.assert_allclose(fast.w[live], full.w[live], rtol=1e-6)
+    assert np.array_equal(decreasing(fast.w), decreasing(full.w))
 
 
 def test_wide_consumer_ranks_in_float32_like_float64(monkeypatch):

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import scipy.linalg
+import scipy.special
 
 from . import lowrank
 from .refit import Refit, cholesky_jittered, columns_of, refit
@@ -27,6 +28,8 @@ _LOG_W_MIN = np.log(1e-300)
 _S_MIN = 1e-60
 _EPS = np.finfo(np.float64).eps
 _SINGLE_FROM = 512  # columns from which a dense consumer's Λ-step runs in float32
+_FAINT = 1e-9  # trace of S_b G_bb S_b, relative to ε_Λ, below which columns b leave the Λ-step's factorisation
+_FAINT_MIN = 32  # fewer faint columns than this (or a 16th of the system) stay in it
 
 
 @dataclass
@@ -196,9 +199,12 @@ def _hadamard_block_sum(lt: np.ndarray, term: _Term, n_channels: int) -> np.ndar
     lower = syrk(1.0, lt.T, trans=1).T  # the upper triangle in Fortran order is the lower one in C order
     lower *= gram
     present = term.channels[::term.layout] if active is None else term.channels[active][::term.layout]
-    local = np.repeat(np.arange(present.size), term.layout)
-    block = _block_sum(lower, local, present.size, term.layout)
-    diagonal = np.bincount(local, weights=np.diagonal(lower), minlength=present.size)
+    if term.layout == 1:  # a column per channel: the blocks are the entries
+        block, diagonal = lower.astype(np.float64, copy=False), np.diagonal(lower).astype(np.float64)
+    else:
+        local = np.repeat(np.arange(present.size), term.layout)
+        block = _block_sum(lower, local, present.size, term.layout)
+        diagonal = np.bincount(local, weights=np.diagonal(lower), minlength=present.size)
     if active is None:
         return block + block.T - np.diag(diagonal)
     A = np.zeros((n_channels, n_channels))
@@ -255,7 +261,47 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
     else:  # rows and columns of s = 0 hold ε_Λ I alone: their Λ rows are 0, the others solve on their own
         gram, cross, s = term.gram[np.ix_(active, active)], term.cross[active], s[active]
         term.active = (active, gram)   # for the coupling of this Λ
+    rhs = s.astype(cross.dtype)[:, None] * cross
+    faint = _faint(s, gram, term.eps_lambda)
+    if faint is None:
+        rhs = _ridge_solve(gram, s, rhs, term)
+    else:  # first order in the faint columns' scales: the others solve alone, the faint rows follow from them
+        strong = ~faint
+        solved = _ridge_solve(gram[np.ix_(strong, strong)], s[strong], rhs[strong], term)
+        scaled = s[strong].astype(solved.dtype)[:, None] * solved
+        rhs[faint] -= s[faint].astype(rhs.dtype)[:, None] * (gram[np.ix_(faint, strong)] @ scaled)
+        rhs[faint] /= rhs.dtype.type(term.eps_lambda)
+        rhs[strong] = solved
+    if s.size == term.channels.size:
+        return rhs
+    lam_t = np.zeros(term.cross.shape, dtype=rhs.dtype)
+    lam_t[active] = rhs
+    return lam_t
+
+
+def _faint(s: np.ndarray, gram: np.ndarray, eps_lambda: float) -> np.ndarray | None:
+    """Columns whose scaled Gram block S_b G_bb S_b is below ``_FAINT`` · ε_Λ in trace (the smallest s_i² G_ii
+    first), or None when there are too few to pay for themselves.
+
+    For them (S G S + ε_Λ I)⁻¹ S C is, to a relative ``_FAINT``, the solve over the other columns a alone and
+    Λ_b = S_b (C_b − G_ba S_a Λ_a) / ε_Λ (the Schur complement's first order: every term it drops carries
+    S_b G S_b / ε_Λ), so they leave the factorisation without changing Λ beyond float32 round-off.
+    """
+    energy = s.astype(np.float64) ** 2 * np.diagonal(gram)
+    order = np.argsort(energy, kind="stable")
+    count = int(np.searchsorted(np.cumsum(energy[order]), _FAINT * eps_lambda, side="right"))
+    if count < max(_FAINT_MIN, s.size // 16) or count == s.size:
+        return None
+    faint = np.zeros(s.size, dtype=bool)
+    faint[order[:count]] = True
+    return faint
+
+
+def _ridge_solve(gram: np.ndarray, s: np.ndarray, rhs: np.ndarray, term: _Term) -> np.ndarray:
+    """(S G S + ε_Λ I)⁻¹ rhs by Cholesky, the scaled matrix built in the term's scratch buffer."""
     n = s.size
+    if not n:
+        return rhs
 
     def scaled_gram() -> np.ndarray:
         scale = s.astype(gram.dtype)
@@ -264,15 +310,7 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
         H.flat[:: n + 1] += term.eps_lambda
         return H
 
-    rhs = s.astype(cross.dtype)[:, None] * cross
-    if n:
-        rhs = scipy.linalg.cho_solve((cholesky_jittered(scaled_gram), True), rhs, overwrite_b=True,
-                                     check_finite=False)
-    if n == term.channels.size:
-        return rhs
-    lam_t = np.zeros(term.cross.shape, dtype=rhs.dtype)
-    lam_t[active] = rhs
-    return lam_t
+    return scipy.linalg.cho_solve((cholesky_jittered(scaled_gram), True), rhs, overwrite_b=True, check_finite=False)
 
 
 # --------------------------------------------------------------------------- w-steps
@@ -308,10 +346,11 @@ def _rtsafe(fun: Callable, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_it
 def _weights_given_ridge(a: np.ndarray, eps_w: float, start: np.ndarray | None = None) -> np.ndarray:
     """argmin over the simplex of Σ_d a_d / w_d² + ε_w Σ_d w_d log w_d (a ≥ 0, not all 0 when ε_w = 0).
 
-    Stationarity: −2a_d/w_d³ + ε_w(1 + log w_d) + μ = 0, solved for u_d = log w_d per channel and
-    for μ so that Σ w = 1 (Newton-safeguarded bisection on both levels). ``start`` (the current w) seeds both:
-    u at log w, μ at the median of what each channel's stationarity asks there; the same root, found in a
-    third of the Newton steps once the rounds settle.
+    Stationarity: −2a_d/w_d³ + ε_w(1 + log w_d) + μ = 0. For a given μ each u_d = log w_d has a closed form,
+    3(u_d + c) = ω(log(6a_d/ε_w) + 3c) with c = 1 + μ/ε_w and ω the Wright omega function, which seeds a
+    Newton-safeguarded bisection (the closed form loses digits to the cancellation of c when μ ≫ ε_w: a Newton
+    step or two restores them); μ is found so that Σ w = 1 in the same way. ``start`` (the current w) seeds μ at the median of what each channel's
+    stationarity asks there.
     """
     n = a.size
     if eps_w == 0:
@@ -319,16 +358,16 @@ def _weights_given_ridge(a: np.ndarray, eps_w: float, start: np.ndarray | None =
         return w / w.sum()
     with np.errstate(divide="ignore"):
         log_a = np.log(a)
-    u = np.full(n, -np.log(n)) if start is None else np.log(np.clip(start, np.exp(_LOG_W_MIN), 1.0))
+    log6a = log_a + np.log(6.0 / eps_w)
+    lower, upper = np.full(n, _LOG_W_MIN), np.zeros(n)
 
     def channel(u_: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
         e = np.exp(log_a - 3.0 * u_)
         return -2.0 * e + eps_w * (1.0 + u_) + mu, 6.0 * e + eps_w
 
     def logs(mu: float) -> np.ndarray:
-        nonlocal u
-        u = _rtsafe(lambda x: channel(x, mu), np.full(n, _LOG_W_MIN), np.zeros(n), u)
-        return u
+        c = 1.0 + mu / eps_w
+        return _rtsafe(lambda x: channel(x, mu), lower, upper, scipy.special.wrightomega(log6a + 3.0 * c) / 3.0 - c)
 
     def excess(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u_ = logs(float(mu[0]))
@@ -338,7 +377,10 @@ def _weights_given_ridge(a: np.ndarray, eps_w: float, start: np.ndarray | None =
     mu_lo = 2.0 * a.max() - eps_w
     mu_hi = 2.0 * a.max() * n**3 + eps_w * (np.log(n) - 1.0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        mu0 = 0.5 * (mu_lo + mu_hi) if start is None else float(np.median(-channel(u, 0.0)[0]))
+        if start is None:
+            mu0 = 0.5 * (mu_lo + mu_hi)
+        else:
+            mu0 = float(np.median(-channel(np.log(np.clip(start, np.exp(_LOG_W_MIN), 1.0)), 0.0)[0]))
         mu = _rtsafe(excess, np.array([mu_lo]), np.array([mu_hi]), np.array([mu0]))
         w = np.exp(logs(float(mu[0])))
     return w / w.sum()
