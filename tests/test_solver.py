@@ -439,6 +439,28 @@ def test_ranking_with_faint_columns_equals_the_full_lambda_steps(monkeypatch):
     assert np.array_equal(decreasing(fast.w), decreasing(full.w))
 
 
+def test_head_with_many_outputs_carries_lambda_as_its_outer_product(monkeypatch):
+    """A consumer with ≥ 4× more outputs than columns (a CTC or class head) runs its Λ-steps on ΛᵀΛ (p × p);
+    weights, loss and the Λ formed at the end equal the explicit (p × M) Λ-steps'."""
+    from onnxprune.solvers import entropic
+
+    rng = np.random.default_rng(4)
+    d, k, m = 12, 2, 300
+    X = rng.standard_normal((2_000, d * k))
+    W = rng.standard_normal((m, d * k)) * np.repeat(rng.uniform(0.05, 2.0, d), k)
+    stats = LinearStatistics(d * k, m).partial_fit(X, X @ W.T + 0.3 * rng.standard_normal((2_000, m))).centred()
+    problem = [ConsumerProblem(stats, np.repeat(np.arange(d), k))]
+    assert entropic._prepare(problem, d, rho=1.0, eps_lambda=None)[0].kernel is not None
+    outer = fit_entropic(problem, d, max_iter=30, tol=1e-10)
+    monkeypatch.setattr(entropic, "_OUTER_FROM", 10**9)
+    explicit = fit_entropic(problem, d, max_iter=30, tol=1e-10)
+    assert outer.n_iter == explicit.n_iter and _increase(outer.loss_history) <= 1e-12
+    np.testing.assert_allclose(outer.w, explicit.w, rtol=1e-8)
+    np.testing.assert_allclose(outer.loss_history, explicit.loss_history, rtol=1e-10)
+    lam = explicit.lambdas[0]
+    np.testing.assert_allclose(outer.lambdas[0], lam, rtol=1e-7, atol=1e-10 * np.abs(lam).max())
+
+
 def test_wide_consumer_ranks_in_float32_like_float64(monkeypatch):
     """From _SINGLE_FROM columns the Λ-step runs in float32; the ranking must match the float64 one."""
     from onnxprune.solvers import entropic
