@@ -300,7 +300,9 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
     that changes L by far less than round-off and keeps subnormal numbers (10× slower LAPACK)
     out of the factorisation. The columns of channels at s = 0 (most of the pruned ones after a few rounds) leave
     the system: their rows of S G S + ε_Λ I are ε_Λ alone, so the others are solved as a smaller system with the
-    same values. Factored statistics take the sample-space form (:func:`lowrank.lambda_step`).
+    same values. Columns the solve has all but dropped leave the factorisation too (:func:`_faint`); a consumer
+    with many more outputs than columns returns ΛᵀΛ instead of Λ (:func:`_outer_step`). Factored statistics take
+    the sample-space form (:func:`lowrank.lambda_step`).
     """
     s = np.where(w >= _S_MIN, w, 0.0)[term.channels]
     if term.stats.factored:
