@@ -1,16 +1,17 @@
-"""Statistics kept as rows (T ≤ p/8) and the sample-space solver paths: the same numbers as the dense ones."""
+"""Statistics kept as rows (T ≤ p/4) and the sample-space solver paths: the same numbers as the dense ones."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from onnxprune.solvers import CentredStatistics, ConsumerProblem, LinearStatistics, error_curve, fit_entropic, refit
-from onnxprune.solvers.entropic import _coupling, _lambda_step, _prepare
+from onnxprune.solvers import entropic
+from onnxprune.solvers.entropic import _coupling, _explicit, _lambda_step, _Outer, _prepare
 from onnxprune.solvers.lowrank import block_hadamard
 from onnxprune.solvers.ranking import rank_channels
 from onnxprune.solvers.shrinkage import prior_error_curve, refit_towards
 
-D, K, M, T = 12, 10, 6, 15  # channels, columns per channel, targets, rows (T ≤ p/8)
+D, K, M, T = 12, 5, 6, 15  # channels, columns per channel, targets, rows (T ≤ p/4)
 P = D * K
 CHANNELS = np.repeat(np.arange(D), K)
 
@@ -22,10 +23,12 @@ def _rows(seed: int, n: int = T, p: int = P) -> tuple[np.ndarray, np.ndarray]:
     return X, Y
 
 
-def _dense(stats: CentredStatistics) -> CentredStatistics:
-    """The same statistics with G = FᵀF and C = FᵀB formed."""
-    return CentredStatistics(stats.F.T @ stats.F, stats.F.T @ stats.B, stats.c0, stats.x_mean, stats.y_mean,
-                             stats.n_samples)
+@pytest.fixture(params=["FᵀF held", "sample space only"])
+def held(request, monkeypatch) -> bool:
+    """Both ways a factored consumer is solved: FᵀF formed once and Λ carried as ΛᵀΛ, or Λ itself (wide)."""
+    if request.param == "sample space only":
+        monkeypatch.setattr(entropic, "_HELD_GRAM", 0)
+    return request.param == "FᵀF held"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def test_rows_are_kept_up_to_the_limit_then_folded_exactly():
     for start in range(0, T, 5):
         stats.partial_fit(X[start:start + 5], Y[start:start + 5])
         assert stats.keeps_rows
-    stats.partial_fit(X[T:T + 1], Y[T:T + 1])  # T + 1 > p/8
+    stats.partial_fit(X[T:T + 1], Y[T:T + 1])  # T + 1 > p/4
     assert not stats.keeps_rows and stats.rows_x_ is None
     stats.partial_fit(X[T + 1:], Y[T + 1:])
     dense = stats.centred()
@@ -116,29 +119,36 @@ def test_centred_in_place_gives_the_same_factor():
 # --------------------------------------------------------------------------- entropic solver
 
 
-def test_lambda_step_and_coupling_match_dense(factored):
+def test_lambda_step_and_coupling_match_dense(factored, held):
     w = np.random.default_rng(7).dirichlet(np.ones(D))
     w[[2, 5]] = [1e-70, 0.0]  # below _S_MIN: treated as 0 in both forms
     terms = {kind: _prepare([ConsumerProblem(st, CHANNELS)], D, 0.3, None)
-             for kind, st in (("factored", factored), ("dense", _dense(factored)))}
+             for kind, st in (("factored", factored), ("dense", factored.dense()))}
     lam = {kind: [_lambda_step(t, w) for t in ts] for kind, ts in terms.items()}
-    np.testing.assert_allclose(lam["factored"][0], lam["dense"][0], rtol=1e-8, atol=1e-10 * np.abs(lam["dense"][0]).max())
+    dense = lam["dense"][0]
+    assert isinstance(lam["factored"][0], _Outer) == held
+    if held:
+        np.testing.assert_allclose(lam["factored"][0].outer, dense @ dense.T, rtol=1e-8,
+                                   atol=1e-10 * np.abs(dense).max() ** 2)
+    explicit = _explicit(terms["factored"][0], lam["factored"][0])
+    np.testing.assert_allclose(explicit, dense, rtol=1e-8, atol=1e-10 * np.abs(dense).max())
     A, beta = _coupling(terms["factored"], lam["factored"], D)
     A_dense, beta_dense = _coupling(terms["dense"], lam["dense"], D)
     np.testing.assert_allclose(A, A_dense, rtol=1e-8, atol=1e-10 * np.abs(A_dense).max())
     np.testing.assert_allclose(beta, beta_dense, rtol=1e-8, atol=1e-10 * np.abs(beta_dense).max())
-    with pytest.raises(ValueError, match="latest"):
-        _coupling(terms["factored"], [lam["factored"][0].copy()], D)
+    if not held:
+        with pytest.raises(ValueError, match="latest"):
+            _coupling(terms["factored"], [lam["factored"][0].copy()], D)
 
 
 @pytest.mark.parametrize("w_step", ["both", "lambda", "w"])
-def test_fit_entropic_matches_dense_with_a_second_consumer(factored, w_step):
+def test_fit_entropic_matches_dense_with_a_second_consumer(factored, held, w_step):
     """One factored and one dense consumer sharing w: the same fit as with both dense."""
     X, Y = _rows(8, n=400, p=D)
     second = LinearStatistics(D, M).partial_fit(X, Y).centred()
     assert not second.factored
     fits = [fit_entropic([ConsumerProblem(st, CHANNELS), ConsumerProblem(second, np.arange(D), 0.5)], D,
-                         max_iter=8, w_step=w_step) for st in (factored, _dense(factored))]
+                         max_iter=8, w_step=w_step) for st in (factored, factored.dense())]
     np.testing.assert_allclose(fits[0].w, fits[1].w, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(fits[0].loss_history, fits[1].loss_history, rtol=1e-9)
     assert np.max(np.diff(fits[0].loss_history)) <= 1e-12 * fits[0].loss_history[0]
@@ -151,7 +161,7 @@ def test_fit_entropic_matches_dense_with_a_second_consumer(factored, w_step):
 def test_refit_matches_dense(factored, delta):
     cols = np.flatnonzero(np.isin(CHANNELS, [0, 3, 4, 9]))
     for columns in (cols, np.arange(P)):
-        fit, ref = refit(factored, columns, delta), refit(_dense(factored), columns, delta)
+        fit, ref = refit(factored, columns, delta), refit(factored.dense(), columns, delta)
         np.testing.assert_allclose(fit.coef, ref.coef, rtol=1e-7, atol=1e-9 * np.abs(ref.coef).max())
         np.testing.assert_allclose(fit.intercept, ref.intercept, atol=1e-9)
         assert fit.error == pytest.approx(ref.error, abs=1e-9)
@@ -160,10 +170,10 @@ def test_refit_matches_dense(factored, delta):
 def test_error_curves_match_dense(factored):
     order = np.random.default_rng(9).permutation(D)
     np.testing.assert_allclose(error_curve(factored, CHANNELS, order, 1e-4),
-                               error_curve(_dense(factored), CHANNELS, order, 1e-4), atol=1e-9)
+                               error_curve(factored.dense(), CHANNELS, order, 1e-4), atol=1e-9)
     W0 = np.random.default_rng(10).standard_normal((M, P)) / np.sqrt(P)
     np.testing.assert_allclose(prior_error_curve(factored, CHANNELS, order, W0),
-                               prior_error_curve(_dense(factored), CHANNELS, order, W0), rtol=1e-9, atol=1e-12)
+                               prior_error_curve(factored.dense(), CHANNELS, order, W0), rtol=1e-9, atol=1e-12)
 
 
 def test_shrinkage_refit_with_folds_matches_dense():
@@ -174,7 +184,7 @@ def test_shrinkage_refit_with_folds_matches_dense():
     W0 = np.random.default_rng(12).standard_normal((M, P)) / np.sqrt(P)
     cols = np.flatnonzero(np.isin(CHANNELS, [1, 2, 6, 7, 8, 11]))
     fit, rel = refit_towards(full.centred(), cols, W0[:, cols], folds)
-    ref, rel_ref = refit_towards(_dense(full.centred()), cols, W0[:, cols], tuple(_dense(f) for f in folds))
+    ref, rel_ref = refit_towards(full.centred().dense(), cols, W0[:, cols], tuple(f.dense() for f in folds))
     assert rel == rel_ref
     np.testing.assert_allclose(fit.coef, ref.coef, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(fit.intercept, ref.intercept, atol=1e-10)
@@ -184,7 +194,7 @@ def test_shrinkage_refit_with_folds_matches_dense():
 def test_activation_ranking_matches_dense(factored):
     W = np.random.default_rng(13).standard_normal((M, P))
     scores = [rank_channels("activation", [ConsumerProblem(st, CHANNELS)], D, weights=[W])
-              for st in (factored, _dense(factored))]
+              for st in (factored, factored.dense())]
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-12)
 
 

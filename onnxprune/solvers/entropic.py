@@ -31,6 +31,7 @@ _SINGLE_FROM = 512  # columns from which a dense consumer's Λ-step runs in floa
 _FAINT = 1e-9  # trace of S_b G_bb S_b, relative to ε_Λ, below which columns b leave the Λ-step's factorisation
 _FAINT_MIN = 32  # fewer faint columns than this (or a 16th of the system) stay in it
 _OUTER_FROM = 4  # outputs per column from which a dense consumer's Λ is carried as ΛᵀΛ (a CTC or class head)
+_HELD_GRAM = 4096  # columns up to which factored statistics hold FᵀF and carry Λ as ΛᵀΛ (a class head after pooling)
 
 
 @dataclass
@@ -73,7 +74,7 @@ class _Term:
     layout: int = 0                     # k when channel d owns columns [dk, dk + k) (a Conv's layout), else 0
     active: tuple[np.ndarray, np.ndarray] | None = None  # columns of the latest Λ-step and their G, when not all
     last_step: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-    kernel: np.ndarray | None = None    # C Cᵀ of a consumer with _OUTER_FROM × more outputs than columns
+    kernel: np.ndarray | None = None    # C Cᵀ of a consumer with _OUTER_FROM × more outputs than columns, BBᵀ if held
 
     @property
     def c0(self) -> float:
@@ -87,10 +88,12 @@ class _Term:
 
 @dataclass
 class _Outer:
-    """Λᵀ (p, M) of a consumer with many more outputs than columns, carried as what the solver reads of it:
-    ``outer`` = ΛᵀΛ (p, p) and ``cross`` = (C ∘ Λᵀ)1 (p,). Its Λ-step costs O(p³) instead of O(p²M) (a CTC head
-    of 18 385 characters over 120 columns: 100× less). ``step`` keeps the Λ-step's Cholesky factor, scales and
-    columns, and ``scale`` the row scales of the w-steps since, to form Λᵀ itself (:func:`_explicit`)."""
+    """Λᵀ (p, M) of a consumer with many more outputs than columns, or with factored statistics of at most
+    ``_HELD_GRAM`` columns, carried as what the solver reads of it: ``outer`` = ΛᵀΛ (p, p) and ``cross`` =
+    (C ∘ Λᵀ)1 (p,). Its Λ-step costs O(p³) instead of O(p²M) (a CTC head of 18 385 characters over 120 columns:
+    100× less), or O(p²T) in sample space (:func:`lowrank.outer_step`). ``step`` keeps the Λ-step's Cholesky
+    factor and scales (and columns, when dense), and ``scale`` the row scales of the w-steps since, to form Λᵀ
+    itself (:func:`_explicit`)."""
 
     outer: np.ndarray
     cross: np.ndarray
@@ -128,6 +131,9 @@ def _explicit(term: _Term, lt: np.ndarray | _Outer) -> np.ndarray:
     """Λᵀ itself, formed once for the result where the rounds carried only ΛᵀΛ."""
     if not isinstance(lt, _Outer):
         return lt
+    if term.stats.factored:
+        factor, s = lt.step
+        return lowrank.explicit(term.stats.F, term.stats.B, s * lt.scale, factor)
     factor, s, active = lt.step
     lam_t = np.zeros(term.cross.shape, dtype=term.cross.dtype)
     lam_t[active] = scipy.linalg.cho_solve((factor, True), s[:, None] * term.cross[active], check_finite=False)
@@ -166,7 +172,11 @@ def _prepare(
         alpha = problem.weight / stats.c0 if stats.c0 > 0 else 0.0
         eps = rho * stats.gram_trace() / p / n_channels**2 if eps_lambda is None else eps_lambda
         if stats.factored:
-            terms.append(_Term(stats, channels, alpha, float(eps)))
+            if p <= _HELD_GRAM:
+                terms.append(_Term(stats, channels, alpha, float(eps), gram=stats.F.T @ stats.F,
+                                   layout=_conv_layout(channels, n_channels), kernel=stats.B @ stats.B.T))
+            else:
+                terms.append(_Term(stats, channels, alpha, float(eps)))
             continue
         dtype = np.float32 if p >= _SINGLE_FROM else np.float64
         gram, cross = stats.G.astype(dtype, copy=False), stats.C.astype(dtype, copy=False)
@@ -255,10 +265,12 @@ def _hadamard_block_sum(lt: np.ndarray, term: _Term, n_channels: int) -> np.ndar
     local = np.repeat(np.arange(present.size), term.layout)
     block = _block_sum(lower, local, present.size, term.layout)
     diagonal = np.bincount(local, weights=np.diagonal(lower), minlength=present.size)
+    whole = block + block.T
+    whole.flat[:: present.size + 1] -= diagonal
     if active is None:
-        return block + block.T - np.diag(diagonal)
+        return whole
     A = np.zeros((n_channels, n_channels))
-    A[np.ix_(present, present)] = block + block.T - np.diag(diagonal)
+    A[np.ix_(present, present)] = whole
     return A
 
 
@@ -271,7 +283,7 @@ def _coupling(terms: list[_Term], lam_t: list[np.ndarray], n_channels: int) -> t
     A = np.zeros((n_channels, n_channels))
     beta = np.zeros(n_channels)
     for t, lt in zip(terms, lam_t):
-        if t.stats.factored:
+        if t.stats.factored and not isinstance(lt, _Outer):
             latest, s, Q = t.last_step
             if lt is not latest:
                 raise ValueError("a factored consumer's coupling needs the Λ of its latest Λ-step.")
@@ -282,7 +294,8 @@ def _coupling(terms: list[_Term], lam_t: list[np.ndarray], n_channels: int) -> t
         else:
             block = _hadamard_block_sum(lt, t, n_channels)
             per_column = np.einsum("im,im->i", t.cross, lt, dtype=np.float64)
-        A += t.alpha * block
+        block *= t.alpha  # a new array from each branch
+        A += block
         beta += t.alpha * np.bincount(t.channels, weights=per_column, minlength=n_channels)
     return A, beta
 
@@ -301,9 +314,13 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
     the system: their rows of S G S + ε_Λ I are ε_Λ alone, so the others are solved as a smaller system with the
     same values. Columns the solve has all but dropped leave the factorisation too (:func:`_faint`); a consumer
     with many more outputs than columns returns ΛᵀΛ instead of Λ (:func:`_outer_step`). Factored statistics take
-    the sample-space form (:func:`lowrank.lambda_step`).
+    the sample-space form (:func:`lowrank.lambda_step`; ΛᵀΛ by :func:`lowrank.outer_step` where FᵀF is held).
     """
     s = np.where(w >= _S_MIN, w, 0.0)[term.channels]
+    if term.stats.factored and term.gram is not None:
+        dtype = np.float32 if s.size >= _SINGLE_FROM else np.float64
+        outer, cross, factor = lowrank.outer_step(term.stats.F, term.kernel, s, term.eps_lambda, dtype)
+        return _Outer(outer, cross, (factor, s), np.ones(s.size))
     if term.stats.factored:
         lam_t, Q = lowrank.lambda_step(term.stats.F, term.stats.B, s, term.eps_lambda)
         term.last_step = (lam_t, s, Q)
@@ -486,7 +503,9 @@ def _w_fixed_step(
     ratio = np.divide(w, w_new, out=np.zeros_like(w), where=w_new > 0)
     for t, lt in zip(terms, lam_t):
         _scale_rows(lt, ratio[t.channels])
-    return w_new, ratio[:, None] * A * ratio[None, :], ratio * beta
+    A = ratio[:, None] * A
+    A *= ratio[None, :]
+    return w_new, A, ratio * beta
 
 
 def _eg_step(

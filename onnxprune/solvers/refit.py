@@ -152,7 +152,8 @@ def error_curve(
 
     One Cholesky of the column-permuted G + λI (λ = δ·tr(G)/p): with Z = L⁻¹C_perm the residual
     after the first m columns is c0 − Σ_{i<m} ‖Z_i‖² (the ridge-penalised residual). Factored statistics
-    take a (T, T) factorisation per prefix instead (:func:`_prefix_residuals`).
+    take a (T, T) factorisation per prefix instead (:func:`_prefix_residuals`) where that costs less than forming
+    G and one (p, p) factorisation.
     """
     channel_of_column = np.asarray(channel_of_column, dtype=np.intp).reshape(-1)
     if channel_of_column.shape != (stats.n_features,) or (channel_of_column.size and channel_of_column.min() < 0):
@@ -163,6 +164,8 @@ def error_curve(
     if perm.size == 0:
         return np.ones(n_cols.size)
     ridge = delta * stats.gram_trace() / stats.n_features
+    if stats.factored and (n_cols.size - 1) * stats.F.shape[0] ** 3 > stats.n_features ** 3:
+        stats = stats.dense()  # one (p, p) factorisation costs less than a (T, T) one per prefix
     if stats.factored:
         return np.clip(_prefix_residuals(stats.F, stats.B, perm, n_cols, ridge) / stats.c0, 0.0, 1.0)
 

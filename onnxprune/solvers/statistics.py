@@ -1,10 +1,10 @@
 """Streaming float64 sufficient statistics for the linear model y ≈ W x + b (doc §2).
 
-While a consumer has seen few rows (T ≤ p/8; a Gemm after Flatten sees one row per sample) its rows
+While a consumer has seen few rows (T ≤ p/4; a Gemm after Flatten sees one row per sample) its rows
 themselves are kept instead of the (p, p) Gram matrix: exact, much smaller, and the solvers then work
 in sample space (``lowrank.py``) with G = FᵀF, F the centred rows / √T. Past that limit the rows are
-folded into the Gram matrix. Sample-space error curves cost a (T, T) factorisation per channel prefix,
-which stays below one (p, p) factorisation up to T ≈ p/8 even with one column per channel.
+folded into the Gram matrix. Sample-space error curves cost a (T, T) factorisation per channel prefix; where
+that would cost more than one (p, p) factorisation they form G (``refit.error_curve``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 _SUMS = ("T", "sx", "sy", "q")
 _BLOCK = 2048  # rows or columns per block of the Gram-sized updates done in place
 _WHOLE_GRAM = 8192  # up to this many columns (512 MB) a batch's Gram matrix is added whole
-_ROW_DIVISOR = 8  # rows are kept while T ≤ p / _ROW_DIVISOR
+_ROW_DIVISOR = 4  # rows are kept while T ≤ p / _ROW_DIVISOR
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,13 @@ class CentredStatistics:
     def gram_trace(self, columns: np.ndarray | None = None) -> float:
         """tr(G), or tr(G_II) of the given columns."""
         return float(np.sum(self.gram_diagonal(columns)))
+
+    def dense(self) -> CentredStatistics:
+        """These statistics with G = FᵀF and C = FᵀB formed (themselves when already dense)."""
+        if not self.factored:
+            return self
+        return CentredStatistics(self.F.T @ self.F, self.F.T @ self.B, self.c0, self.x_mean, self.y_mean,
+                                 self.n_samples)
 
     def restricted(self, columns: np.ndarray) -> CentredStatistics:
         """The statistics of the given columns only (G_II, C_I, x̄_I; or F_I), gathered once for the fits on them
@@ -143,7 +150,7 @@ class LinearStatistics:
     """Streaming float64 sufficient statistics for y ≈ W x + b (sklearn partial_fit style; additive).
 
     Besides the sums T, Σx, Σy, Σ‖y‖² it holds either the rows themselves, ``rows_x_`` (T, p) and
-    ``rows_y_`` (T, M), while T ≤ p/8, or the sums ``gram_`` = Σxxᵀ and ``cross_`` = Σxyᵀ (the others None).
+    ``rows_y_`` (T, M), while T ≤ p/4, or the sums ``gram_`` = Σxxᵀ and ``cross_`` = Σxyᵀ (the others None).
     """
 
     def __init__(self, n_features: int, n_targets: int):
@@ -210,7 +217,7 @@ class LinearStatistics:
         return self
 
     def _add_rows(self, X: np.ndarray, Y: np.ndarray) -> None:
-        """Add rows that the sums already count: kept while T ≤ p/8, else added to the Gram matrix."""
+        """Add rows that the sums already count: kept while T ≤ p/4, else added to the Gram matrix."""
         if self.keeps_rows and _ROW_DIVISOR * self.n_samples_seen_ > self.n_features:
             self._fold_rows()
         if self.keeps_rows:
