@@ -1,14 +1,18 @@
-"""Compress the YOLOv8n lookalike at a real resolution: wall time and peak memory per stage.
+"""Compress a full-size lookalike at a real resolution: wall time and peak memory per stage.
 
-The model is ``sample_models/lookalikes/full/yolov8n_like.{ts,dynamo}.onnx`` (YOLOv8n's widths and depths,
-3.15 M parameters, random weights; git-ignored, built with ``python sample_models/lookalikes/build.py --only
-yolov8_like --full``, which needs torch). The calibration set is 64 synthetic 480x640 photos-like scenes
-(``build.scene_image``, seeded), letterboxed as ultralytics feeds them. Each stage's time comes from compress's
-report, and so does its memory: the peak resident set size while the stage ran (``memory`` key).
+``--model yolov8`` (default): ``sample_models/lookalikes/full/yolov8n_like.{ts,dynamo}.onnx`` (YOLOv8n's widths and
+depths, 3.15 M parameters, random weights) on 64 synthetic 480x640 photo-like scenes (``build.scene_image``,
+seeded), letterboxed as ultralytics feeds them; the table goes to ``benchmarks/results/detector_speed.md``.
+``--model recogniser``: ``full/ppocrv4_rec_like.*.onnx`` (PP-OCRv4 mobile recogniser's sizes: a 480-channel
+backbone, SVTR at 120 channels, a 6 625-character CTC head) on 384 synthetic 48x320 text lines
+(``build.text_line_image``), (pixels/255 - 0.5)/0.5; to ``benchmarks/results/recogniser_speed.md``. Both are
+git-ignored, built with ``python sample_models/lookalikes/build.py --only yolov8_like|ppocr_rec_like --full``
+(needs torch). Each stage's time comes from compress's report, and so does its memory: the peak resident set
+size while the stage ran (``memory`` key).
 
-    python benchmarks/detector_speed.py [--exporter ts|dynamo] [--images 64] [--size 480,640]
+    python benchmarks/detector_speed.py [--model yolov8|recogniser] [--exporter ts|dynamo] [--images N] [--size H,W]
 
-Prints a table and writes it to ``benchmarks/results/detector_speed.md``. Time the run on a quiet machine.
+Prints a table and writes it. Time the run on a quiet machine.
 """
 from __future__ import annotations
 
@@ -23,50 +27,60 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = ROOT / "sample_models" / "lookalikes" / "full"
-RESULTS = ROOT / "benchmarks" / "results" / "detector_speed.md"
+RESULTS = ROOT / "benchmarks" / "results"
+# --model: (lookalike, full-size file stem, images, H,W, results file, what makes an image)
+MODELS = {
+    "yolov8": ("yolov8_like", "yolov8n_like", 64, "480,640", "detector_speed.md", "scene_image"),
+    "recogniser": ("ppocr_rec_like", "ppocrv4_rec_like", 384, "48,320", "recogniser_speed.md", "text_line_image"),
+}
 
 
-def _scene_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> None:
+def _images(folder: Path, make: str, count: int, size: tuple[int, int], seed: int = 0) -> None:
     spec = importlib.util.spec_from_file_location("lookalikes_build", ROOT / "sample_models" / "lookalikes" / "build.py")
     build = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = build  # its dataclasses look their module up
     spec.loader.exec_module(build)
     rng = np.random.default_rng(seed)
     for i in range(count):
-        build.scene_image(rng, *size).save(folder / f"{i:03d}.jpg", quality=90)
+        getattr(build, make)(rng, *size).save(folder / f"{i:03d}.jpg", quality=90)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="yolov8")
     ap.add_argument("--exporter", choices=("ts", "dynamo"), default="ts")
-    ap.add_argument("--images", type=int, default=64)
-    ap.add_argument("--size", default="480,640", help="H,W of the letterboxed calibration images")
+    ap.add_argument("--images", type=int, help="calibration images (default: 64 scenes, 384 text lines)")
+    ap.add_argument("--size", help="H,W of the calibration images (default: 480,640 letterboxed; 48,320)")
     ap.add_argument("--target-flops", type=float, default=0.5)
     args = ap.parse_args(argv)
-    model = FULL / f"yolov8n_like.{args.exporter}.onnx"
+    lookalike, stem, images, size_text, results, make = MODELS[args.model]
+    args.images, args.size = args.images or images, args.size or size_text
+    model = FULL / f"{stem}.{args.exporter}.onnx"
     if not model.exists():
         print(f"skipped: {model} is missing; build it with "
-              "'python sample_models/lookalikes/build.py --only yolov8_like --full' (needs torch)")
+              f"'python sample_models/lookalikes/build.py --only {lookalike} --full' (needs torch)")
         return 0
-    size = tuple(int(v) for v in args.size.split(","))
 
     from onnxprune.calibration.sources import ImageOptions
     from onnxprune.compress import CompressOptions, compress
     from onnxprune.plan import Target
 
+    size = tuple(int(v) for v in args.size.split(","))
+    detector = args.model == "yolov8"
+    image = ImageOptions(size=size, resize="letterbox") if detector else ImageOptions(size=size, mean=(0.5,) * 3,
+                                                                                      std=(0.5,) * 3)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "calib"
         folder.mkdir()
-        _scene_images(folder, args.images, size)
-        options = CompressOptions(target=Target("flops", args.target_flops),
-                                  image=ImageOptions(size=size, resize="letterbox"))
+        _images(folder, make, args.images, size)
+        options = CompressOptions(target=Target("flops", args.target_flops), image=image)
         start = time.perf_counter()
         result = compress(model, folder, options, output=Path(tmp) / "pruned.onnx")
         wall = time.perf_counter() - start
     report = result.report
     memory = report.memory["peak_rss_mib"]
-    lines = [f"# Detector compress speed: {model.name}, {args.images} images at {size[0]}x{size[1]} (letterbox), "
-             f"--target-flops {args.target_flops}",
+    lines = [f"# {'Detector' if detector else 'Recogniser'} compress speed: {model.name}, {args.images} images at "
+             f"{size[0]}x{size[1]}{' (letterbox)' if detector else ''}, --target-flops {args.target_flops}",
              "",
              f"multiply-adds {report.flops[0] / 1e9:.2f} G -> {report.flops[1] / 1e9:.2f} G "
              f"({report.achieved('flops'):.1%}); wall time {wall:.1f} s; peak memory {report.memory['peak_mib']:.0f} MiB "
@@ -76,12 +90,15 @@ def main(argv: list[str] | None = None) -> int:
              "| --- | ---: | ---: |"]
     lines += [f"| {name} | {seconds:.1f} | {memory.get(name, float('nan')):.0f} |"
               for name, seconds in report.timings.items()]
-    lines += ["", f"command: python benchmarks/detector_speed.py --exporter {args.exporter} --images {args.images} "
-              f"--size {args.size}; {sys.platform}, time.perf_counter wall time"]
+    solve = report.timings.get("solve", 0.0)
+    lines += ["", f"solve stage: {solve / wall:.0%} of the run, {solve / report.timings['calibrate']:.2f} of the "
+              "calibrate stage",
+              "", f"command: python benchmarks/detector_speed.py --model {args.model} --exporter {args.exporter} "
+              f"--images {args.images} --size {args.size}; {sys.platform}, time.perf_counter wall time"]
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / results).write_text(text)
     return 0
 
 

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from onnxprune.cli.options import (calibration_settings, data_option, echo, exclude_option, executor_for, image_options,
+from onnxprune.cli.options import (backend_option, calibration_settings, data_option, echo, exclude_option, executor_for, image_options,
                                    image_settings, progress_factory, provider_option, ray_options, sampling_options,
                                    augment_options, augmentation,
                                    show_progress, traceback_option)
@@ -37,12 +37,13 @@ def parse_shard(ctx: click.Context, param: click.Parameter, text: str) -> tuple[
 @sampling_options
 @augment_options
 @provider_option
+@backend_option
 @ray_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @traceback_option
 def calibrate(model, data, output, shard, independent, force, exclude, image_size, raw_pixels, mean, std, layout, bgr,
               resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions, score_positions,
-              augment, augment_ops, provider, quiet, ray_address=None, ray_ship_data=False) -> None:
+              augment, augment_ops, provider, backend, quiet, ray_address=None, ray_ship_data=False) -> None:
     """Compute the calibration statistics of MODEL that compress's first pass collects, for one shard.
 
     Use the data, image and sampling options of the compress run they are for; that run then takes
@@ -60,7 +61,7 @@ def calibrate(model, data, output, shard, independent, force, exclude, image_siz
         holdout=holdout,
         independent=independent,
         exclude=tuple(exclude),
-        augment=augmentation(augment, augment_ops), score_positions=score_positions,
+        augment=augmentation(augment, augment_ops), score_positions=score_positions, backend=backend,
     )
     with executor_for(ray_address, ray_ship_data, provider) as executor:
         header = run_calibrate(model, data, output, dataclasses.replace(options, executor=executor), shard=shard,

@@ -10,7 +10,7 @@ from onnxprune.bench.compare import BenchSettings
 from onnxprune.bench.measure import DEFAULT_RUNS
 from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, data_option, echo,
                                    exclude_option, executor_for, expand_paths, fidelity_option, html_option,
-                                   image_options, image_settings, memory_budget_option, parse_batches,
+                                   backend_option, image_options, image_settings, memory_budget_option, parse_batches,
                                    parse_fraction, progress_factory,
                                    provider_option, ray_options, sampling_options,
                                    augment_options, augmentation, show_progress, write_json)
@@ -119,6 +119,7 @@ from onnxprune.runtime import cpu_cores
               help="Keep the first-pass statistics in DIR, keyed by model, data, split and calibration options, "
                    "so that another run (e.g. another target) skips the calibration pass.")
 @memory_budget_option
+@backend_option
 @ray_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON to this file.")
 @click.option("--bench", is_flag=True,
@@ -134,7 +135,7 @@ from onnxprune.runtime import cpu_cores
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_latency, latency_batch,
              latency_runs, target_fidelity, fidelity, method, rho, tau, threshold, ridge, no_refit,
              independent, residual_power, output_weight, wide_head_weight, allocate_by, min_keep, depth, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions, score_positions, augment, augment_ops,
-             provider, stats_files, cache_dir, memory_budget, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
+             provider, stats_files, cache_dir, memory_budget, backend, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
              ray_address=None, ray_ship_data=False) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
 
@@ -176,6 +177,7 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
         latency=None if target_latency is None else LatencyTarget(
             parse_fraction(target_latency, "--target-latency"), latency_batch, cpu_cores(), latency_runs),
         memory_budget=memory_budget,
+        backend=backend,
         augment=augmentation(augment, augment_ops), score_positions=score_positions,
         allocate_by=allocate_by,
     )

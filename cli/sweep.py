@@ -5,7 +5,7 @@ import dataclasses
 
 import click
 
-from onnxprune.cli.options import (bench_runs_option, calibration_settings, check_figure_output, data_option, echo,
+from onnxprune.cli.options import (backend_option, bench_runs_option, calibration_settings, check_figure_output, data_option, echo,
                                    executor_for, fidelity_option, html_option, image_options, image_settings,
                                    parse_fraction, ray_options, sampling_options,
                                    augment_options, augmentation, show_progress, split_list,
@@ -33,12 +33,13 @@ from onnxprune.runtime import cpu_cores
 @html_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="PNG",
               help="Write the figure of fidelity and latency versus FLOPs kept as a PNG (needs matplotlib).")
+@backend_option
 @ray_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no table.")
 @traceback_option
 def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple,
           num_samples, holdout, seed, batch_size, max_positions, score_positions, augment, augment_ops, bench_batch,
-          bench_runs, fidelity, out_dir, force, json_path, html_path, plot_path, quiet, ray_address=None,
+          bench_runs, fidelity, out_dir, force, json_path, html_path, plot_path, backend, quiet, ray_address=None,
           ray_ship_data=False) -> None:
     """Compress MODEL at each FLOPs target; table held-out fidelity and CPU latency against FLOPs kept.
 
@@ -60,7 +61,7 @@ def sweep(model, data, targets, image_size, raw_pixels, mean, std, layout, bgr, 
         num_samples=num_samples,
         holdout=holdout,
         fidelity=fidelity,
-        augment=augmentation(augment, augment_ops), score_positions=score_positions,
+        augment=augmentation(augment, augment_ops), score_positions=score_positions, backend=backend,
     )
     log = (lambda line: click.echo(line, err=True)) if show_progress(quiet) else None
     with executor_for(ray_address, ray_ship_data) as executor:

@@ -14,6 +14,7 @@ from onnxprune.calibration.store import StatsHeader, write_statistics
 from onnxprune.compress import CompressOptions, ProgressFactory, first_pass, load_inputs
 from onnxprune.errors import UsageError
 from onnxprune.graph.io import check_output_path
+from onnxprune.solvers import backend
 
 
 def calibrate(model_path: str | os.PathLike, data_path: str | os.PathLike, output: str | os.PathLike,
@@ -34,11 +35,12 @@ def calibrate(model_path: str | os.PathLike, data_path: str | os.PathLike, outpu
                          note="'onnxprune analyze' shows why")
     k, n = shard
     passes = Passes(options.executor) if options.executor is not None and options.executor.remote else None
-    if progress is None:
-        partial = first.collect(k, n, passes=passes)
-    else:
-        with progress("calibrating", len(first.shard(k, n)[0])) as bar:
-            partial = first.collect(k, n, bar.update, passes=passes)
+    with backend.using(options.backend):
+        if progress is None:
+            partial = first.collect(k, n, passes=passes)
+        else:
+            with progress("calibrating", len(first.shard(k, n)[0])) as bar:
+                partial = first.collect(k, n, bar.update, passes=passes)
     if partial.complete:
         partial.total()  # the whole split: one node, the sum a single pass takes
     header = first.header(partial, k, n)

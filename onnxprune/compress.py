@@ -46,6 +46,8 @@ from onnxprune.rewrite import apply_plan
 from onnxprune.sensitivity import SAMPLES, calibrate_curves, output_gains
 from onnxprune.sequential import consumer_stages, first_pass_keep, refit_errors, sequential_refit
 from onnxprune.search import search_budget
+from onnxprune.solvers import backend as solver_backend
+from onnxprune.solvers.backend import Backend
 from onnxprune.fidelity_kinds import HEADLINE_LABELS, KINDS as FIDELITY_KINDS, choose_judge
 from onnxprune.verify import Fidelity, check_pruned, measure_fidelity
 
@@ -88,6 +90,8 @@ class CompressOptions:
     score_positions: bool = True
     # where the calibration passes and per-group rankings run (None: this process); see onnxprune/executor.py
     executor: Executor | None = field(default=None, compare=False)
+    # what runs the solver's factorisations and Gram products (--backend; onnxprune/solvers/backend.py)
+    backend: Backend = field(default_factory=Backend)
 
     @property
     def error_correcting(self) -> bool:
@@ -247,7 +251,7 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         raise UsageError("give --stats or --cache, not both: --stats already replaces the first calibration pass.")
     if options.memory_budget is not None and options.memory_budget < 0:
         raise UsageError(f"--memory-budget must be at least 0 bytes, got {options.memory_budget}.")
-    with FrontierStore(options.memory_budget) as store:
+    with FrontierStore(options.memory_budget) as store, solver_backend.using(options.backend):
         return _compress(model_path, data_path, options, out_path, progress, write_unchanged, store)
 
 
@@ -274,6 +278,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     skip = not prunable or (options.target is not None and options.target.fraction >= 1.0 and options.latency is None)
     solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
     notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
+    if options.backend != Backend():
+        notes.append(f"factorisations and Gram products ran on {options.backend.describe()} (--backend)")
     if options.augment.copies:
         notes.append(options.augment.describe(len(calib_idx) // (options.augment.copies + 1)))
     for_speed = any((options.latency is not None, options.target_fidelity is not None,

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from onnxprune.errors import ClusterError, UsageError, first_line
 from onnxprune.runtime import cpu_cores
+from onnxprune.solvers import backend
 
 CONNECT_TIMEOUT = 5.0   # seconds to reach a cluster's address before giving up (ONNXPRUNE_RAY_CONNECT_TIMEOUT)
 MAX_RETRIES = 3         # a task whose worker or node dies is run again this many times
@@ -100,7 +101,8 @@ class PoolExecutor(Executor):
     Small linear algebra (the rankings of a network's many narrow groups) runs several times faster on one BLAS
     thread per core than on all cores at once, and much faster still on a loaded machine, where threaded BLAS
     waits on busy cores. The results are those of one process with that many BLAS threads. Without fork (not
-    Linux), or with one item or one core, the items run in this process."""
+    Linux), with one item or one core, or with the solver on torch (``--backend``: its thread pool and CUDA context
+    do not survive a fork), the items run in this process."""
 
     def __init__(self, workers: int | None = None):
         super().__init__()
@@ -114,7 +116,7 @@ class PoolExecutor(Executor):
         import multiprocessing
 
         workers = min(self.workers, len(items))
-        if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        if workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or not backend.active().forkable:
             return super().map(fn, items, context=context, on_done=on_done)
         global _POOL_WORK
         _POOL_WORK = (fn, context, max(cpu_cores() // workers, 1), items)   # inherited by the forked workers

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from . import lowrank
+from . import backend, lowrank
 from .refit import Refit, cholesky_jittered, columns_of, refit
 from .statistics import CentredStatistics
 from .ties import decreasing
@@ -136,7 +136,7 @@ def _explicit(term: _Term, lt: np.ndarray | _Outer) -> np.ndarray:
         return lowrank.explicit(term.stats.F, term.stats.B, s * lt.scale, factor)
     factor, s, active = lt.step
     lam_t = np.zeros(term.cross.shape, dtype=term.cross.dtype)
-    lam_t[active] = scipy.linalg.cho_solve((factor, True), s[:, None] * term.cross[active], check_finite=False)
+    lam_t[active] = backend.cho_solve(factor, s[:, None] * term.cross[active])
     return lam_t * lt.scale[:, None].astype(lam_t.dtype)
 
 
@@ -377,8 +377,8 @@ def _outer_step(term: _Term, gram: np.ndarray, s: np.ndarray, active: np.ndarray
     p = term.channels.size
     kernel = term.kernel if active.size == p else term.kernel[np.ix_(active, active)]
     factor, scale = _ridge_factor(gram, s, term), s.astype(gram.dtype)   # w on the simplex: some s > 0
-    Y = scipy.linalg.cho_solve((factor, True), scale[:, None] * kernel, check_finite=False)
-    outer_active = scipy.linalg.cho_solve((factor, True), scale[:, None] * Y.T, check_finite=False).T
+    Y = backend.cho_solve(factor, scale[:, None] * kernel)
+    outer_active = backend.cho_solve(factor, scale[:, None] * Y.T).T
     outer, cross = np.zeros((p, p), dtype=gram.dtype), np.zeros(p)
     outer[np.ix_(active, active)] = 0.5 * (outer_active + outer_active.T)
     cross[active] = np.diagonal(Y)
@@ -389,7 +389,7 @@ def _ridge_solve(gram: np.ndarray, s: np.ndarray, rhs: np.ndarray, term: _Term) 
     """(S G S + ε_Λ I)⁻¹ rhs by Cholesky, the scaled matrix built in the term's scratch buffer."""
     if not s.size:
         return rhs
-    return scipy.linalg.cho_solve((_ridge_factor(gram, s, term), True), rhs, overwrite_b=True, check_finite=False)
+    return backend.cho_solve(_ridge_factor(gram, s, term), rhs, overwrite=True)
 
 
 def _ridge_factor(gram: np.ndarray, s: np.ndarray, term: _Term) -> np.ndarray:

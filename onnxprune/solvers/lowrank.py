@@ -7,8 +7,8 @@ sample space every step costs (T, T) factorisations and products linear in p ins
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
+from . import backend
 from .refit import cholesky_jittered
 
 _CHUNK = 2**22  # elements of a scratch block (32 MB)
@@ -28,7 +28,7 @@ def lambda_step(F: np.ndarray, B: np.ndarray, s: np.ndarray, eps: float) -> tupl
     One (T, T) Cholesky instead of a (p, p) one; returns (Λᵀ (p, M), Q (T, M)).
     """
     Fs, L = _sample_factor(F, s, eps)
-    Q = scipy.linalg.cho_solve((L, True), B, check_finite=False)
+    Q = backend.cho_solve(L, B)
     return Fs.T @ Q, Q
 
 
@@ -39,15 +39,15 @@ def outer_step(F: np.ndarray, kernel: np.ndarray, s: np.ndarray, eps: float,
     (C ∘ Λᵀ)1 = s ∘ diag(Fᵀ(BBᵀK⁻¹)F) (p,), and the factor of K. T³ + T²p + p²T flops a round instead of the
     pTM of Λᵀ and the (T + r)p² of :func:`block_hadamard` (a class head of 1 280 columns read by 256 samples)."""
     Fs, L = _sample_factor(F, s, eps)
-    right = scipy.linalg.cho_solve((L, True), kernel, check_finite=False)      # K⁻¹BBᵀ
-    inner = scipy.linalg.cho_solve((L, True), right.T, check_finite=False)     # K⁻¹BBᵀK⁻¹
+    right = backend.cho_solve(L, kernel)      # K⁻¹BBᵀ
+    inner = backend.cho_solve(L, right.T)     # K⁻¹BBᵀK⁻¹
     outer = Fs.T.astype(dtype) @ (inner @ Fs).astype(dtype, copy=False)
     return outer, s * np.einsum("ti,ti->i", F, right.T @ F), L
 
 
 def explicit(F: np.ndarray, B: np.ndarray, s: np.ndarray, factor: np.ndarray) -> np.ndarray:
     """Λᵀ = SFᵀK⁻¹B from the factor of K that :func:`outer_step` returned."""
-    return (F * s).T @ scipy.linalg.cho_solve((factor, True), B, check_finite=False)
+    return (F * s).T @ backend.cho_solve(factor, B)
 
 
 def coupling(F: np.ndarray, B: np.ndarray, s: np.ndarray, Q: np.ndarray, channels: np.ndarray,

@@ -7,6 +7,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import scipy.linalg
 
+from . import backend
 from .statistics import CentredStatistics
 
 _EPS = np.finfo(np.float64).eps
@@ -40,7 +41,7 @@ def cholesky_jittered(make_matrix: Callable[[], np.ndarray]) -> np.ndarray:
             A = _fortran(make_matrix())
             A.flat[:: n + 1] += 1e-12 * scale * 100.0 ** (attempt - 1)
         try:
-            return scipy.linalg.cholesky(A, lower=True, overwrite_a=True, check_finite=False)
+            return backend.cholesky(A, overwrite=True)
         except np.linalg.LinAlgError:
             pass
     raise np.linalg.LinAlgError("Matrix is not positive semi-definite, even with diagonal jitter.")
@@ -50,10 +51,10 @@ def solve_psd(H: np.ndarray, B: np.ndarray) -> np.ndarray:
     """H⁻¹B for symmetric PSD H: Cholesky, or an eigh pseudo-inverse when H is (near) singular."""
     n = H.shape[0]
     try:
-        L = scipy.linalg.cholesky(_fortran(H), lower=True, check_finite=False)
+        L = backend.cholesky(_fortran(H))
         pivots = np.diag(L)
         if pivots.min() ** 2 > n * _EPS * pivots.max() ** 2:
-            return scipy.linalg.cho_solve((L, True), B, check_finite=False)
+            return backend.cho_solve(L, B)
     except np.linalg.LinAlgError:
         pass
     vals, vecs = scipy.linalg.eigh(H, check_finite=False)
@@ -199,5 +200,5 @@ def _prefix_residuals(F: np.ndarray, B: np.ndarray, columns: np.ndarray, n_cols:
         K += part @ part.T
         start = stop
         L = cholesky_jittered(K.copy)
-        out[k] = ridge * float(np.trace(scipy.linalg.cho_solve((L, True), N, check_finite=False)))
+        out[k] = ridge * float(np.trace(backend.cho_solve(L, N)))
     return out

@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import backend
+
 _SUMS = ("T", "sx", "sy", "q")
 _BLOCK = 2048  # rows or columns per block of the Gram-sized updates done in place
 _WHOLE_GRAM = 8192  # up to this many columns (512 MB) a batch's Gram matrix is added whole
@@ -109,11 +111,11 @@ def _as_batch(name: str, a: np.ndarray, width: int) -> np.ndarray:
 def _add_products(G: np.ndarray, C: np.ndarray, L: np.ndarray, X: np.ndarray, Y: np.ndarray) -> None:
     """G += LᵀX and C += LᵀY in place; a block of columns at a time for a large G (no second Gram-sized array)."""
     if G.shape[0] <= _WHOLE_GRAM:
-        G += L.T @ X
+        G += backend.products(L, X)
     else:
         for start in range(0, G.shape[0], _BLOCK):
-            G[:, start:start + _BLOCK] += L.T @ X[:, start:start + _BLOCK]
-    C += L.T @ Y
+            G[:, start:start + _BLOCK] += backend.products(L, X[:, start:start + _BLOCK])
+    C += backend.products(L, Y)
 
 
 def _without_rows(X: np.ndarray, Y: np.ndarray, Xo: np.ndarray, Yo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

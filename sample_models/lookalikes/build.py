@@ -54,6 +54,10 @@ model that users run through onnxprune, at a much smaller width so the files can
       -> LayerNorm -> MLP (Linear C->2C -> GELU -> Linear 2C->C) -> residual Add; final LayerNorm.
     * CTC head: Linear (MatMul + Add) to 97 classes -> Softmax over the classes.
 
+    ``--full --only ppocr_rec_like`` writes PP-OCRv4 mobile's sizes (a 480-channel backbone of eight
+    depthwise-separable blocks, a 1x1 reduction to 120, SVTR at 120 channels with 8 heads, 6 625 characters)
+    as ``full/ppocrv4_rec_like.*.onnx`` (git-ignored), for benchmarks only.
+
 ``ppocr_cls_like``
     The PP-OCR mobile text-orientation classifier (MobileNetV3-small x0.35, 0/180 degrees):
     input ``x`` (N,3,48,192) with N,H,W dynamic, output ``softmax_0.tmp_0`` (N,2).
@@ -251,13 +255,16 @@ LOOKALIKES: dict[str, Lookalike] = {
     "ppocr_det_like": Lookalike(lambda: make_ppocr_det(), "x", ("sigmoid_0.tmp_0",), (320, 480),
                                 ((256, 320), (416, 352)), _det_images, IMAGENET_MEAN, IMAGENET_STD,
                                 out_axes={"sigmoid_0.tmp_0": {0: "N", 2: "H", 3: "W"}}),
-    "ppocr_rec_like": Lookalike(lambda: make_ppocr_rec(), "x", ("softmax_5.tmp_0",), (48, 320),
+    "ppocr_rec_like": Lookalike(lambda full=False: make_ppocr_rec(full), "x", ("softmax_5.tmp_0",), (48, 320),
                                 ((48, 160), (48, 488)), _rec_images, (0.5,) * 3, (0.5,) * 3, multiple=(48, 8),
                                 static_h=True, out_axes={"softmax_5.tmp_0": {0: "N", 1: "T"}}, npz=True),
     "ppocr_cls_like": Lookalike(lambda: make_ppocr_cls(), "x", ("softmax_0.tmp_0",), (48, 192),
                                 ((32, 100), (64, 256)), _cls_images, (0.5,) * 3, (0.5,) * 3, multiple=(1, 1),
                                 out_axes={"softmax_0.tmp_0": {0: "N"}}, npz=True),
 }
+
+
+FULL_SIZES = {"yolov8_like", "ppocr_rec_like"}  # lookalikes with a full-size variant (--full)
 
 
 def calibration_images(name: str, seed: int) -> list[Image.Image]:
@@ -534,7 +541,7 @@ def make_ppocr_det():
     return DBNet()
 
 
-def make_ppocr_rec():
+def make_ppocr_rec(full: bool = False):
     torch, nn, ConvBNLayer, SEModule, DWS = _ppocr_blocks()
 
     class Attention(nn.Module):
@@ -586,6 +593,19 @@ def make_ppocr_rec():
                 DWS(48, dim, 5, (2, 1), True),              # 3 x W/4
                 nn.AvgPool2d((3, 2), (3, 2)),               # 1 x W/8
             )
+            if full:  # PP-OCRv4 mobile's sizes: a 480-channel backbone, SVTR at 120 channels, 6 625 characters
+                self.backbone = nn.Sequential(
+                    ConvBNLayer(3, 32, 3, 2),               # 24 x W/2
+                    DWS(32, 64, 3, 1),
+                    DWS(64, 128, 3, (2, 2)),                # 12 x W/4
+                    DWS(128, 128, 3, 1),
+                    DWS(128, 256, 3, (2, 1)),               # 6 x W/4
+                    DWS(256, 256, 5, 1, True),
+                    DWS(256, 256, 5, 1, True),
+                    DWS(256, 480, 5, (2, 1), True),         # 3 x W/4
+                    nn.AvgPool2d((3, 2), (3, 2)),           # 1 x W/8
+                    ConvBNLayer(480, dim, 1),               # the SVTR neck's channel reduction
+                )
             self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
             self.norm = nn.LayerNorm(dim, eps=1e-6)
             self.fc = nn.Linear(dim, classes)              # CTCHead
@@ -597,7 +617,7 @@ def make_ppocr_rec():
                 x = blk(x)
             return torch.softmax(self.fc(self.norm(x)), dim=2)
 
-    return Rec()
+    return Rec(dim=120, heads=8, classes=6625) if full else Rec()
 
 
 def make_ppocr_cls():
@@ -767,7 +787,7 @@ def build(name: str, full: bool = False) -> list[Path]:
     torch.manual_seed(seed)
     model = spec.make(full=True) if full else spec.make()
     model = randomise(model, data, seed)
-    stem = "yolov8n_like" if full else name
+    stem = {"yolov8_like": "yolov8n_like", "ppocr_rec_like": "ppocrv4_rec_like"}[name] if full else name
     with torch.no_grad():
         for dynamo in (False, True):
             path = export(model, stem, spec, folder, dynamo)
@@ -782,10 +802,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=sorted(LOOKALIKES), help="build only these")
     ap.add_argument("--full", action="store_true",
-                    help="write the full-size YOLOv8n lookalike to the git-ignored full/ folder instead")
+                    help="write the full-size lookalikes (YOLOv8n, and with --only ppocr_rec_like PP-OCRv4's "
+                         "recogniser) to the git-ignored full/ folder instead")
     args = ap.parse_args(argv)
     _torch().set_num_threads(2)
-    names = ["yolov8_like"] if args.full else (args.only or list(LOOKALIKES))
+    names = args.only or (["yolov8_like"] if args.full else list(LOOKALIKES))
+    if args.full and not set(names) <= FULL_SIZES:
+        ap.error(f"--full builds only {', '.join(sorted(FULL_SIZES))}")
     for name in names:
         for path in build(name, args.full):
             if path.suffix != ".jpg":
