@@ -6,8 +6,9 @@ import re
 
 import click
 
-from onnxprune.cli.options import (backend_option, calibration_settings, data_option, echo, exclude_option, executor_for, image_options,
-                                   image_settings, progress_factory, provider_option, ray_options, sampling_options,
+from onnxprune.cli.options import (backend_option, calibration_settings, data_option, echo, exclude_option,
+                                   executor_for, image_options, image_settings, progress_factory, provider_option,
+                                   ray_options, sampling_options,
                                    augment_options, augmentation,
                                    show_progress, traceback_option)
 from onnxprune.errors import UsageError

@@ -195,6 +195,7 @@ def _parse_size(ctx, param, value: str | None) -> int | None:
 
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
+
 def _parse_backend(ctx, param, value: str) -> "Backend":
     """Callback of --backend: the resolved backend (torch asked for without torch installed: a one-line error)."""
     from onnxprune.solvers.backend import BackendError, resolve

@@ -5,8 +5,8 @@ import dataclasses
 
 import click
 
-from onnxprune.cli.options import (backend_option, bench_runs_option, calibration_settings, check_figure_output, data_option, echo,
-                                   executor_for, fidelity_option, html_option, image_options, image_settings,
+from onnxprune.cli.options import (backend_option, bench_runs_option, calibration_settings, check_figure_output,
+                                   data_option, echo, executor_for, fidelity_option, html_option, image_options, image_settings,
                                    parse_fraction, ray_options, sampling_options,
                                    augment_options, augmentation, show_progress, split_list,
                                    traceback_option, write_json)

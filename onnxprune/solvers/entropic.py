@@ -56,7 +56,8 @@ class EntropicFit:
 @dataclass
 class _Term:
     """A consumer prepared for the solver. Dense statistics come with a (p, p) scratch buffer reused every
-    round; factored ones keep (Λᵀ, s, Q) of their latest Λ-step, from which the coupling is formed.
+    round; factored ones hold FᵀF and BBᵀ up to ``_HELD_GRAM`` columns (their Λ carried as :class:`_Outer`), and
+    past it keep (Λᵀ, s, Q) of their latest Λ-step, from which the coupling is formed.
 
     From ``_SINGLE_FROM`` columns on, the dense Λ-step and coupling run in float32: the Cholesky, the
     solve and ΛᵀΛ take half the time (VGG-16's 4 608-column groups: 1.2 → 0.5 s a round on 2 cores; the
