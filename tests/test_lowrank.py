@@ -1,6 +1,8 @@
 """Statistics kept as rows (T ≤ p/4) and the sample-space solver paths: the same numbers as the dense ones."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -174,6 +176,18 @@ def test_error_curves_match_dense(factored):
     W0 = np.random.default_rng(10).standard_normal((M, P)) / np.sqrt(P)
     np.testing.assert_allclose(prior_error_curve(factored, CHANNELS, order, W0),
                                prior_error_curve(factored.dense(), CHANNELS, order, W0), rtol=1e-9, atol=1e-12)
+
+
+def test_wide_error_curve_forms_g_where_one_factorisation_is_cheaper(monkeypatch):
+    """A column per channel and T > p^(2/3) rows: one (p, p) factorisation instead of p (T, T) ones, same curve."""
+    X, Y = _rows(15, n=25, p=100)
+    stats = LinearStatistics(100, M).partial_fit(X, Y).centred()
+    assert stats.factored
+    order = np.random.default_rng(16).permutation(100)
+    curve = error_curve(stats, np.arange(100), order, 1e-4)
+    monkeypatch.setattr(sys.modules["onnxprune.solvers.refit"], "_DENSE_CURVE", 0)  # sample space only
+    np.testing.assert_allclose(error_curve(stats, np.arange(100), order, 1e-4), curve, atol=1e-9)
+    np.testing.assert_allclose(error_curve(stats.dense(), np.arange(100), order, 1e-4), curve, atol=1e-12)
 
 
 def test_shrinkage_refit_with_folds_matches_dense():

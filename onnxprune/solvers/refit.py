@@ -10,6 +10,8 @@ import scipy.linalg
 from . import backend
 from .statistics import CentredStatistics
 
+_DENSE_CURVE = 4096  # columns up to which a factored error curve may form G (128 MB) where that is cheaper
+
 _EPS = np.finfo(np.float64).eps
 
 
@@ -165,7 +167,8 @@ def error_curve(
     if perm.size == 0:
         return np.ones(n_cols.size)
     ridge = delta * stats.gram_trace() / stats.n_features
-    if stats.factored and (n_cols.size - 1) * stats.F.shape[0] ** 3 > stats.n_features ** 3:
+    p = stats.n_features
+    if stats.factored and p <= _DENSE_CURVE and (n_cols.size - 1) * stats.F.shape[0] ** 3 > p ** 3:
         stats = stats.dense()  # one (p, p) factorisation costs less than a (T, T) one per prefix
     if stats.factored:
         return np.clip(_prefix_residuals(stats.F, stats.B, perm, n_cols, ridge) / stats.c0, 0.0, 1.0)
