@@ -281,8 +281,7 @@ def _coupling(terms: list[_Term], lam_t: list[np.ndarray], n_channels: int) -> t
     The data term of L is then Σ_j α_j c0_j − 2βᵀw + wᵀAw. A factored consumer's Λ must be the one its
     latest Λ-step returned, not rescaled since (the driver forms the coupling right after the Λ-step).
     """
-    A = np.zeros((n_channels, n_channels))
-    beta = np.zeros(n_channels)
+    A, beta = None, np.zeros(n_channels)
     for t, lt in zip(terms, lam_t):
         if t.stats.factored and not isinstance(lt, _Outer):
             latest, s, Q = t.last_step
@@ -295,8 +294,8 @@ def _coupling(terms: list[_Term], lam_t: list[np.ndarray], n_channels: int) -> t
         else:
             block = _hadamard_block_sum(lt, t, n_channels)
             per_column = np.einsum("im,im->i", t.cross, lt, dtype=np.float64)
-        block *= t.alpha  # a new array from each branch
-        A += block
+        block *= t.alpha  # a new array from each branch: the first one is A (0 + x is x)
+        A = block if A is None else np.add(A, block, out=A)
         beta += t.alpha * np.bincount(t.channels, weights=per_column, minlength=n_channels)
     return A, beta
 
