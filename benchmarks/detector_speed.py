@@ -28,18 +28,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 FULL = ROOT / "sample_models" / "lookalikes" / "full"
 RESULTS = ROOT / "benchmarks" / "results"
-# --model: (lookalike, full-size file stem, images, H,W, results file, what makes an image)
+# --model: (lookalike, images, H,W, results file, what makes an image)
 MODELS = {
-    "yolov8": ("yolov8_like", "yolov8n_like", 64, "480,640", "detector_speed.md", "scene_image"),
-    "recogniser": ("ppocr_rec_like", "ppocrv4_rec_like", 384, "48,320", "recogniser_speed.md", "text_line_image"),
+    "yolov8": ("yolov8_like", 64, "480,640", "detector_speed.md", "scene_image"),
+    "recogniser": ("ppocr_rec_like", 384, "48,320", "recogniser_speed.md", "text_line_image"),
 }
 
 
-def _images(folder: Path, make: str, count: int, size: tuple[int, int], seed: int = 0) -> None:
+def _build_module():
+    """sample_models/lookalikes/build.py (numpy and Pillow at import; torch only to build)."""
     spec = importlib.util.spec_from_file_location("lookalikes_build", ROOT / "sample_models" / "lookalikes" / "build.py")
     build = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = build  # its dataclasses look their module up
     spec.loader.exec_module(build)
+    return build
+
+
+def _images(build, folder: Path, make: str, count: int, size: tuple[int, int], seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for i in range(count):
         getattr(build, make)(rng, *size).save(folder / f"{i:03d}.jpg", quality=90)
@@ -53,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", help="H,W of the calibration images (default: 480,640 letterboxed; 48,320)")
     ap.add_argument("--target-flops", type=float, default=0.5)
     args = ap.parse_args(argv)
-    lookalike, stem, images, size_text, results, make = MODELS[args.model]
+    lookalike, images, size_text, results, make = MODELS[args.model]
     args.images, args.size = args.images or images, args.size or size_text
-    model = FULL / f"{stem}.{args.exporter}.onnx"
+    build = _build_module()
+    model = FULL / f"{build.FULL_STEMS[lookalike]}.{args.exporter}.onnx"
     if not model.exists():
         print(f"skipped: {model} is missing; build it with "
               f"'python sample_models/lookalikes/build.py --only {lookalike} --full' (needs torch)")
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "calib"
         folder.mkdir()
-        _images(folder, make, args.images, size)
+        _images(build, folder, make, args.images, size)
         options = CompressOptions(target=Target("flops", args.target_flops), image=image)
         start = time.perf_counter()
         result = compress(model, folder, options, output=Path(tmp) / "pruned.onnx")

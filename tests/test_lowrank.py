@@ -1,13 +1,11 @@
 """Statistics kept as rows (T ≤ p/4) and the sample-space solver paths: the same numbers as the dense ones."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
 from onnxprune.solvers import CentredStatistics, ConsumerProblem, LinearStatistics, error_curve, fit_entropic, refit
-from onnxprune.solvers import entropic
+from onnxprune.solvers import statistics
 from onnxprune.solvers.entropic import _coupling, _explicit, _lambda_step, _Outer, _prepare
 from onnxprune.solvers.lowrank import block_hadamard
 from onnxprune.solvers.ranking import rank_channels
@@ -29,7 +27,7 @@ def _rows(seed: int, n: int = T, p: int = P) -> tuple[np.ndarray, np.ndarray]:
 def held(request, monkeypatch) -> bool:
     """Both ways a factored consumer is solved: FᵀF formed once and Λ carried as ΛᵀΛ, or Λ itself (wide)."""
     if request.param == "sample space only":
-        monkeypatch.setattr(entropic, "_HELD_GRAM", 0)
+        monkeypatch.setattr(statistics, "GRAM_FROM_ROWS", 0)
     return request.param == "FᵀF held"
 
 
@@ -185,7 +183,7 @@ def test_wide_error_curve_forms_g_where_one_factorisation_is_cheaper(monkeypatch
     assert stats.factored
     order = np.random.default_rng(16).permutation(100)
     curve = error_curve(stats, np.arange(100), order, 1e-4)
-    monkeypatch.setattr(sys.modules["onnxprune.solvers.refit"], "_DENSE_CURVE", 0)  # sample space only
+    monkeypatch.setattr(statistics, "GRAM_FROM_ROWS", 0)  # sample space only
     np.testing.assert_allclose(error_curve(stats, np.arange(100), order, 1e-4), curve, atol=1e-9)
     np.testing.assert_allclose(error_curve(stats.dense(), np.arange(100), order, 1e-4), curve, atol=1e-12)
 

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from . import backend, lowrank
+from . import backend, lowrank, statistics
 from .refit import Refit, cholesky_jittered, columns_of, refit
 from .statistics import CentredStatistics
 from .ties import decreasing
@@ -31,7 +31,6 @@ _SINGLE_FROM = 512  # columns from which a dense consumer's Λ-step runs in floa
 _FAINT = 1e-9  # trace of S_b G_bb S_b, relative to ε_Λ, below which columns b leave the Λ-step's factorisation
 _FAINT_MIN = 32  # fewer faint columns than this (or a 16th of the system) stay in it
 _OUTER_FROM = 4  # outputs per column from which a dense consumer's Λ is carried as ΛᵀΛ (a CTC or class head)
-_HELD_GRAM = 4096  # columns up to which factored statistics hold FᵀF and carry Λ as ΛᵀΛ (a class head after pooling)
 
 
 @dataclass
@@ -56,8 +55,8 @@ class EntropicFit:
 @dataclass
 class _Term:
     """A consumer prepared for the solver. Dense statistics come with a (p, p) scratch buffer reused every
-    round; factored ones hold FᵀF and BBᵀ up to ``_HELD_GRAM`` columns (their Λ carried as :class:`_Outer`), and
-    past it keep (Λᵀ, s, Q) of their latest Λ-step, from which the coupling is formed.
+    round; factored ones hold FᵀF and BBᵀ up to ``statistics.GRAM_FROM_ROWS`` columns (their Λ carried as
+    :class:`_Outer`), and past it keep (Λᵀ, s, Q) of their latest Λ-step, from which the coupling is formed.
 
     From ``_SINGLE_FROM`` columns on, the dense Λ-step and coupling run in float32: the Cholesky, the
     solve and ΛᵀΛ take half the time (VGG-16's 4 608-column groups: 1.2 → 0.5 s a round on 2 cores; the
@@ -70,12 +69,12 @@ class _Term:
     alpha: float
     eps_lambda: float
     work: np.ndarray | None = None
-    gram: np.ndarray | None = None      # G and C as the dense Λ-step uses them (float32 for wide consumers)
+    gram: np.ndarray | None = None      # G and C as the dense Λ-step uses them (float32 if wide); FᵀF if held
     cross: np.ndarray | None = None
     layout: int = 0                     # k when channel d owns columns [dk, dk + k) (a Conv's layout), else 0
     active: tuple[np.ndarray, np.ndarray] | None = None  # columns of the latest Λ-step and their G, when not all
     last_step: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-    kernel: np.ndarray | None = None    # C Cᵀ of a consumer with _OUTER_FROM × more outputs than columns, BBᵀ if held
+    kernel: np.ndarray | None = None    # C Cᵀ with _OUTER_FROM × more outputs than columns; BBᵀ if held
 
     @property
     def c0(self) -> float:
@@ -90,15 +89,15 @@ class _Term:
 @dataclass
 class _Outer:
     """Λᵀ (p, M) of a consumer with many more outputs than columns, or with factored statistics of at most
-    ``_HELD_GRAM`` columns, carried as what the solver reads of it: ``outer`` = ΛᵀΛ (p, p) and ``cross`` =
-    (C ∘ Λᵀ)1 (p,). Its Λ-step costs O(p³) instead of O(p²M) (a CTC head of 18 385 characters over 120 columns:
-    100× less), or O(p²T) in sample space (:func:`lowrank.outer_step`). ``step`` keeps the Λ-step's Cholesky
-    factor and scales (and columns, when dense), and ``scale`` the row scales of the w-steps since, to form Λᵀ
-    itself (:func:`_explicit`)."""
+    ``statistics.GRAM_FROM_ROWS`` columns, carried as what the solver reads of it: ``outer`` = ΛᵀΛ (p, p) and
+    ``cross`` = (C ∘ Λᵀ)1 (p,). Its Λ-step costs O(p³) instead of O(p²M) (a CTC head of 18 385 characters over
+    120 columns: 100× less), or O(p²T) in sample space (:func:`lowrank.outer_step`). ``step`` keeps the Λ-step's
+    Cholesky factor and scales (and columns, when dense), and ``scale`` the row scales of the w-steps since, to
+    form Λᵀ itself (:func:`_explicit`)."""
 
     outer: np.ndarray
     cross: np.ndarray
-    step: tuple[np.ndarray, np.ndarray, np.ndarray]
+    step: tuple[np.ndarray, ...]   # (factor, s, columns) when dense, (factor of K, s) when factored
     scale: np.ndarray
 
 
@@ -173,7 +172,7 @@ def _prepare(
         alpha = problem.weight / stats.c0 if stats.c0 > 0 else 0.0
         eps = rho * stats.gram_trace() / p / n_channels**2 if eps_lambda is None else eps_lambda
         if stats.factored:
-            if p <= _HELD_GRAM:
+            if p <= statistics.GRAM_FROM_ROWS:
                 terms.append(_Term(stats, channels, alpha, float(eps), gram=stats.F.T @ stats.F,
                                    layout=_conv_layout(channels, n_channels), kernel=stats.B @ stats.B.T))
             else:
@@ -283,14 +282,14 @@ def _coupling(terms: list[_Term], lam_t: list[np.ndarray], n_channels: int) -> t
     """
     A, beta = None, np.zeros(n_channels)
     for t, lt in zip(terms, lam_t):
-        if t.stats.factored and not isinstance(lt, _Outer):
+        if isinstance(lt, _Outer):
+            block = _block_sum(lt.outer * t.gram, t.channels, n_channels, t.layout)
+            per_column = lt.cross
+        elif t.stats.factored:
             latest, s, Q = t.last_step
             if lt is not latest:
                 raise ValueError("a factored consumer's coupling needs the Λ of its latest Λ-step.")
             block, per_column = lowrank.coupling(t.stats.F, t.stats.B, s, Q, t.channels, n_channels)
-        elif isinstance(lt, _Outer):
-            block = _block_sum(lt.outer * t.gram, t.channels, n_channels, t.layout)
-            per_column = lt.cross
         else:
             block = _hadamard_block_sum(lt, t, n_channels)
             per_column = np.einsum("im,im->i", t.cross, lt, dtype=np.float64)

@@ -7,10 +7,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import scipy.linalg
 
-from . import backend
+from . import backend, statistics
 from .statistics import CentredStatistics
-
-_DENSE_CURVE = 4096  # columns up to which a factored error curve may form G (128 MB) where that is cheaper
 
 _EPS = np.finfo(np.float64).eps
 
@@ -168,7 +166,7 @@ def error_curve(
         return np.ones(n_cols.size)
     ridge = delta * stats.gram_trace() / stats.n_features
     p = stats.n_features
-    if stats.factored and p <= _DENSE_CURVE and (n_cols.size - 1) * stats.F.shape[0] ** 3 > p ** 3:
+    if stats.factored and p <= statistics.GRAM_FROM_ROWS and (n_cols.size - 1) * stats.F.shape[0] ** 3 > p ** 3:
         stats = stats.dense()  # one (p, p) factorisation costs less than a (T, T) one per prefix
     if stats.factored:
         return np.clip(_prefix_residuals(stats.F, stats.B, perm, n_cols, ridge) / stats.c0, 0.0, 1.0)

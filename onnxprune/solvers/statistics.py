@@ -23,6 +23,9 @@ _SUMS = ("T", "sx", "sy", "q")
 _BLOCK = 2048  # rows or columns per block of the Gram-sized updates done in place
 _WHOLE_GRAM = 8192  # up to this many columns (512 MB) a batch's Gram matrix is added whole
 _ROW_DIVISOR = 4  # rows are kept while T ≤ p / _ROW_DIVISOR
+# columns up to which a solver may form G = FᵀF from kept rows (128 MB) where that is cheaper: the ranking's held FᵀF
+# (``entropic``), an error curve's one (p, p) factorisation (``refit.error_curve``)
+GRAM_FROM_ROWS = 4096
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,7 @@ LOOKALIKES: dict[str, Lookalike] = {
 }
 
 
-FULL_SIZES = {"yolov8_like", "ppocr_rec_like"}  # lookalikes with a full-size variant (--full)
+FULL_STEMS = {"yolov8_like": "yolov8n_like", "ppocr_rec_like": "ppocrv4_rec_like"}  # --full: file stems in full/
 
 
 def calibration_images(name: str, seed: int) -> list[Image.Image]:
@@ -787,7 +787,7 @@ def build(name: str, full: bool = False) -> list[Path]:
     torch.manual_seed(seed)
     model = spec.make(full=True) if full else spec.make()
     model = randomise(model, data, seed)
-    stem = {"yolov8_like": "yolov8n_like", "ppocr_rec_like": "ppocrv4_rec_like"}[name] if full else name
+    stem = FULL_STEMS[name] if full else name
     with torch.no_grad():
         for dynamo in (False, True):
             path = export(model, stem, spec, folder, dynamo)
@@ -807,8 +807,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     _torch().set_num_threads(2)
     names = args.only or (["yolov8_like"] if args.full else list(LOOKALIKES))
-    if args.full and not set(names) <= FULL_SIZES:
-        ap.error(f"--full builds only {', '.join(sorted(FULL_SIZES))}")
+    if args.full and not set(names) <= set(FULL_STEMS):
+        ap.error(f"--full builds only {', '.join(sorted(FULL_STEMS))}")
     for name in names:
         for path in build(name, args.full):
             if path.suffix != ".jpg":
