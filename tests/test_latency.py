@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.allocate import Budgets, GroupCurve, allocate
 from onnxprune.analysis import find_groups
 from onnxprune.analysis.model import ChannelGroup
-from onnxprune.bench.profile import attribute, cpu_channel_block, kernel_times, profile_events
+from onnxprune.bench.profile import (_timed_kernels, attribute, cpu_channel_block, kernel_times, profile_events,
+                                     profile_session)
 from onnxprune.bench.providers import resolve_providers
 from onnxprune.costs import CostModel
 from onnxprune.graph.io import load_model
@@ -96,6 +97,31 @@ def test_counts_the_cpu_policy_keeps_run_as_blocked_convolutions(monkeypatch):
     for cin in (block - 1, 2 * block):  # fewer than one block, a multiple of it
         events = profile_events(_conv_model(cin, 2 * block), {"x": np.ones((1, cin, 8, 8), np.float32)}, cpu, threads=1)
         assert any(e.get("name", "").endswith("_nchwc_kernel_time") for e in events), cin
+
+
+def test_a_reorder_for_a_convolution_reading_less_than_a_block_is_part_of_its_cost(monkeypatch):
+    monkeypatch.delenv("ONNXPRUNE_CPU_BLOCK")
+    block = cpu_channel_block()
+    if block == 1:
+        pytest.skip("onnxruntime's CPU provider here has no NCHWc layout")
+    thin = 3   # conv1 writes fewer channels than a block: conv2 reads them from the plain layout
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["h", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])], "thin",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2 * block, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2 * block, 16, 16])],
+        [numpy_helper.from_array(np.ones((thin, 2 * block, 3, 3), np.float32), "w1"),
+         numpy_helper.from_array(np.ones((2 * block, thin, 3, 3), np.float32), "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    events, reorders = profile_session(model, {"x": np.ones((2, 2 * block, 16, 16), np.float32)},
+                                       resolve_providers(["cpu"])[0], threads=1, calls=4)
+    assert "h" in reorders.values()   # conv1's output leaves the blocked layout for conv2
+    kernels = _timed_kernels(events, 3)
+    plain, priced = attribute(model, kernels, 3), attribute(model, kernels, 3, reorders)
+    moved = plain.other - priced.other
+    assert moved > 0 and priced.total == pytest.approx(plain.total)
+    assert priced.per_node["conv2"] == pytest.approx(plain.per_node["conv2"] + moved)
+    assert priced.per_node["conv1"] == pytest.approx(plain.per_node["conv1"])
 
 
 def test_uniform_mask_keeps_a_share_of_every_prunable_group_rounded_as_the_allocation_rounds():

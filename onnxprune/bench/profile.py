@@ -4,8 +4,10 @@ onnxruntime rewrites the graph before it runs it (fusions, the CPU's NCHWc layou
 named after the node it came from, after that node's output (``<tensor>_nchwc``), or after a fused chain.
 Each kernel is attributed to the Conv/ConvTranspose/Gemm/MatMul it computes: by node name, else by walking
 back from the tensor it writes through element-wise ops (a fused Relu or residual Add) to a node of that
-kind whose weight has the kernel's weight shape. Kernels of anything else (reorders, pooling, slicing)
-are summed as ``other``.
+kind whose weight has the kernel's weight shape. A re-order out of the blocked layout whose output only
+convolutions read (they read fewer input channels than one block, from the plain layout) is part of their cost:
+it exists because of their channel count, so it is attributed to them. Kernels of anything else (other
+re-orders, pooling, slicing) are summed as ``other``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.bench.providers import ProviderSpec, open_session, resolve_providers
+from onnxprune.bench.providers import CPU, ProviderSpec, open_session, resolve_providers
 from onnxprune.errors import UsageError
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -46,22 +48,38 @@ class KernelTimes:
 def kernel_times(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
                  threads: Optional[int] = None, runs: int = 20, warmup: int = 5) -> KernelTimes:
     """Profile ``runs`` calls of ``session.run(feeds)`` after ``warmup`` untimed ones; kernel times per layer."""
-    events = profile_events(model, feeds, provider, threads=threads, calls=warmup + runs)
-    return attribute(model, _timed_kernels(events, runs), runs)
+    events, reorders = profile_session(model, feeds, provider, threads=threads, calls=warmup + runs)
+    return attribute(model, _timed_kernels(events, runs), runs, reorders)
 
 
 def profile_events(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
                    threads: Optional[int] = None, calls: int = 1) -> list[dict]:
     """onnxruntime's profiler events (its JSON) of ``calls`` calls of ``session.run(feeds)`` on ``provider``."""
+    return profile_session(model, feeds, provider, threads=threads, calls=calls)[0]
+
+
+def profile_session(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
+                    threads: Optional[int] = None, calls: int = 1) -> tuple[list[dict], dict[str, str]]:
+    """:func:`profile_events`, and the re-orders out of the blocked layout in the graph onnxruntime ran: node name ->
+    the model's tensor it writes (empty where the provider does not use that layout)."""
     with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+
         def profiling(options) -> None:
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(tmp) / "run")
+            if provider.name == CPU:   # the only provider with the blocked layout
+                options.optimized_model_filepath = str(optimized)
+                options.log_severity_level = 3   # saving a blocked-layout graph warns that it fits this machine only
 
         session, _ = open_session(model.SerializeToString(), provider, threads, configure=profiling)
         for _ in range(calls):
             session.run(None, dict(feeds))
-        return json.loads(Path(session.end_profiling()).read_text())
+        events = json.loads(Path(session.end_profiling()).read_text())
+        ran = onnx.load(str(optimized), load_external_data=False) if optimized.exists() else None
+    reorders = {} if ran is None else {n.name: n.output[0] for n in ran.graph.node
+                                        if n.op_type == "ReorderOutput" and n.domain.endswith("nchwc")}
+    return events, reorders
 
 
 def _timed_kernels(events: list[dict], runs: int) -> list[dict]:
@@ -71,12 +89,19 @@ def _timed_kernels(events: list[dict], runs: int) -> list[dict]:
     return [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= since]
 
 
-def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int) -> KernelTimes:
+def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int,
+              reorders: Optional[Mapping[str, str]] = None) -> KernelTimes:
     """Time per run of profiled kernel events (onnxruntime's JSON, ``dur`` in µs) per compute node.
 
-    A kernel's time is the median of its runs (times the calls per run), so one slow run does not count."""
+    A kernel's time is the median of its runs (times the calls per run), so one slow run does not count.
+    ``reorders`` (from :func:`profile_session`): re-order node -> the tensor it writes; one that only compute
+    nodes read is split evenly among them."""
     nodes = {n.name: n for n in model.graph.node}
     producer = {out: n for n in model.graph.node for out in n.output}
+    readers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for t in set(n.input):
+            readers.setdefault(t, []).append(n.name)
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
     per_node = {n.name: 0.0 for n in model.graph.node if n.op_type in COMPUTE_OPS}
     other = 0.0
@@ -87,6 +112,11 @@ def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int) -> KernelT
         first.setdefault(e["name"], e)
     for name, ms in durations.items():
         per_run = float(np.median(ms)) * len(ms) / max(runs, 1)
+        reading = readers.get((reorders or {}).get(name.removesuffix("_kernel_time"), ""), [])
+        if reading and all(nodes[r].op_type in COMPUTE_OPS for r in reading):
+            for r in reading:
+                per_node[r] += per_run / len(reading)
+            continue
         node = _source(first[name], nodes, producer, weights)
         if node is None:
             other += per_run
