@@ -59,6 +59,8 @@ def test_attribute_follows_layout_renames_fusions_and_takes_the_median():
     assert times.per_node == pytest.approx({"conv": 0.12, "fc": 0.03})
     assert times.other == pytest.approx(0.03)
     assert times.total == pytest.approx(0.18)
+    # a re-order whose tensor a non-compute node reads (here the residual Add) stays in ``other``
+    assert attribute(_fused_model(), events, runs=3, reorders={"ReorderOutput": "r"}) == times
 
 
 def test_kernel_times_of_a_real_session_cover_every_layer():

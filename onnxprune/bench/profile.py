@@ -95,13 +95,14 @@ def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int,
 
     A kernel's time is the median of its runs (times the calls per run), so one slow run does not count.
     ``reorders`` (from :func:`profile_session`): re-order node -> the tensor it writes; one that only compute
-    nodes read is split evenly among them."""
+    nodes read (not a graph output) is split evenly among them."""
     nodes = {n.name: n for n in model.graph.node}
     producer = {out: n for n in model.graph.node for out in n.output}
     readers: dict[str, list[str]] = {}
     for n in model.graph.node:
-        for t in set(n.input):
+        for t in set(n.input) - {""}:
             readers.setdefault(t, []).append(n.name)
+    outputs = {o.name for o in model.graph.output}   # a re-order to a graph output is needed anyway
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
     per_node = {n.name: 0.0 for n in model.graph.node if n.op_type in COMPUTE_OPS}
     other = 0.0
@@ -112,7 +113,8 @@ def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int,
         first.setdefault(e["name"], e)
     for name, ms in durations.items():
         per_run = float(np.median(ms)) * len(ms) / max(runs, 1)
-        reading = readers.get((reorders or {}).get(name.removesuffix("_kernel_time"), ""), [])
+        written = (reorders or {}).get(name.removesuffix("_kernel_time"))
+        reading = readers.get(written, []) if written and written not in outputs else []
         if reading and all(nodes[r].op_type in COMPUTE_OPS for r in reading):
             for r in reading:
                 per_node[r] += per_run / len(reading)
