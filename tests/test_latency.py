@@ -11,8 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.allocate import Budgets, GroupCurve, allocate
 from onnxprune.analysis import find_groups
 from onnxprune.analysis.model import ChannelGroup
-from onnxprune.bench.profile import (_timed_kernels, attribute, cpu_channel_block, kernel_times, profile_events,
-                                     profile_session)
+from onnxprune.bench.profile import _timed_kernels, attribute, cpu_channel_block, kernel_times, profile_session
 from onnxprune.bench.providers import resolve_providers
 from onnxprune.costs import CostModel
 from onnxprune.graph.io import load_model
@@ -97,7 +96,8 @@ def test_counts_the_cpu_policy_keeps_run_as_blocked_convolutions(monkeypatch):
         pytest.skip("onnxruntime's CPU provider here has no NCHWc layout")
     cpu = resolve_providers(["cpu"])[0]
     for cin in (block - 1, 2 * block):  # fewer than one block, a multiple of it
-        events = profile_events(_conv_model(cin, 2 * block), {"x": np.ones((1, cin, 8, 8), np.float32)}, cpu, threads=1)
+        events, _ = profile_session(_conv_model(cin, 2 * block), {"x": np.ones((1, cin, 8, 8), np.float32)}, cpu,
+                                    threads=1)
         assert any(e.get("name", "").endswith("_nchwc_kernel_time") for e in events), cin
 
 

@@ -52,16 +52,11 @@ def kernel_times(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provid
     return attribute(model, _timed_kernels(events, runs), runs, reorders)
 
 
-def profile_events(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
-                   threads: Optional[int] = None, calls: int = 1) -> list[dict]:
-    """onnxruntime's profiler events (its JSON) of ``calls`` calls of ``session.run(feeds)`` on ``provider``."""
-    return profile_session(model, feeds, provider, threads=threads, calls=calls)[0]
-
-
 def profile_session(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
                     threads: Optional[int] = None, calls: int = 1) -> tuple[list[dict], dict[str, str]]:
-    """:func:`profile_events`, and the re-orders out of the blocked layout in the graph onnxruntime ran: node name ->
-    the model's tensor it writes (empty where the provider does not use that layout)."""
+    """onnxruntime's profiler events (its JSON) of ``calls`` calls of ``session.run(feeds)`` on ``provider``, and the
+    re-orders out of the blocked layout in the graph it ran: node name -> the model's tensor it writes (empty where
+    the provider does not use that layout)."""
     with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
 
