@@ -12,11 +12,11 @@ import click
 
 from onnxprune.calibration.sources import ImageOptions, parse_floats, parse_image_size
 from onnxprune.errors import UsageError
+from onnxprune.solvers.backend import BACKENDS, Backend, BackendError, resolve
 
 if TYPE_CHECKING:
     from onnxprune.calibration.augment import Augmentation
     from onnxprune.calibration.collect import CalibrationSettings
-    from onnxprune.solvers.backend import Backend
 
 
 def parse_fraction(text: str | None, option: str) -> float | None:
@@ -196,10 +196,8 @@ def _parse_size(ctx, param, value: str | None) -> int | None:
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def _parse_backend(ctx, param, value: str) -> "Backend":
+def _parse_backend(ctx, param, value: str) -> Backend:
     """Callback of --backend: the resolved backend (torch asked for without torch installed: a one-line error)."""
-    from onnxprune.solvers.backend import BackendError, resolve
-
     try:
         return resolve(value)
     except BackendError as exc:
@@ -207,7 +205,7 @@ def _parse_backend(ctx, param, value: str) -> "Backend":
 
 
 backend_option = click.option(
-    "--backend", type=click.Choice(["auto", "numpy", "torch"]), default="auto", show_default=True,
+    "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
     callback=_parse_backend,
     help="What runs the solver's Cholesky factorisations and solves (rankings, re-fits, error curves) and "
          "calibration's Gram products: numpy (SciPy), torch (on a CUDA device where torch sees one, else on the CPU; "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 
 import numpy as np
 import onnx
@@ -39,6 +40,16 @@ def test_choices_resolve_and_torch_without_torch_is_refused(monkeypatch):
     result = run_cli(["compress", LENET, "--data", DIGITS, "--backend", "torch"])
     assert result.exit_code == 2 and "torch is not installed" in result.output
     assert "Traceback" not in result.output
+
+
+def test_auto_asks_torch_only_where_the_machine_shows_a_gpu(monkeypatch):
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: True))
+    monkeypatch.setitem(sys.modules, "torch", fake)   # a torch that sees a CUDA device
+    monkeypatch.setattr(backend, "_gpu_possible", lambda: True)
+    assert resolve("auto") == Backend("torch", "cuda")
+    monkeypatch.setattr(backend, "_gpu_possible", lambda: False)   # no device files: torch is not asked
+    monkeypatch.setitem(sys.modules, "torch", None)                 # (importing it would raise)
+    assert resolve("auto") == Backend()
 
 
 def test_auto_takes_numpy_without_a_cuda_device():

@@ -10,6 +10,9 @@ reference: its results are bit-identical whatever else is installed; torch gives
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -47,7 +50,7 @@ def resolve(choice: str) -> Backend:
     """The backend of a ``--backend`` choice: auto, numpy or torch (torch on CUDA where it sees a device)."""
     if choice not in BACKENDS:
         raise BackendError(f"unknown backend '{choice}': choose one of {', '.join(BACKENDS)}.")
-    if choice == "numpy":
+    if choice == "numpy" or (choice == "auto" and not _gpu_possible()):
         return Backend()
     try:
         import torch
@@ -59,6 +62,14 @@ def resolve(choice: str) -> Backend:
     if choice == "auto" and not cuda:
         return Backend()
     return Backend("torch", "cuda" if cuda else "cpu")
+
+
+def _gpu_possible() -> bool:
+    """False where this machine shows no GPU device (Linux without NVIDIA or ROCm device files): ``auto`` then needs
+    no torch import, which takes over a second."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
 
 
 def active() -> Backend:

@@ -178,7 +178,7 @@ def _prepare(
             else:
                 terms.append(_Term(stats, channels, alpha, float(eps)))
             continue
-        dtype = np.float32 if p >= _SINGLE_FROM else np.float64
+        dtype = _step_dtype(p)
         gram, cross = stats.G.astype(dtype, copy=False), stats.C.astype(dtype, copy=False)
         layout = _conv_layout(channels, n_channels)
         work = np.empty_like(gram)  # the Λ-step's scaled Gram matrix, and ΛᵀΛ outside the Conv layout
@@ -317,7 +317,7 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
     """
     s = np.where(w >= _S_MIN, w, 0.0)[term.channels]
     if term.stats.factored and term.gram is not None:
-        dtype = np.float32 if s.size >= _SINGLE_FROM else np.float64
+        dtype = _step_dtype(s.size)
         outer, cross, factor = lowrank.outer_step(term.stats.F, term.kernel, s, term.eps_lambda, dtype)
         return _Outer(outer, cross, (factor, s), np.ones(s.size))
     if term.stats.factored:
@@ -350,6 +350,11 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
     lam_t = np.zeros(term.cross.shape, dtype=rhs.dtype)
     lam_t[active] = rhs
     return lam_t
+
+
+def _step_dtype(p: int) -> type:
+    """The float type of a Λ-step over ``p`` columns: float32 from ``_SINGLE_FROM`` on."""
+    return np.float32 if p >= _SINGLE_FROM else np.float64
 
 
 def _submatrix(M: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
