@@ -15,6 +15,7 @@ from onnxprune.cli.options import (bench_runs_option, calibration_settings, chec
                                    provider_option, ray_options, sampling_options,
                                    augment_options, augmentation, show_progress, write_json)
 from onnxprune.compress import CompressOptions, compress as run_compress, default_output
+from onnxprune.distil import DistilSettings
 from onnxprune.errors import UsageError
 from onnxprune.latency import LatencyTarget
 from onnxprune.plan import METHODS, AllocationSettings, SolverSettings, Target
@@ -120,6 +121,13 @@ from onnxprune.runtime import cpu_cores
                    "so that another run (e.g. another target) skips the calibration pass.")
 @memory_budget_option
 @backend_option
+@click.option("--distil", "distil_epochs", type=click.IntRange(min=0), default=0, show_default=True, metavar="EPOCHS",
+              help="After the rewrite, tune the pruned model's Conv/Gemm/MatMul weights for EPOCHS passes over the "
+                   "calibration samples so that its outputs follow the original's (no labels; kept only if the loss "
+                   "on the held-out samples goes down). Needs torch (pip install \"onnxprune[torch]\"); about "
+                   "3 forward passes of the pruned model per sample and epoch. 0: off.")
+@click.option("--distil-lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              metavar="RATE", help="Adam's learning rate for --distil at its start (it decays to 0 by a cosine).")
 @ray_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON to this file.")
 @click.option("--bench", is_flag=True,
@@ -135,7 +143,7 @@ from onnxprune.runtime import cpu_cores
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_latency, latency_batch,
              latency_runs, target_fidelity, fidelity, method, rho, tau, threshold, ridge, no_refit,
              independent, residual_power, output_weight, wide_head_weight, allocate_by, min_keep, depth, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions, score_positions, augment, augment_ops,
-             provider, stats_files, cache_dir, memory_budget, backend, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
+             provider, stats_files, cache_dir, memory_budget, backend, distil_epochs, distil_lr, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
              ray_address=None, ray_ship_data=False) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
 
@@ -180,6 +188,7 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
         backend=backend,
         augment=augmentation(augment, augment_ops), score_positions=score_positions,
         allocate_by=allocate_by,
+        distil=DistilSettings(epochs=distil_epochs, learning_rate=distil_lr, seed=seed),
     )
     out = output or str(default_output(model))
     with executor_for(ray_address, ray_ship_data, provider) as executor:

@@ -28,6 +28,7 @@ from onnxprune.calibration.parallel import Passes
 from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
 from onnxprune.calibration.store import FirstPass, sum_shards
 from onnxprune.depth import bypassed
+from onnxprune.distil import DistilOutcome, DistilSettings, check_distillable, distil
 from onnxprune.errors import OnnxPruneWarning, UsageError, during
 from onnxprune.executor import Executor, LocalExecutor
 from onnxprune.graph.input_shapes import known_dim
@@ -92,6 +93,8 @@ class CompressOptions:
     executor: Executor | None = field(default=None, compare=False)
     # what runs the solver's factorisations and Gram products (--backend; onnxprune/solvers/backend.py)
     backend: Backend = field(default_factory=Backend)
+    # epochs of tuning the pruned weights toward the original's outputs after the rewrite (--distil; distil.py)
+    distil: DistilSettings = field(default_factory=DistilSettings)
 
     @property
     def error_correcting(self) -> bool:
@@ -202,7 +205,7 @@ def _stage(log: StageLog, name: str) -> Iterator[None]:
 _DOING = {"load": "loading the model and data", "analyse": "analysing the graph", "profile latency": "profiling latency",
           "read statistics": "reading the statistics files", "calibrate": "calibrating", "solve": "solving",
           "error-correct": "re-fitting (error-correcting pass)", "rewrite": "rewriting the graph",
-          "verify": "verifying the pruned model",
+          "verify": "verifying the pruned model", "distil": "distilling toward the original's outputs",
           "output reach": "measuring each group's reach to the outputs", "save": "saving the model", "bench": "benchmarking",
           "check latency": "timing the pruned model against the original"}
 # --target-latency: re-prunes after the measured check (at most), the measured shortfall below the target worth one
@@ -251,6 +254,8 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         raise UsageError("give --stats or --cache, not both: --stats already replaces the first calibration pass.")
     if options.memory_budget is not None and options.memory_budget < 0:
         raise UsageError(f"--memory-budget must be at least 0 bytes, got {options.memory_budget}.")
+    if options.distil.epochs < 0 or not options.distil.learning_rate > 0:
+        raise UsageError("--distil needs epochs >= 0 and --distil-lr above 0.")
     with FrontierStore(options.memory_budget) as store, solver_backend.using(options.backend):
         return _compress(model_path, data_path, options, out_path, progress, write_unchanged, store)
 
@@ -341,8 +346,12 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         held = open_data(data_path, input_specs(original), image_options=options.image, num_samples=options.num_samples,
                          seed=options.calibration.seed)
 
-    def prune(target: Target | None) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
-        """Allocate for ``target``, re-fit, rewrite and measure the held-out fidelity."""
+    if options.distil.epochs and not skip:
+        check_distillable(model)
+    distilled: list[DistilOutcome] = []   # the distillation of the pruning kept, last
+
+    def prune(target: Target | None, tuned: bool = True) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
+        """Allocate for ``target``, re-fit, rewrite (and distil, if ``tuned``) and measure the held-out fidelity."""
         nonlocal seeded
         with _stage(log, "solve"):
             plan = solve(model, analysis, stats, target=target, counts=counts, settings=options.solver,
@@ -359,17 +368,28 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                 for g in plan.groups:
                     if g.id in errors and g.after < g.before:
                         g.error = errors[g.id]
+        return (plan, *rewrite(plan, tuned))
+
+    def rewrite(plan: PrunePlan, tuned: bool) -> tuple[onnx.ModelProto, Fidelity | None]:
+        """The pruned model of ``plan`` (distilled with ``--distil`` if ``tuned``) and its held-out fidelity."""
         with _stage(log, "rewrite"):
-            pruned = restore_float16(apply_plan(model, analysis, plan), reference)
+            pruned = apply_plan(model, analysis, plan)
+        if tuned and options.distil.epochs and not plan.kept.all():
+            with _stage(log, "distil"), progress("distilling", options.distil.epochs * len(calib_idx)) as bar:
+                pruned, outcome = distil(model, pruned, data, calib_idx, hold_idx, options.distil,
+                                         provider=options.calibration.provider, progress=bar.update)
+            distilled.append(outcome)
+        pruned = restore_float16(pruned, reference)
         with _stage(log, "verify"):
             check_pruned(original, pruned)
             fidelity = measure_fidelity(original, pruned, held, hold_idx, batch_size=options.calibration.batch_size,
                                         provider=options.calibration.provider, judge=judge)
-        return plan, pruned, fidelity
+        return pruned, fidelity
 
     check: LatencyCheck | None = None   # the measured --target-latency check of the pruning kept
     if options.target_fidelity is None or skip:
-        plan, pruned, fidelity = prune(solve_target)
+        # a --target-latency run may prune again after its measured check: distil only the pruning it keeps
+        plan, pruned, fidelity = prune(solve_target, tuned=timed_on is None)
         if timed_on is not None and not plan.kept.all():
             feeds = timing_feeds(original, loaded, options.latency)   # the original's own input types
 
@@ -381,13 +401,15 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             def prune_at(budget: float) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
                 nonlocal allocation
                 allocation = replace(allocation, latency=LatencyBudget(budget, allocation.latency.table))
-                return prune(solve_target)
+                return prune(solve_target, tuned=False)
 
             floor = minimum_fraction(model, analysis, "latency", counts, allocation)
             budget, check, (plan, pruned, fidelity) = meet_measured_latency(
                 (plan, pruned, fidelity), allocation.latency.fraction, options.latency.fraction, floor, measure,
                 prune_at, notes)
             allocation = replace(allocation, latency=LatencyBudget(budget, allocation.latency.table))
+            if options.distil.epochs:
+                pruned, fidelity = rewrite(plan, tuned=True)
     else:
         floor = minimum_fraction(model, analysis, "flops", counts, allocation)
         fraction, (plan, pruned, fidelity) = search_budget(
@@ -395,6 +417,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             floor)
         notes.append(f"--target-fidelity {options.target_fidelity:g}: searched the FLOPs budget down to "
                      f"{fraction:.3f} of the original ({_headline_text(fidelity)} measured on the held-out samples)")
+    if distilled:
+        notes.append(distilled[-1].describe())
     if error_correct and not plan.kept.all():
         notes.append(f"error-correcting re-fit in {len(consumer_stages(model, stats_consumers))} stages")
     after = count_model(pruned, input_shapes)
