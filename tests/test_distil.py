@@ -134,3 +134,43 @@ def test_distil_skipped_when_every_channel_is_kept(tmp_path):
     feed = random_feed(model, 4)
     assert relative_error(run_model(onnx.load(str(model)), feed)[0],
                           run_model(onnx.load(str(tmp_path / "keep.onnx")), feed)[0]) < 1e-5
+
+
+def _fake_distil(monkeypatch) -> list:
+    """compress's distillation replaced by one that records the pruned models it is given and changes nothing."""
+    import onnxprune.compress as compress_module
+
+    calls = []
+
+    def fake(teacher, student, data, calib_idx, hold_idx, settings, provider="cpu", progress=None):
+        calls.append(sum(onnx.numpy_helper.to_array(i).size for i in student.graph.initializer))
+        return student, DistilOutcome(settings.epochs, 1, 1, "cpu", 1.0, 0.5, True)
+
+    monkeypatch.setattr(compress_module, "distil", fake)
+    monkeypatch.setattr(compress_module, "check_distillable", lambda model: None)
+    return calls
+
+
+def test_a_latency_target_distils_only_the_pruning_it_keeps(tmp_path, monkeypatch):
+    import onnxprune.compress as compress_module
+    from test_latency import _latency_run
+
+    from onnxprune.latency import LatencyCheck
+
+    calls = _fake_distil(monkeypatch)
+    measured = iter([0.95, 0.5, 0.79])   # three prunings: a miss, far below, close below (kept)
+    monkeypatch.setattr(compress_module, "check_latency",
+                        lambda *a, **kw: (lambda r: LatencyCheck(10.0, 10.0 * r, r, 0.01))(next(measured)))
+    _, doc = _latency_run(tmp_path, monkeypatch, "--distil", 3)
+    assert doc["latency"]["measured_ratio"] == 0.79
+    assert len(calls) == 1
+    kept = onnx.load(str(tmp_path / "p.onnx"))
+    assert calls[0] == sum(onnx.numpy_helper.to_array(i).size for i in kept.graph.initializer)
+    assert sum(n.startswith("distilled toward the original's outputs: 3 epoch(s)") for n in doc["notes"]) == 1
+
+
+def test_a_flops_target_distils_once(tmp_path, monkeypatch):
+    calls = _fake_distil(monkeypatch)
+    model = SAMPLES / "zoo" / "resnet_basic.ts.onnx"
+    doc = _compress(model, write_calibration(model, tmp_path), tmp_path / "p.onnx", "--distil", 2)
+    assert len(calls) == 1 and "distil" in doc["timings"]

@@ -313,9 +313,10 @@ def test_check_latency_times_both_models_in_turn():
     assert len(times) == 2 and all(len(t) == 2 and min(t) > 0 for t in times)
 
 
-def _latency_run(tmp_path, monkeypatch):
-    """compress --target-latency 0.8 at batch 4 on a table that prices every layer at its multiply-adds (not a
-    profile of this machine: under load a measured table can make 0.8 reachable only by gutting the model)."""
+def _latency_run(tmp_path, monkeypatch, *extra):
+    """compress --target-latency 0.8 at batch 4 (and ``extra`` options) on a table that prices every layer at its
+    multiply-adds (not a profile of this machine: under load a measured table can make 0.8 reachable only by gutting
+    the model)."""
     import onnxprune.compress as compress_module
 
     def table(model, analysis, feeds, provider, **kw):
@@ -327,7 +328,7 @@ def _latency_run(tmp_path, monkeypatch):
     out, report = tmp_path / "p.onnx", tmp_path / "r.json"
     result = run_cli(["compress", RESNET, "--data", RESNET.with_name("resnet_basic.npz"), "--num-samples", 32,
                       "--target-latency", 0.8, "--latency-runs", 2, "--latency-batch", 4, "-o", out,
-                      "--report", report])
+                      "--report", report, *extra])
     assert result.exit_code == 0, result.output
     return result, json.loads(report.read_text())
 
