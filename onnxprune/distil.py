@@ -25,14 +25,16 @@ from onnxprune.runtime import create_session, fixed_batch
 
 MAX_BATCH = 32           # samples per step, at most
 SCALE_SAMPLES = 64       # calibration samples the output variances are measured on
-ACTIVATION_SHARE = 0.25  # of the memory budget, for the tensors a step keeps for its backward pass
+STEP_BYTES = 2 << 30    # the tensors a step keeps for its backward pass, at most (a fixed figure: the batch, and
+                        # with it the result, must not depend on the memory free at the time)
+CACHE_SHARE = 0.25      # of the memory available, for the calibration samples' inputs and targets kept between epochs
 
 
 @dataclass(frozen=True)
 class DistilSettings:
     """``epochs`` passes over the calibration samples (0: no distillation), Adam's peak ``learning_rate``,
-    ``batch_size`` samples a step (None: at most ``MAX_BATCH``, fewer where a step's tensors would not fit a quarter
-    of the memory available), ``seed`` for the sample order."""
+    ``batch_size`` samples a step (None: at most ``MAX_BATCH``, fewer where the tensors a step keeps would pass
+    ``STEP_BYTES``), ``seed`` for the sample order."""
 
     epochs: int = 0
     learning_rate: float = 1e-4
@@ -156,27 +158,34 @@ def _distil(teacher: onnx.ModelProto, student: onnx.ModelProto, data: Calibratio
     calib_idx, hold_idx = np.asarray(calib_idx), np.asarray(hold_idx)
     fixed = fixed_batch(teacher)   # a model exported for one batch size runs at that size only
     batch = fixed or settings.batch_size or max(1, min(MAX_BATCH, len(calib_idx), int(
-        ACTIVATION_SHARE * default_budget() // max(1, _per_sample_bytes(net, feeds(data.load(calib_idx[:1])), torch)))))
+        STEP_BYTES // max(1, _per_sample_bytes(net, feeds(data.load(calib_idx[:1])), torch)))))
 
     def chunks(indices: np.ndarray) -> list[np.ndarray]:
         """Consecutive batches of ``indices``; with a fixed batch size, whole ones only."""
         parts = [indices[k:k + batch] for k in range(0, len(indices), batch)]
         return [p for p in parts if not fixed or len(p) == fixed]
 
-    scales = chunks(calib_idx[:max(SCALE_SAMPLES, fixed or 0)])
-    loss_of = _Loss([np.concatenate(parts) for parts in zip(*(targets(data.load(c)) for c in scales))], torch, device)
+    def pair(chosen: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        arrays = data.load(chosen)
+        return arrays, targets(arrays)
+
+    first = chunks(calib_idx[:max(SCALE_SAMPLES, fixed or 0)])
+    scaled = [pair(c) for c in first]
+    loss_of = _Loss([np.concatenate(parts) for parts in zip(*(outs for _, outs in scaled))], torch, device)
+    per_sample = sum(a.nbytes for arrays, outs in scaled for a in [*arrays.values(), *outs]) / sum(map(len, first))
+    fits = len(calib_idx) * per_sample <= CACHE_SHARE * default_budget()
+    cached = _InMemory(calib_idx, pair, chunks) if fits else None
 
     def held_loss() -> float | None:
-        held = chunks(hold_idx)
-        if not held:
+        parts = chunks(hold_idx)
+        if not parts:
             return None
         total = 0.0
         with torch.no_grad():
-            for chosen in held:
-                arrays = data.load(chosen)
-                wanted = [torch.from_numpy(t).to(device) for t in targets(arrays)]
-                total += float(loss_of(net(feeds(arrays)), wanted)) * len(chosen)
-        return total / sum(map(len, held))
+            for chosen in parts:
+                arrays, outs = pair(chosen)
+                total += float(loss_of(net(feeds(arrays)), [torch.from_numpy(t).to(device) for t in outs])) * len(chosen)
+        return total / sum(map(len, parts))
 
     before = held_loss()
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
@@ -185,8 +194,8 @@ def _distil(teacher: onnx.ModelProto, student: onnx.ModelProto, data: Calibratio
     order = np.random.default_rng(settings.seed)
     for _ in range(settings.epochs):
         for chosen in chunks(calib_idx[order.permutation(len(calib_idx))]):
-            arrays = data.load(chosen)
-            wanted = [torch.from_numpy(t).to(device) for t in targets(arrays)]
+            arrays, outs = cached.take(chosen) if cached is not None and cached.has(chosen) else pair(chosen)
+            wanted = [torch.from_numpy(t).to(device) for t in outs]
             loss = loss_of(net(feeds(arrays)), wanted)
             optimiser.zero_grad()
             loss.backward()
@@ -198,6 +207,30 @@ def _distil(teacher: onnx.ModelProto, student: onnx.ModelProto, data: Calibratio
     kept = before is None or after < before
     outcome = DistilOutcome(settings.epochs, settings.epochs * per_epoch, batch, device, before, after, kept)
     return (with_initializers(student, net.trained_initializers()) if kept else student), outcome
+
+
+class _InMemory:
+    """The inputs and the original's outputs of every calibration sample, made once and kept in memory (a view per
+    sample into the batch it was made in), so that the epochs neither decode nor run the original again."""
+
+    def __init__(self, indices: np.ndarray, pair: Callable, chunks: Callable):
+        self._samples: dict[int, tuple[dict[str, np.ndarray], list[np.ndarray]]] = {}
+        for chosen in chunks(indices):
+            arrays, outs = pair(chosen)
+            if any(a.shape[:1] != (len(chosen),) for a in [*arrays.values(), *outs]):
+                self._samples = {}   # an output without a batch axis: made per step instead
+                return
+            for k, i in enumerate(chosen):
+                self._samples[int(i)] = ({name: a[k] for name, a in arrays.items()}, [o[k] for o in outs])
+
+    def has(self, chosen: np.ndarray) -> bool:
+        return all(int(i) in self._samples for i in chosen)
+
+    def take(self, chosen: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """The batch of samples ``chosen``: inputs by name and the original's outputs."""
+        rows = [self._samples[int(i)] for i in chosen]
+        return ({name: np.stack([r[0][name] for r in rows]) for name in rows[0][0]},
+                [np.stack([r[1][k] for r in rows]) for k in range(len(rows[0][1]))])
 
 
 def with_initializers(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
