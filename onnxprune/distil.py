@@ -27,7 +27,8 @@ MAX_BATCH = 32           # samples per step, at most
 SCALE_SAMPLES = 64       # calibration samples the output variances are measured on
 STEP_BYTES = 2 << 30    # the tensors a step keeps for its backward pass, at most (a fixed figure: the batch, and
                         # with it the result, must not depend on the memory free at the time)
-CACHE_SHARE = 0.25      # of the memory available, for the calibration samples' inputs and targets kept between epochs
+CACHE_SHARE = 0.25      # of the default memory budget (half the memory available), for the calibration samples'
+                        # inputs and targets kept between epochs
 
 
 @dataclass(frozen=True)
