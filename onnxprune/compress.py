@@ -348,7 +348,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
 
     if options.distil.epochs and not skip:
         check_distillable(model)
-    distilled: list[DistilOutcome] = []   # the distillation of the pruning kept, last
+    distilled: dict[int, DistilOutcome] = {}   # id of a distilled pruned model -> what its distillation did
 
     def prune(target: Target | None, tuned: bool = True) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
         """Allocate for ``target``, re-fit, rewrite (and distil, if ``tuned``) and measure the held-out fidelity."""
@@ -374,12 +374,14 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         """The pruned model of ``plan`` (distilled with ``--distil`` if ``tuned``) and its held-out fidelity."""
         with _stage(log, "rewrite"):
             pruned = apply_plan(model, analysis, plan)
+        outcome = None
         if tuned and options.distil.epochs and not plan.kept.all():
             with _stage(log, "distil"), progress("distilling", options.distil.epochs * len(calib_idx)) as bar:
                 pruned, outcome = distil(model, pruned, data, calib_idx, hold_idx, options.distil,
                                          provider=options.calibration.provider, progress=bar.update)
-            distilled.append(outcome)
         pruned = restore_float16(pruned, reference)
+        if outcome is not None:
+            distilled[id(pruned)] = outcome
         with _stage(log, "verify"):
             check_pruned(original, pruned)
             fidelity = measure_fidelity(original, pruned, held, hold_idx, batch_size=options.calibration.batch_size,
@@ -417,8 +419,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             floor)
         notes.append(f"--target-fidelity {options.target_fidelity:g}: searched the FLOPs budget down to "
                      f"{fraction:.3f} of the original ({_headline_text(fidelity)} measured on the held-out samples)")
-    if distilled:
-        notes.append(distilled[-1].describe())
+    if id(pruned) in distilled:   # a --target-fidelity search distils every candidate: say what the kept one's did
+        notes.append(distilled[id(pruned)].describe())
     if error_correct and not plan.kept.all():
         notes.append(f"error-correcting re-fit in {len(consumer_stages(model, stats_consumers))} stages")
     after = count_model(pruned, input_shapes)

@@ -174,8 +174,12 @@ def _distil(teacher: onnx.ModelProto, student: onnx.ModelProto, data: Calibratio
     scaled = [pair(c) for c in first]
     loss_of = _Loss([np.concatenate(parts) for parts in zip(*(outs for _, outs in scaled))], torch, device)
     per_sample = sum(a.nbytes for arrays, outs in scaled for a in [*arrays.values(), *outs]) / sum(map(len, first))
-    fits = len(calib_idx) * per_sample <= CACHE_SHARE * default_budget()
-    cached = _InMemory(calib_idx, pair, chunks) if fits else None
+    # the held-out samples are read twice (before and after), the calibration samples once an epoch: made once
+    fits = (len(calib_idx) + len(hold_idx)) * per_sample <= CACHE_SHARE * default_budget()
+    cached = _InMemory([calib_idx, hold_idx], pair, chunks) if fits else None
+
+    def batch_of(chosen: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        return cached.take(chosen) if cached is not None and cached.has(chosen) else pair(chosen)
 
     def held_loss() -> float | None:
         parts = chunks(hold_idx)
@@ -184,7 +188,7 @@ def _distil(teacher: onnx.ModelProto, student: onnx.ModelProto, data: Calibratio
         total = 0.0
         with torch.no_grad():
             for chosen in parts:
-                arrays, outs = pair(chosen)
+                arrays, outs = batch_of(chosen)
                 total += float(loss_of(net(feeds(arrays)), [torch.from_numpy(t).to(device) for t in outs])) * len(chosen)
         return total / sum(map(len, parts))
 
@@ -195,7 +199,7 @@ def _distil(teacher: onnx.ModelProto, student: onnx.ModelProto, data: Calibratio
     order = np.random.default_rng(settings.seed)
     for _ in range(settings.epochs):
         for chosen in chunks(calib_idx[order.permutation(len(calib_idx))]):
-            arrays, outs = cached.take(chosen) if cached is not None and cached.has(chosen) else pair(chosen)
+            arrays, outs = batch_of(chosen)
             wanted = [torch.from_numpy(t).to(device) for t in outs]
             loss = loss_of(net(feeds(arrays)), wanted)
             optimiser.zero_grad()
@@ -211,12 +215,13 @@ def _distil(teacher: onnx.ModelProto, student: onnx.ModelProto, data: Calibratio
 
 
 class _InMemory:
-    """The inputs and the original's outputs of every calibration sample, made once and kept in memory (a view per
-    sample into the batch it was made in), so that the epochs neither decode nor run the original again."""
+    """The inputs and the original's outputs of every sample of ``splits`` (calibration, held-out), made once and kept
+    in memory (a view per sample into the batch it was made in), so that the epochs and the held-out checks neither
+    decode nor run the original again."""
 
-    def __init__(self, indices: np.ndarray, pair: Callable, chunks: Callable):
+    def __init__(self, splits: list[np.ndarray], pair: Callable, chunks: Callable):
         self._samples: dict[int, tuple[dict[str, np.ndarray], list[np.ndarray]]] = {}
-        for chosen in chunks(indices):
+        for chosen in (c for indices in splits for c in chunks(indices)):
             arrays, outs = pair(chosen)
             if any(a.shape[:1] != (len(chosen),) for a in [*arrays.values(), *outs]):
                 self._samples = {}   # an output without a batch axis: made per step instead

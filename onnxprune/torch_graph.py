@@ -194,14 +194,9 @@ def _unsqueeze(i, a):
     return x
 
 
-def _reduce(run: Callable):
-    def reduce(i, a):
-        axes = _axes(i, a)
-        keep = bool(a.get("keepdims", 1))
-        if axes is None or not axes:
-            axes = list(range(i[0].dim()))
-        return run(i[0], tuple(axes), keep)
-    return reduce
+def _reduce(run: Callable, i, a):
+    axes = _axes(i, a) or list(range(i[0].dim()))
+    return run(i[0], tuple(axes), bool(a.get("keepdims", 1)))
 
 
 def _reshape(i, a):
@@ -283,9 +278,9 @@ OPS: dict[str, Callable] = {
     "AveragePool": lambda i, a, n: _pool(i, a, "average"),
     "GlobalAveragePool": lambda i, a, n: i[0].mean(tuple(range(2, i[0].dim())), keepdim=True),
     "GlobalMaxPool": lambda i, a, n: i[0].amax(tuple(range(2, i[0].dim())), keepdim=True),
-    "ReduceMean": lambda i, a, n: _reduce(torch.mean)(i, a),
-    "ReduceSum": lambda i, a, n: _reduce(torch.sum)(i, a),
-    "ReduceMax": lambda i, a, n: _reduce(torch.amax)(i, a),
+    "ReduceMean": lambda i, a, n: _reduce(torch.mean, i, a),
+    "ReduceSum": lambda i, a, n: _reduce(torch.sum, i, a),
+    "ReduceMax": lambda i, a, n: _reduce(torch.amax, i, a),
     "Flatten": lambda i, a, n: _flatten(i, a),
     "Reshape": lambda i, a, n: _reshape(i, a),
     "Transpose": lambda i, a, n: i[0].permute(*(a.get("perm") or reversed(range(i[0].dim())))),

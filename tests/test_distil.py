@@ -144,7 +144,7 @@ def _fake_distil(monkeypatch) -> list:
 
     def fake(teacher, student, data, calib_idx, hold_idx, settings, provider="cpu", progress=None):
         calls.append(sum(onnx.numpy_helper.to_array(i).size for i in student.graph.initializer))
-        return student, DistilOutcome(settings.epochs, 1, 1, "cpu", 1.0, 0.5, True)
+        return student, DistilOutcome(settings.epochs, 1, 1, "cpu", float(len(calls)), 0.5, True)  # before: call number
 
     monkeypatch.setattr(compress_module, "distil", fake)
     monkeypatch.setattr(compress_module, "check_distillable", lambda model: None)
@@ -174,3 +174,18 @@ def test_a_flops_target_distils_once(tmp_path, monkeypatch):
     model = SAMPLES / "zoo" / "resnet_basic.ts.onnx"
     doc = _compress(model, write_calibration(model, tmp_path), tmp_path / "p.onnx", "--distil", 2)
     assert len(calls) == 1 and "distil" in doc["timings"]
+
+
+def test_a_fidelity_search_reports_the_distillation_of_the_pruning_it_keeps(tmp_path, monkeypatch):
+    calls = _fake_distil(monkeypatch)
+    report = tmp_path / "r.json"
+    result = run_cli(["compress", SAMPLES / "lenet5_digits.onnx", "--data", SAMPLES / "digits_calib.npz",
+                      "--target-fidelity", "0.97", "--holdout", "0.3",
+                      "--distil", 2, "-o", tmp_path / "p.onnx", "-q", "--report", report])
+    assert result.exit_code == 0, result.output
+    kept = sum(onnx.numpy_helper.to_array(i).size for i in onnx.load(str(tmp_path / "p.onnx")).graph.initializer)
+    assert len(calls) > 1 and calls.count(kept) == 1
+    import json
+
+    notes = [n for n in json.loads(report.read_text())["notes"] if n.startswith("distilled")]
+    assert notes == [next(n for n in notes)] and f"held-out output loss {calls.index(kept) + 1:.4g} ->" in notes[0]

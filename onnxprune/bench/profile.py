@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.bench.providers import CPU, ProviderSpec, open_session, resolve_providers
 from onnxprune.errors import UsageError
+from onnxprune.residual import tensor_readers
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 # ops onnxruntime fuses into the kernel of the Conv/Gemm before them
@@ -93,10 +94,7 @@ def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int,
     nodes read (not a graph output) is split evenly among them."""
     nodes = {n.name: n for n in model.graph.node}
     producer = {out: n for n in model.graph.node for out in n.output}
-    readers: dict[str, list[str]] = {}
-    for n in model.graph.node:
-        for t in set(n.input) - {""}:
-            readers.setdefault(t, []).append(n.name)
+    readers = tensor_readers(model)
     outputs = {o.name for o in model.graph.output}   # a re-order to a graph output is needed anyway
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
     per_node = {n.name: 0.0 for n in model.graph.node if n.op_type in COMPUTE_OPS}
@@ -110,9 +108,9 @@ def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int,
         per_run = float(np.median(ms)) * len(ms) / max(runs, 1)
         written = (reorders or {}).get(name.removesuffix("_kernel_time"))
         reading = readers.get(written, []) if written and written not in outputs else []
-        if reading and all(nodes[r].op_type in COMPUTE_OPS for r in reading):
+        if reading and all(r.op_type in COMPUTE_OPS for r in reading):
             for r in reading:
-                per_node[r] += per_run / len(reading)
+                per_node[r.name] += per_run / len(reading)
             continue
         node = _source(first[name], nodes, producer, weights)
         if node is None:
