@@ -496,3 +496,27 @@ def test_wide_layer_validates_the_ridge_like_the_full_float64_validation(monkeyp
     monkeypatch.setattr(shrinkage, "_WIDE", 10**9)
     full = shrinkage._cross_validated(folds, cols, W0)
     assert reduced == full
+
+
+def test_wide_layer_with_one_fold_of_few_rows_validates_both_folds_on_the_same_outputs(monkeypatch):
+    """A fold with few rows is held factored while the other is dense (VGG-16's 2×2 maps at 512 samples, CPU
+    counts): both are scored on the same draw of outputs, and the λ chosen is the full float64 validation's."""
+    from onnxprune.solvers import shrinkage
+
+    monkeypatch.setattr(shrinkage, "_WIDE", 32)
+    rng = np.random.default_rng(6)
+    p, m = 64, 96                                        # more outputs than the 64 a wide layer validates on
+    X = rng.standard_normal((112, p))
+    W0 = rng.standard_normal((m, p)) / np.sqrt(p)
+    Y = X @ (W0 + 0.3 * rng.standard_normal((m, p)) / np.sqrt(p)).T + rng.standard_normal((112, m))
+    dense = LinearStatistics(p, m).partial_fit(X[:100], Y[:100]).centred()
+    few = LinearStatistics(p, m).partial_fit(X[100:], Y[100:]).centred()   # 12 rows ≤ p/4: kept as rows
+    assert few.factored and not dense.factored
+    cols = np.arange(48)
+    for folds in ((dense, few), (few, dense)):
+        chosen = shrinkage._cross_validated(folds, cols, W0[:, cols])
+        with monkeypatch.context() as full:
+            full.setattr(shrinkage, "_WIDE", 10**9)
+            assert chosen == shrinkage._cross_validated(folds, cols, W0[:, cols])
+    fit, _ = shrinkage.refit_towards(dense, cols, W0[:, cols], (dense, few))
+    assert fit.coef.shape == (m, cols.size) and np.isfinite(fit.coef).all()

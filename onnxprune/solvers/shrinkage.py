@@ -19,6 +19,8 @@ so λ → ∞ is plain pruning, λ → 0 the exact re-fit, and keeping every col
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from onnxprune.solvers.lowrank import block_hadamard
@@ -52,10 +54,11 @@ def _mean_eigenvalue(stats: CentredStatistics) -> float:
 
 def _cross_validated(folds: tuple[CentredStatistics, CentredStatistics], cols: np.ndarray, W0: np.ndarray) -> float:
     """λ (relative) minimising the summed validation error of fitting on one fold and scoring on the other."""
-    views = [_validation_view(fold, cols, W0.shape[0]) for fold in folds]
+    wide = _wide(folds, len(cols))
+    targets = _validation_targets(wide, len(cols), W0.shape[0])
+    views = [_validation_view(fold, cols, targets if wide else None) for fold in folds]
     pairs = [(views[0], views[1]), (views[1], views[0])]
-    prior = W0[_validation_targets(folds[0], len(cols), W0.shape[0])]
-    prior = prior.astype(np.float32) if _wide(folds[0], len(cols)) else prior
+    prior = W0[targets].astype(np.float32) if wide else W0
     grid = list(_GRID)
     errors = list(_validation_errors(pairs, prior, _GRID))
     scale = folds[0].c0 + folds[1].c0
@@ -74,25 +77,27 @@ def _largest_best(errors: list[float], scale: float) -> int:
     return max(i for i, e in enumerate(errors) if e <= least + 1e-8 * scale)
 
 
-def _wide(stats: CentredStatistics, n_columns: int) -> bool:
-    """Whether λ is validated the cheap way: dense statistics and at least _WIDE kept columns."""
-    return not stats.factored and n_columns >= _WIDE
+def _wide(folds: tuple[CentredStatistics, CentredStatistics], n_columns: int) -> bool:
+    """Whether λ is validated the cheap way: at least _WIDE kept columns, and dense statistics in a fold (a fold of
+    few rows is held factored, the other may not be: both are then scored on the same outputs)."""
+    return n_columns >= _WIDE and not all(fold.factored for fold in folds)
 
 
-def _validation_targets(stats: CentredStatistics, n_columns: int, n_targets: int) -> np.ndarray:
-    """The outputs λ is validated on: all, or for a wide dense layer a seeded draw of _WIDE_TARGETS of them."""
-    if not _wide(stats, n_columns) or n_targets <= _WIDE_TARGETS:
+def _validation_targets(wide: bool, n_columns: int, n_targets: int) -> np.ndarray:
+    """The outputs λ is validated on: all, or for a wide layer a seeded draw of _WIDE_TARGETS of them."""
+    if not wide or n_targets <= _WIDE_TARGETS:
         return np.arange(n_targets)
     return np.sort(np.random.default_rng(n_columns).choice(n_targets, _WIDE_TARGETS, replace=False))
 
 
-def _validation_view(stats: CentredStatistics, cols: np.ndarray, n_targets: int) -> CentredStatistics:
-    """The fold's statistics of the kept columns as the validation uses them: for a wide dense layer (≥ _WIDE
-    kept columns) the validated outputs only, in float32, with c0 = 0 (a constant: λ is an argmin)."""
+def _validation_view(stats: CentredStatistics, cols: np.ndarray, targets: np.ndarray | None) -> CentredStatistics:
+    """The fold's statistics of the kept columns as the validation uses them: for a wide layer (``targets``
+    given) the validated outputs only, with c0 = 0 (a constant: λ is an argmin), dense ones in float32."""
     kept = stats.restricted(cols)
-    if not _wide(stats, len(cols)):
+    if targets is None:
         return kept
-    targets = _validation_targets(stats, len(cols), n_targets)
+    if kept.factored:
+        return replace(kept, B=kept.B[:, targets], c0=0.0, y_mean=stats.y_mean[targets])
     return CentredStatistics(kept.G.astype(np.float32), kept.C[:, targets].astype(np.float32), 0.0, kept.x_mean,
                              stats.y_mean[targets], stats.n_samples)
 
