@@ -128,3 +128,32 @@ def test_symbolic_output_dims_that_inference_resolves_stay_symbolic(tmp_path):
     result = compress(path, data, CompressOptions(target=Target("flops", 0.5)), output=tmp_path / "out.onnx")
     dims = [d.dim_param or d.dim_value for d in result.model.graph.output[0].type.tensor_type.shape.dim]
     assert dims == ["N", "C", "H", "W"] and result.report.achieved("flops") < 0.75
+
+
+def test_a_wide_layer_on_small_maps_is_re_fitted_when_one_fold_is_held_as_rows(tmp_path):
+    """2 304 columns on 2×2 maps from 180 calibration samples: the error-correcting fold of the odd samples (360 rows
+    ≤ p/4) is held as rows, the other is a Gram matrix; the re-fit validates its ridge on both (VGG-16 for CIFAR
+    stopped here with a broadcast error) and the pruned model runs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal((256, 256, 3, 3)) / 48).astype(np.float32), f"w{i}")
+               for i in (1, 2)]
+    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1", **conv), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2", **conv)], "wide_small_maps",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 256, 2, 2])], weights)
+    path = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    data = tmp_path / "wide.npz"
+    np.savez(data, x=rng.standard_normal((200, 256, 2, 2)).astype(np.float32))
+    options = CompressOptions(target=Target("flops", 0.95), solver=SolverSettings(method="l1"))
+    result = compress(path, data, options, output=tmp_path / "wide.pruned.onnx")
+    kept = [g.after for g in result.report.groups if g.name == "conv1"]
+    assert kept and 2048 <= 9 * kept[0] < 9 * 256         # the wide validation, with channels removed
+    pruned = load_model(tmp_path / "wide.pruned.onnx")
+    onnx.checker.check_model(pruned, full_check=True)
+    feed = {"x": rng.standard_normal((4, 256, 2, 2)).astype(np.float32)}
+    assert relative_error(run_model(pruned, feed)[0], run_model(path, feed)[0]) < 0.5
