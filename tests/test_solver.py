@@ -520,3 +520,23 @@ def test_wide_layer_with_one_fold_of_few_rows_validates_both_folds_on_the_same_o
             assert chosen == shrinkage._cross_validated(folds, cols, W0[:, cols])
     fit, _ = shrinkage.refit_towards(dense, cols, W0[:, cols], (dense, few))
     assert fit.coef.shape == (m, cols.size) and np.isfinite(fit.coef).all()
+
+def test_rescaling_a_float32_outer_form_keeps_a_dead_channel_at_zero():
+    """The W-fixed w-step rescales Λ by w_old/w_new; a channel with zero weights may go to w = 1e-300, a ratio past
+    float32 (EfficientNet-Lite0's class head from 6 samples): its rows of ΛᵀΛ stay 0, the others scale exactly."""
+    import warnings
+
+    from onnxprune.solvers import entropic
+
+    rng = np.random.default_rng(7)
+    lam_t = rng.standard_normal((4, 3)).astype(np.float32)
+    lam_t[2] = 0.0
+    outer = entropic._Outer(lam_t @ lam_t.T, np.ones(4), (), np.ones(4))
+    ratio = np.array([2.0, 0.5, 1e300, 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        entropic._scale_rows(outer, ratio)
+    scaled = np.where(ratio < 1e38, ratio, 0.0)[:, None] * lam_t
+    expected = scaled @ scaled.T
+    np.testing.assert_allclose(outer.outer, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    assert outer.outer.dtype == np.float32 and not outer.outer[2].any() and not outer.outer[:, 2].any()

@@ -116,9 +116,11 @@ def _row_norms(lt: np.ndarray | _Outer) -> np.ndarray:
 
 
 def _scale_rows(lt: np.ndarray | _Outer, ratio: np.ndarray) -> None:
-    """Λᵀ ← diag(ratio) Λᵀ, in place."""
+    """Λᵀ ← diag(ratio) Λᵀ, in place. A ratio past the float range of ΛᵀΛ (float32 on wide consumers) scales a
+    channel whose weights are 0 (the w-step takes its w to the floor only then): it is clipped so that its rows
+    stay 0 rather than 0 · inf."""
     if isinstance(lt, _Outer):
-        r = ratio.astype(lt.outer.dtype)
+        r = np.minimum(ratio, np.finfo(lt.outer.dtype).max).astype(lt.outer.dtype)
         lt.outer *= r[:, None]
         lt.outer *= r[None, :]
         lt.cross *= ratio
