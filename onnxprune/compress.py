@@ -348,7 +348,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
 
     if options.distil.epochs and not skip:
         check_distillable(model)
-    distilled: dict[int, DistilOutcome] = {}   # id of a distilled pruned model -> what its distillation did
+    distilled: dict[int, DistilOutcome | None] = {}   # id of each pruned model made -> what its distillation did
 
     def prune(target: Target | None, tuned: bool = True) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
         """Allocate for ``target``, re-fit, rewrite (and distil, if ``tuned``) and measure the held-out fidelity."""
@@ -380,8 +380,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                 pruned, outcome = distil(model, pruned, data, calib_idx, hold_idx, options.distil,
                                          provider=options.calibration.provider, progress=bar.update)
         pruned = restore_float16(pruned, reference)
-        if outcome is not None:
-            distilled[id(pruned)] = outcome
+        distilled[id(pruned)] = outcome   # also None: a later model may take the id of a candidate freed since
         with _stage(log, "verify"):
             check_pruned(original, pruned)
             fidelity = measure_fidelity(original, pruned, held, hold_idx, batch_size=options.calibration.batch_size,
@@ -419,7 +418,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             floor)
         notes.append(f"--target-fidelity {options.target_fidelity:g}: searched the FLOPs budget down to "
                      f"{fraction:.3f} of the original ({_headline_text(fidelity)} measured on the held-out samples)")
-    if id(pruned) in distilled:   # a --target-fidelity search distils every candidate: say what the kept one's did
+    if distilled.get(id(pruned)) is not None:   # a --target-fidelity search distils every candidate: the kept one's
         notes.append(distilled[id(pruned)].describe())
     if error_correct and not plan.kept.all():
         notes.append(f"error-correcting re-fit in {len(consumer_stages(model, stats_consumers))} stages")

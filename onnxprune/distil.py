@@ -153,6 +153,9 @@ def _distil(teacher: onnx.ModelProto, student: onnx.ModelProto, data: Calibratio
     def feeds(arrays: dict[str, np.ndarray]) -> dict:
         return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
 
+    def tensors(outs: list[np.ndarray]) -> list:
+        return [torch.from_numpy(t).to(device) for t in outs]
+
     def targets(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         return session.run(names, arrays)
 
@@ -189,7 +192,7 @@ def _distil(teacher: onnx.ModelProto, student: onnx.ModelProto, data: Calibratio
         with torch.no_grad():
             for chosen in parts:
                 arrays, outs = batch_of(chosen)
-                total += float(loss_of(net(feeds(arrays)), [torch.from_numpy(t).to(device) for t in outs])) * len(chosen)
+                total += float(loss_of(net(feeds(arrays)), tensors(outs))) * len(chosen)
         return total / sum(map(len, parts))
 
     before = held_loss()
@@ -200,8 +203,7 @@ def _distil(teacher: onnx.ModelProto, student: onnx.ModelProto, data: Calibratio
     for _ in range(settings.epochs):
         for chosen in chunks(calib_idx[order.permutation(len(calib_idx))]):
             arrays, outs = batch_of(chosen)
-            wanted = [torch.from_numpy(t).to(device) for t in outs]
-            loss = loss_of(net(feeds(arrays)), wanted)
+            loss = loss_of(net(feeds(arrays)), tensors(outs))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -40,6 +40,11 @@ def _same_pads(x: torch.Tensor, kernel: Sequence[int], strides: Sequence[int], d
     return begins + ends
 
 
+def _torch_pads(pads: Sequence[int], rank: int) -> list[int]:
+    """ONNX pads (begins, then ends, first axis first) as ``F.pad`` takes them (last axis first, begin and end)."""
+    return [p for k in reversed(range(rank)) for p in (pads[k], pads[k + rank])]
+
+
 def _conv(i, a, transposed: bool = False):
     x, w = i[0], i[1]
     bias = i[2] if len(i) > 2 else None
@@ -59,7 +64,7 @@ def _conv(i, a, transposed: bool = False):
             slice(b, out.shape[2 + k] - e) for k, (b, e) in enumerate(zip(pads[:rank], pads[rank:])))
         return out[crop]
     if pads[:rank] != pads[rank:]:   # uneven padding: pad first (torch pads both sides alike)
-        x = F.pad(x, [p for k in reversed(range(rank)) for p in (pads[k], pads[k + rank])])
+        x = F.pad(x, _torch_pads(pads, rank))
         pads = [0] * 2 * rank
     run = (F.conv1d, F.conv2d, F.conv3d)[rank - 1]
     return run(x, w, bias, strides, pads[:rank], dilations, group)
@@ -77,7 +82,7 @@ def _pool(i, a, kind: str):
     ceil = bool(a.get("ceil_mode", 0))
     if pads[:rank] != pads[rank:]:
         fill = -math.inf if kind == "max" else 0.0
-        x = F.pad(x, [p for k in reversed(range(rank)) for p in (pads[k], pads[k + rank])], value=fill)
+        x = F.pad(x, _torch_pads(pads, rank), value=fill)
         pads = [0] * 2 * rank
     if kind == "max":
         run = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[rank - 1]
@@ -313,7 +318,7 @@ def _lp_pool(i, a):
     x = i[0]
     rank = x.dim() - 2
     pads = a.get("pads", [0] * 2 * rank)
-    x = F.pad(x, [p for k in reversed(range(rank)) for p in (pads[k], pads[k + rank])])
+    x = F.pad(x, _torch_pads(pads, rank))
     power = float(a.get("p", 2))
     run = (F.lp_pool1d, F.lp_pool2d, F.lp_pool3d)[rank - 1]
     return run(x.abs(), power, a["kernel_shape"], a.get("strides", [1] * rank))
