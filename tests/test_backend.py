@@ -119,3 +119,23 @@ def test_compress_keeps_the_same_channels_and_weights_within_round_off(tmp_path)
     assert {k: v.shape for k, v in mine.items()} == {k: v.shape for k, v in other.items()}
     for name, value in mine.items():
         np.testing.assert_allclose(other[name], value, rtol=1e-4, atol=1e-5 * max(np.abs(value).max(), 1e-30))
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [entry["num_threads"] for entry in threadpool_info() if entry["user_api"] == "blas"]
+
+
+def test_systems_below_the_shared_size_run_on_one_blas_thread_and_wide_ones_on_the_process_count():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(2, user_api="blas"):
+        outside = _blas_threads()
+        with backend.blas_threads_for(backend.SHARED_BLAS_FROM - 1):
+            narrow = _blas_threads()
+        with backend.blas_threads_for(backend.SHARED_BLAS_FROM):
+            wide = _blas_threads()
+        after = _blas_threads()
+    assert narrow and all(n == 1 for n in narrow)
+    assert wide == outside == after
