@@ -147,8 +147,10 @@ sampling_options = _stacked(
                  help="Share of the samples kept out of calibration to measure fidelity (seeded, 0 disables)."),
     click.option("--seed", type=int, default=0, show_default=True,
                  help="Seed for the hold-out split, position sampling and random ranking."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-                 help="Samples per ONNX Runtime call during calibration (a fixed model batch size wins)."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                 help="Samples per ONNX Runtime call during calibration (default: 32, fewer where the inputs and "
+                      "outputs of one call's Conv/Gemm/MatMul layers would pass 256 MB; a fixed model batch size "
+                      "wins)."),
     click.option("--max-positions", type=click.IntRange(min=0), default=256, show_default=True,
                  help="Spatial positions sampled at random per sample and layer for the statistics (0 = all)."),
     click.option("--score-positions/--no-score-positions", default=True, show_default=True,
@@ -249,7 +251,7 @@ html_option = click.option(
          "pip install 'onnxprune[plot]').")
 
 
-def calibration_settings(batch_size: int, max_positions: int, seed: int, provider: str = "cpu") -> CalibrationSettings:
+def calibration_settings(batch_size: int | None, max_positions: int, seed: int, provider: str = "cpu") -> CalibrationSettings:
     """The values of ``sampling_options`` and ``provider_option`` as the library's CalibrationSettings."""
     from onnxprune.calibration.collect import CalibrationSettings
 

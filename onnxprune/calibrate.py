@@ -11,7 +11,7 @@ import os
 from onnxprune.analysis import exclude_nodes, find_groups
 from onnxprune.calibration.parallel import Passes
 from onnxprune.calibration.store import StatsHeader, write_statistics
-from onnxprune.compress import CompressOptions, ProgressFactory, first_pass, load_inputs
+from onnxprune.compress import CompressOptions, ProgressFactory, first_pass, load_inputs, with_chosen_batch
 from onnxprune.errors import UsageError
 from onnxprune.graph.io import check_output_path
 from onnxprune.solvers import backend
@@ -27,6 +27,7 @@ def calibrate(model_path: str | os.PathLike, data_path: str | os.PathLike, outpu
     """
     out = check_output_path(output, model_path, force=force)
     loaded = load_inputs(model_path, data_path, options)
+    options = with_chosen_batch(options, loaded)
     analysis = find_groups(loaded.model, loaded.shapes)
     exclude_nodes(analysis, options.exclude)
     first = first_pass(loaded, analysis, options)

@@ -22,7 +22,7 @@ from onnxprune.bench.profile import cpu_channel_block
 from onnxprune.bench.providers import resolve_providers
 from onnxprune.calibration.augment import Augmentation, augmented
 from onnxprune.calibration.cache import StatsCache
-from onnxprune.calibration.collect import CalibrationSettings, Keep
+from onnxprune.calibration.collect import CalibrationSettings, Keep, choose_batch
 from onnxprune.calibration.frontier import FrontierStore
 from onnxprune.calibration.parallel import Passes
 from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
@@ -155,6 +155,15 @@ def load_inputs(model_path: str | os.PathLike, data_path: str | os.PathLike, opt
     return Loaded(original, reference, model, specs, data, calib_idx, hold_idx, shapes, input_shapes)
 
 
+def with_chosen_batch(options: CompressOptions, loaded: Loaded) -> CompressOptions:
+    """``options`` with the calibration batch size that :func:`choose_batch` picks for the loaded model and data,
+    where none was given (``--batch-size``)."""
+    if options.calibration.batch_size is not None:
+        return options
+    chosen = choose_batch(loaded.model, loaded.shapes)
+    return replace(options, calibration=replace(options.calibration, batch_size=chosen))
+
+
 def calibrated_consumers(analysis: Analysis) -> list[Consumer]:
     """The consumers whose statistics the first calibration pass collects: those of the prunable groups."""
     return [c for g in analysis.groups if g.prunable for c in g.consumers]
@@ -271,6 +280,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     passes, since = (Passes(executor) if executor.remote else None), executor.snapshot()
     with _stage(log, "load"):
         loaded = load_inputs(model_path, data_path, options)
+        options = with_chosen_batch(options, loaded)
         original, reference, model, specs, data, calib_idx, hold_idx, shapes, input_shapes = loaded
         judge = choose_judge(model, options.fidelity, shapes, input_shapes)
     with _stage(log, "analyse"):
