@@ -22,7 +22,7 @@ from onnxprune.bench.profile import cpu_channel_block
 from onnxprune.bench.providers import resolve_providers
 from onnxprune.calibration.augment import Augmentation, augmented
 from onnxprune.calibration.cache import StatsCache
-from onnxprune.calibration.collect import CalibrationSettings, Keep, choose_batch
+from onnxprune.calibration.collect import CalibrationSettings, Keep, calibration_batch, choose_batch
 from onnxprune.calibration.frontier import FrontierStore
 from onnxprune.calibration.parallel import Passes
 from onnxprune.calibration.sources import CalibrationData, ImageOptions, InputSpec, open_data
@@ -457,7 +457,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         model=str(model_path), output=None if out_path is None else str(out_path), target=options.target,
         method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),
         file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
-        timings=log.seconds, calibration_samples=len(calib_idx), blocked=analysis.blocked, notes=notes,
+        timings=log.seconds, calibration_samples=len(calib_idx),
+        calibration_batch=calibration_batch(model, options.calibration), blocked=analysis.blocked, notes=notes,
         bench=bench, latency=latency, input_shapes=input_shapes, executor=executor.report(since),
         memory={"peak_mib": max(log.peak_mib.values(), default=None), "peak_rss_mib": dict(log.peak_mib),
                 "frontier": store.report()},

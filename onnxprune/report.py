@@ -24,6 +24,7 @@ class PruneReport:
     fidelity: Fidelity | None
     timings: dict[str, float]
     calibration_samples: int
+    calibration_batch: int = 0                   # samples per ONNX Runtime call of the calibration passes
     blocked: list[tuple[str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     bench: Comparison | None = None   # original vs pruned latency (compress --bench)
@@ -61,6 +62,7 @@ class PruneReport:
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "timings_unit": "seconds",
             "calibration_samples": self.calibration_samples,
+            "calibration_batch": self.calibration_batch,
             "notes": self.notes,
             "bench": None if self.bench is None else self.bench.to_dict(),
             "latency": self.latency,

@@ -54,7 +54,8 @@ def test_calibrate_records_the_chosen_batch_and_compress_stats_accepts_it(tmp_pa
     assert result.exit_code == 0, result.output
     header = json.loads(str(np.load(stats)["header"]))
     assert header["batch"] == 7   # 640×640: 7 samples a call (29 at 320×320)
-    out = tmp_path / "pruned.onnx"
-    result = run_cli(["compress", YOLO, *data, "--stats", stats, "--target-flops", "0.7", "-o", out, "-q"])
+    out, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
+    result = run_cli(["compress", YOLO, *data, "--stats", stats, "--target-flops", "0.7", "-o", out, "-q",
+                      "--report", report])
     assert result.exit_code == 0, result.output
-    assert out.exists()
+    assert json.loads(report.read_text())["calibration_batch"] == 7

@@ -30,8 +30,7 @@ T = TypeVar("T")
 class CalibrationSettings:
     """How calibration runs: batch size (samples; None: :func:`choose_batch` picks it for the model and data, and
     :func:`calibration_batch` takes ``DEFAULT_BATCH`` where nothing picked it), positions kept per sample, seed,
-    execution provider, and
-    ONNX Runtime's intra-op threads (None: its default; a Ray task uses 1 per CPU it holds). The statistics do not
+    execution provider, and ONNX Runtime's intra-op threads (None: its default; a Ray task uses 1 per CPU it holds). The statistics do not
     depend on the thread count (onnxruntime's CPU kernels split work by output, not by reduction).
 
     ``guides`` pairs consumer node names with the score map of the original network whose scores weigh the
