@@ -17,7 +17,7 @@ from onnxprune.executor import Executor, PoolExecutor
 from onnxprune.graph.normalise import initializer_arrays
 from onnxprune.latency import LatencyCost, LatencyTable
 from onnxprune.residual import landing_gains, output_consumers, rectified_sums, residual_landings
-from onnxprune.solvers import ConsumerProblem, Refit, backend, error_curve, rank_channels, refit
+from onnxprune.solvers import ConsumerProblem, Refit, error_curve, rank_channels, refit
 from onnxprune.solvers.shrinkage import effective_rows_factor, prior_error_curve, refit_towards
 from onnxprune.solvers.ties import settled
 from onnxprune.calibration.collect import ConsumerStats
@@ -304,14 +304,13 @@ def _refit_groups(ranked: list[RankedGroup], kept: np.ndarray, analysis: Analysi
             if len(cols) == len(channel_of_column):
                 continue
             prob = ConsumerProblem(ctx.stats[cons.node].full.centred(), channel_of_column)
-            with backend.blas_threads_for(len(cols)):
-                if not len(cols):   # a removed branch's last layer: its mean output
-                    fit = refit(prob.stats, cols)
-                elif ctx.settings.delta is None:
-                    w0 = consumer_weight_matrix(ctx.nodes[cons.node], cons, ctx.weights)
-                    fit, _ = refit_towards(prob.stats, cols, w0[:, cols], ctx.stats[cons.node].folds())
-                else:
-                    fit = refit(prob.stats, cols, ctx.settings.delta)
+            if not len(cols):   # a removed branch's last layer: its mean output
+                fit = refit(prob.stats, cols)
+            elif ctx.settings.delta is None:
+                w0 = consumer_weight_matrix(ctx.nodes[cons.node], cons, ctx.weights)
+                fit, _ = refit_towards(prob.stats, cols, w0[:, cols], ctx.stats[cons.node].folds())
+            else:
+                fit = refit(prob.stats, cols, ctx.settings.delta)
             errs.append(fit.error)
             refits[cons.node] = fit
         if errs:

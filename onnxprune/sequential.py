@@ -35,7 +35,7 @@ from onnxprune.graph.probe import element_types
 from onnxprune.plan import PrunePlan, SolverSettings, consumer_weight_matrix
 from onnxprune.residual import Landing
 from onnxprune.rewrite import apply_plan, install_refits, weight_specs
-from onnxprune.solvers import Refit, backend, refit
+from onnxprune.solvers import Refit, refit
 from onnxprune.solvers.shrinkage import refit_towards
 
 if TYPE_CHECKING:
@@ -183,10 +183,9 @@ def _refit_task(delta: float | None, job: tuple[ConsumerStats, int, np.ndarray])
     folds = entry.folds(use_up=True) if delta is None else None
     sums = entry.full
     centred = sums.centred_in_place() if sums.writeable else sums.centred()
-    with backend.blas_threads_for(n_kept):
-        if delta is None:
-            return refit_towards(centred, cols, w0, folds)[0]
-        return refit(centred, cols, delta)
+    if delta is None:
+        return refit_towards(centred, cols, w0, folds)[0]
+    return refit(centred, cols, delta)
 
 
 def refit_errors(refits: Mapping[str, Refit], analysis: Analysis) -> dict[int, float]:

@@ -16,6 +16,7 @@ from onnxprune.calibration.patches import conv_geometry, transposed_as_conv, unf
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError
 from onnxprune.graph.probe import probe_model
+from onnxprune.metrics import COUNTED_OPS
 from onnxprune.residual import Landing
 from onnxprune.runtime import create_session, fixed_batch
 from onnxprune.solvers.statistics import LinearStatistics
@@ -30,8 +31,9 @@ T = TypeVar("T")
 class CalibrationSettings:
     """How calibration runs: batch size (samples; None: :func:`choose_batch` picks it for the model and data, and
     :func:`calibration_batch` takes ``DEFAULT_BATCH`` where nothing picked it), positions kept per sample, seed,
-    execution provider, and ONNX Runtime's intra-op threads (None: its default; a Ray task uses 1 per CPU it holds). The statistics do not
-    depend on the thread count (onnxruntime's CPU kernels split work by output, not by reduction).
+    execution provider, and ONNX Runtime's intra-op threads (None: its default; a Ray task uses 1 per CPU it holds).
+    The statistics do not depend on the thread count (onnxruntime's CPU kernels split work by output, not by
+    reduction).
 
     ``guides`` pairs consumer node names with the score map of the original network whose scores weigh the
     positions sampled from them (``analysis/score_heads.py``); the others sample positions uniformly."""
@@ -151,7 +153,7 @@ def choose_batch(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) 
     samples a call and 10 s at 1–2, its peak 6.7 → 1.8 GB. It depends on the model and the data's shape only, so
     shards, caches and ``compress --stats`` agree on it."""
     weights = {i.name for i in model.graph.initializer}
-    tensors = {t for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+    tensors = {t for node in model.graph.node if node.op_type in COUNTED_OPS
                for t in (node.input[0], node.output[0]) if t not in weights}
     per_sample = 4 * sum(int(np.prod(shapes[t])) for t in tensors if t in shapes)
     return max(1, min(DEFAULT_BATCH, BATCH_BYTES // max(per_sample, 1)))

@@ -119,16 +119,18 @@ def _check_columns(columns: np.ndarray, p: int) -> np.ndarray:
 def refit(stats: CentredStatistics, columns: np.ndarray, delta: float = 1e-6) -> Refit:
     """Ridge re-fit W = C_Iᵀ(G_II + λI)⁻¹, λ = δ·tr(G_II)/|I|, with the bias b = ȳ − W x̄_I.
 
-    ``delta=0`` gives the exact (minimum-norm) least-squares fit.
+    ``delta=0`` gives the exact (minimum-norm) least-squares fit. Below ``backend.SHARED_BLAS_FROM`` columns it runs on
+    one BLAS thread (:func:`backend.blas_threads_for`).
     """
     columns = _check_columns(columns, stats.n_features)
     if columns.size == 0:
         error = 1.0 if stats.c0 > 0 else 0.0
         return Refit(np.zeros((stats.n_targets, 0)), stats.y_mean.copy(), error)
     kept = stats.restricted(columns)
-    coef = next(ridge_fits(kept, [delta * kept.gram_trace() / columns.size]))
-    intercept = stats.y_mean - coef @ kept.x_mean
-    return Refit(coef, intercept, min(relative_error(kept, coef), 1.0))
+    with backend.blas_threads_for(columns.size):
+        coef = next(ridge_fits(kept, [delta * kept.gram_trace() / columns.size]))
+        intercept = stats.y_mean - coef @ kept.x_mean
+        return Refit(coef, intercept, min(relative_error(kept, coef), 1.0))
 
 
 def _prefix_columns(channel_of_column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

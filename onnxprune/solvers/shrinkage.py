@@ -23,6 +23,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from onnxprune.solvers import backend
 from onnxprune.solvers.lowrank import block_hadamard
 from onnxprune.solvers.refit import Refit, relative_error, residual, ridge_fits
 from onnxprune.solvers.statistics import CentredStatistics
@@ -37,14 +38,16 @@ _BLOCK_ELEMENTS = 2**24
 
 def refit_towards(stats: CentredStatistics, columns: np.ndarray, prior: np.ndarray,
                   folds: tuple[CentredStatistics, CentredStatistics] | None = None) -> tuple[Refit, float]:
-    """Re-fit on ``columns`` shrunk towards ``prior`` (M, |I|); returns the fit and the chosen λ (relative)."""
+    """Re-fit on ``columns`` shrunk towards ``prior`` (M, |I|); returns the fit and the chosen λ (relative). Below
+    ``backend.SHARED_BLAS_FROM`` columns it runs on one BLAS thread (:func:`backend.blas_threads_for`)."""
     cols = np.asarray(columns, dtype=np.int64)
     W0 = np.asarray(prior, dtype=np.float64)
-    rel = _cross_validated(folds, cols, W0) if folds is not None else _SMALL
-    kept = stats.restricted(cols)
-    W = next(ridge_fits(kept, [rel * _mean_eigenvalue(kept)], W0)) if len(cols) else W0
-    intercept = stats.y_mean - W @ kept.x_mean
-    return Refit(coef=W, intercept=intercept, error=relative_error(kept, W)), float(rel)
+    with backend.blas_threads_for(len(cols)):
+        rel = _cross_validated(folds, cols, W0) if folds is not None else _SMALL
+        kept = stats.restricted(cols)
+        W = next(ridge_fits(kept, [rel * _mean_eigenvalue(kept)], W0)) if len(cols) else W0
+        intercept = stats.y_mean - W @ kept.x_mean
+        return Refit(coef=W, intercept=intercept, error=relative_error(kept, W)), float(rel)
 
 
 def _mean_eigenvalue(stats: CentredStatistics) -> float:
