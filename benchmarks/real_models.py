@@ -13,14 +13,16 @@ Third-party exports (``--part exports``, ``../shared/data/real/``): each model i
 judged against the original on its ``*.test.npz``, never calibrated on, the way ``--fidelity auto`` judges it
 (boxes F1 for the YOLOv8 detector, IoU of the thresholded maps for the text detectors, identical decoded lines
 for the recogniser, top-1 agreement for the classifier); beside it the compress stages' seconds (from
-``--report``) and solve / calibrate.
+``--report``) and solve / calibrate. ``--seeds 0,1,2`` compresses each with every ``--seed`` (the seed draws the
+sampled positions; one draw can land on another of two near-equal allocations): the row keeps the first seed's
+columns and adds the headline's mean (min–max) over all of them.
 
 Compact CIFAR-10 models (``--part compact``, ``sample_models/compact_cifar/``, trained by
 ``sample_models/compact_cifar.py``): calibrated on 1 000 train-subset images at every ``--targets`` fraction of the
 multiply-adds; top-1 on the 10 000 test JPEGs before and after, and top-1 agreement with the original.
 
     python benchmarks/real_models.py [--part core|exports|compact|all] [--targets 0.8,0.6,0.5] [--only NAME,...]
-                                     [--extra "--independent"]
+                                     [--extra "--independent"] [--seeds 0,1,2]
 
 Prints the tables and writes them to benchmarks/results/real_models.md, real_exports.md and compact_cifar.md.
 """
@@ -32,6 +34,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -73,36 +76,58 @@ EXPORTS = [("yolov8n_doclaynet", "yolov8n_doclaynet.onnx", "yolov8n_doclaynet"),
 STAGES = ("calibrate", "solve", "error-correct")
 
 
-def export_row(name: str, model: Path, calib: Path, test: Path, target: float, tmp: Path, extra: list[str]) -> str:
-    """Compress ``model`` at ``target`` of its multiply-adds and judge it against the original on ``test``."""
+def export_run(model: Path, calib: Path, test: Path, target: float, out: Path, extra: list[str]):
+    """Compress ``model`` at ``target`` of its multiply-adds (``out``, its report beside it) and judge it against
+    the original on ``test``: (fidelity, report, wall seconds), or the error's last line when compress failed."""
     import onnx
 
     from onnxprune.calibration.sources import open_data
     from onnxprune.compress import input_specs
     from onnxprune.verify import measure_fidelity
 
-    out, report = tmp / f"{name}_{target:g}.onnx", tmp / f"{name}_{target:g}.json"
+    report = out.with_suffix(".json")
     secs, proc = compress_cli(model, calib, out, ["--target-flops", f"{target:g}", "--holdout", "0",
                                                   "--report", str(report), *extra])
     if proc.returncode:
-        return f"| {name} | {target:g} | failed: {proc.stderr.strip().splitlines()[-1]} | | | | | |"
-    facts = json.loads(report.read_text())
+        return proc.stderr.strip().splitlines()[-1]
     original = onnx.load(str(model))
     data = open_data(test, input_specs(original))
     fid = measure_fidelity(original, onnx.load(str(out)), data, range(len(data)), batch_size=16)
+    return fid, json.loads(report.read_text()), secs
+
+
+def export_row(name: str, model: Path, calib: Path, test: Path, target: float, tmp: Path, extra: list[str],
+               seeds: Sequence[int] = (0,)) -> str:
+    """The table row of ``model`` at ``target``: the first seed's fidelity, output error and stages, and with more
+    than one ``--seed`` the headline's mean (min–max) over all of them (another seed draws other positions)."""
+    runs = []
+    for seed in seeds:
+        run = export_run(model, calib, test, target, tmp / f"{name}_{target:g}_{seed}.onnx",
+                         [*extra, "--seed", str(seed)])
+        if isinstance(run, str):
+            return f"| {name} | {target:g} | failed (seed {seed}): {run} | | | | | |" + " |" * (len(seeds) > 1)
+        runs.append(run)
+    fid, facts, secs = runs[0]
     stages = [facts["timings"].get(stage, 0.0) for stage in STAGES]
     kept = facts["flops"]["after"] / facts["flops"]["before"]
     ratio = stages[1] / stages[0] if stages[0] else float("nan")
-    return (f"| {name} | {target:g} | {kept:.1%} | {fid.headline_name or '1 - rel. error'} {fid.headline:.3f} | "
-            f"{fid.relative_error:.3f} | {' / '.join(f'{t:.0f}' for t in stages)} | {ratio:.2f} | {secs:.0f} |")
+    spread = ""
+    if len(seeds) > 1:
+        values = np.array([f.headline for f, _, _ in runs])
+        spread = f" {values.mean():.3f} ({values.min():.3f}–{values.max():.3f}) |"
+    return (f"| {name} | {target:g} | {kept:.1%} | {fid.headline_name or '1 - rel. error'} {fid.headline:.3f} |"
+            f"{spread} {fid.relative_error:.3f} | {' / '.join(f'{t:.0f}' for t in stages)} | {ratio:.2f} | {secs:.0f} |")
 
 
-def exports_table(targets: list[float], only: set[str] | None, extra: list[str]) -> str:
+def exports_table(targets: list[float], only: set[str] | None, extra: list[str], seeds: Sequence[int] = (0,)) -> str:
     """The third-party exports' fidelity and compress stages at each target (module docstring)."""
     real = require_shared() / "real"
-    head = ("| model | target MACs | kept | fidelity on the test split vs the original | relative output error | "
+    fidelity = "fidelity on the test split vs the original"
+    columns = [fidelity] if len(seeds) == 1 else [f"{fidelity} (seed {seeds[0]})",
+                                                  f"over seeds {', '.join(map(str, seeds))}: mean (min–max)"]
+    head = ("| model | target MACs | kept | " + " | ".join(columns) + " | relative output error | "
             "calibrate / solve / error-correct (s) | solve / calibrate | compress wall (s) |\n"
-            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+            "| --- | ---: | ---: |" + " --- |" * len(columns) + " ---: | ---: | ---: | ---: |")
     rows = [head]
     with tempfile.TemporaryDirectory() as tmp:
         for name, model, stem in EXPORTS:
@@ -110,7 +135,7 @@ def exports_table(targets: list[float], only: set[str] | None, extra: list[str])
                 continue
             for target in targets:
                 rows.append(export_row(name, real / model, real / f"{stem}.calib.npz", real / f"{stem}.test.npz",
-                                       target, Path(tmp), extra))
+                                       target, Path(tmp), extra, seeds))
                 print(rows[-1], flush=True)
     return "\n".join(rows) + "\n"
 
@@ -121,14 +146,18 @@ def main() -> None:
     ap.add_argument("--targets", default="0.8,0.6,0.5", help="fractions of the multiply-adds for the exports")
     ap.add_argument("--only", default="", help="comma-separated export names (default: all)")
     ap.add_argument("--extra", default="", help="extra compress options for every run, quoted")
+    ap.add_argument("--seeds", default="0", help="exports: compress with each --seed (comma-separated); with more "
+                    "than one the table adds the headline's mean (min-max) over them")
     args = ap.parse_args()
     extra = shlex.split(args.extra)
     suffix = "" if not extra else "_extra"
     if args.part in ("exports", "all"):
         targets = [float(t) for t in args.targets.split(",")]
-        table = exports_table(targets, set(filter(None, args.only.split(","))), extra)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        table = exports_table(targets, set(filter(None, args.only.split(","))), extra, seeds)
         cmd = f"python benchmarks/real_models.py --part exports --targets {args.targets}" + \
-            (f" --only {args.only}" if args.only else "") + (f' --extra "{args.extra}"' if args.extra else "")
+            (f" --only {args.only}" if args.only else "") + (f' --extra "{args.extra}"' if args.extra else "") + \
+            (f" --seeds {args.seeds}" if len(seeds) > 1 or seeds != [0] else "")
         out = ROOT / "benchmarks" / "results" / f"real_exports{suffix}.md"
         out.write_text(f"# Third-party exports: fidelity on held-out test inputs and compress stages\n\n`{cmd}`; "
                        f"2-core x86_64, each compress a fresh process\n\n{table}")

@@ -31,7 +31,9 @@ def parse_shard(ctx: click.Context, param: click.Parameter, text: str) -> tuple[
               help="Calibrate shard K of N: a fixed run of whole batches of the calibration samples. "
                    "'compress --stats' sums the N files.")
 @click.option("--independent", is_flag=True,
-              help="Also keep the fold statistics that 'compress --independent' re-fits need.")
+              help="Keep the odd-sample fold statistics of every layer with few rows per column, as 'compress "
+                   "--independent' re-fits need (without it: of such layers up to 2048 input columns, for the "
+                   "error curves).")
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
 @exclude_option
 @image_options
@@ -69,4 +71,4 @@ def calibrate(model, data, output, shard, independent, force, exclude, image_siz
                                force=force, progress=progress_factory(show_progress(quiet)))
     k, n = header.shard
     echo(f"wrote {output}: shard {k}/{n}, {header.samples} of {header.total} calibration samples, "
-         f"{len(header.consumers)} consumers{', with folds' if header.folds else ''}", quiet)
+         f"{len(header.consumers)} consumers{', with the folds of every layer' if header.folds else ''}", quiet)

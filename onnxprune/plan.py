@@ -18,6 +18,7 @@ from onnxprune.graph.normalise import initializer_arrays
 from onnxprune.latency import LatencyCost, LatencyTable
 from onnxprune.residual import landing_gains, output_consumers, rectified_sums, residual_landings
 from onnxprune.solvers import ConsumerProblem, Refit, error_curve, rank_channels, refit
+from onnxprune.solvers.fold_curve import CURVE_FOLD_COLUMNS, fold_error_curve
 from onnxprune.solvers.shrinkage import effective_rows_factor, prior_error_curve, refit_towards
 from onnxprune.solvers.ties import settled
 from onnxprune.calibration.collect import ConsumerStats
@@ -336,16 +337,30 @@ def _rank(group: ChannelGroup, analysis: Analysis, ctx: _Context, gains: Mapping
     order = np.lexsort((-settled(scores), ~group.frozen))
     curve = np.zeros(group.size + 1)
     for cons, prob, w0 in zip(group.consumers, problems, mats):
-        # best of the two ends of the shrinkage path: the exact re-fit's in-sample error inflated by GCV
-        # for the columns it fits (honest when rows are few), and the original weights with a new bias
-        per_channel = np.bincount(prob.channel_of_column, minlength=group.size)
-        columns = np.concatenate([[0], np.cumsum(per_channel[order])])
-        raw = error_curve(prob.stats, prob.channel_of_column, order, settings.delta or 1e-6)
-        with np.errstate(invalid="ignore"):
-            refit_estimate = np.nan_to_num(raw * effective_rows_factor(prob.stats.n_samples, columns), nan=np.inf)
-        best = np.minimum(refit_estimate, prior_error_curve(prob.stats, prob.channel_of_column, order, w0))
+        # best of the two ends of the shrinkage path: the exact re-fit's error on unseen rows, and the original
+        # weights with a new bias
+        best = np.minimum(_refit_curve(prob, stats[cons.node], order, settings.delta or 1e-6),
+                          prior_error_curve(prob.stats, prob.channel_of_column, order, w0))
         curve += gains.get(cons.node, 1.0) * best
     return RankedGroup(group, scores, order, curve)
+
+
+def _refit_curve(prob: ConsumerProblem, stats: ConsumerStats, order: np.ndarray, delta: float) -> np.ndarray:
+    """The exact re-fit's relative error on rows it has not seen, keeping the first k channels of ``order``: its
+    in-sample error plus the optimism its two folds measure (:func:`fold_error_curve`) where the layer kept them (few
+    rows per column, at most ``CURVE_FOLD_COLUMNS`` columns), else inflated by GCV for the columns it fits.
+
+    With few rows per column the rows are not independent (neighbouring positions of a few images), and GCV, which
+    counts rows, understated the gap: at half the multiply-adds over seeds 0–2, PP-OCRv3 detector IoU 0.897 → 0.916,
+    PP-OCRv5 detector 0.939 → 0.953, the YOLOv8n layout detector F1 0.830 → 0.836, EfficientNet-Lite0 the same."""
+    raw = error_curve(prob.stats, prob.channel_of_column, order, delta)
+    folds = stats.folds() if not prob.stats.factored and prob.stats.n_features <= CURVE_FOLD_COLUMNS else None
+    if folds is not None and not (folds[0].factored or folds[1].factored):
+        return fold_error_curve(folds, prob.channel_of_column, order, raw, prob.stats.c0, delta)
+    per_channel = np.bincount(prob.channel_of_column, minlength=order.size)
+    columns = np.concatenate([[0], np.cumsum(per_channel[order])])
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(raw * effective_rows_factor(prob.stats.n_samples, columns), nan=np.inf)
 
 
 def _allocate(model, analysis: Analysis, ranked: list[RankedGroup], target: Target | None, counts,

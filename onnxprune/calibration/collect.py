@@ -19,6 +19,7 @@ from onnxprune.graph.probe import probe_model
 from onnxprune.metrics import COUNTED_OPS
 from onnxprune.residual import Landing
 from onnxprune.runtime import create_session, fixed_batch
+from onnxprune.solvers.fold_curve import CURVE_FOLD_COLUMNS
 from onnxprune.solvers.statistics import LinearStatistics
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ class CalibrationSettings:
 
 class ConsumerStats:
     """A consumer's statistics over all calibration samples, and over the odd-numbered ones when the
-    layer sees few rows per column (so the re-fit's ridge can be cross-validated on two folds).
+    layer sees few rows per column (so the re-fit's ridge can be cross-validated on two folds, and its error curve
+    judged on rows it has not seen: ``solvers/fold_curve.py``).
 
     Rows are buffered and added in blocks of at least ``2p`` rows: one large Gram update is much
     cheaper than many small ones when a layer contributes few rows per batch (a Gemm after Flatten).
@@ -125,11 +127,13 @@ class ConsumerStats:
         return stats
 
     @classmethod
-    def for_rows(cls, X: np.ndarray, Y: np.ndarray, n_samples: int) -> "ConsumerStats":
+    def for_rows(cls, X: np.ndarray, Y: np.ndarray, n_samples: int,
+                 max_columns: int | None = None) -> "ConsumerStats":
         """Accumulators sized for rows like X (N, P, p), Y (N, P, M), with folds when n_samples such
-        rows are few (n_samples = 0: never)."""
+        rows are few (n_samples = 0: never) and p is at most ``max_columns`` (None: any p)."""
         p, m = X.shape[-1], Y.shape[-1]
-        return cls(p, m, folds=0 < X.shape[1] * n_samples < FOLD_ROWS_PER_COLUMN * p)
+        few = 0 < X.shape[1] * n_samples < FOLD_ROWS_PER_COLUMN * p
+        return cls(p, m, folds=few and (max_columns is None or p <= max_columns))
 
 
 FOLD_ROWS_PER_COLUMN = 20
@@ -247,8 +251,9 @@ def collect_blocks(model: onnx.ModelProto, consumers: Sequence[Consumer], data: 
 
     Targets Y are the consumers' outputs in ``model``; inputs X come from ``inputs_model`` when given
     (a pruned network, for error-correcting statistics of one stage from the input on), else from ``model`` too.
-    ``folds`` keeps a second accumulator over the odd samples of layers with few rows per column
-    (for cross-validating their re-fit); without it only the totals are kept.
+    ``folds`` keeps a second accumulator over the odd samples of every layer with few rows per column (for
+    cross-validating the re-fits of ``--independent``); without it only those of at most ``CURVE_FOLD_COLUMNS``
+    columns keep one (for their error curves).
 
     A run of blocks samples the same positions and keeps the same folds as one pass over the whole split
     (samples must have one shape, so every sample takes the same number of random draws), and its nodes
@@ -298,8 +303,8 @@ def collect_blocks(model: onnx.ModelProto, consumers: Sequence[Consumer], data: 
                 keep.put(number, {**feed, **values})
             yield idx, values, sources
 
-    rows = Rows(model, consumers, settings, len(indices) if folds else 0, landings,
-                 measure_gains=inputs_model is None, output_masks=output_masks)
+    rows = Rows(model, consumers, settings, len(indices), landings, measure_gains=inputs_model is None,
+                output_masks=output_masks, fold_columns=None if folds else CURVE_FOLD_COLUMNS)
     return rows.accumulate(layout, first, stop, run(), progress)
 
 
@@ -333,12 +338,13 @@ class Rows:
 
     def __init__(self, model: onnx.ModelProto, consumers: Sequence[Consumer], settings: CalibrationSettings,
                  fold_samples: int, landings: Mapping[str, Landing], *, measure_gains: bool,
-                 output_masks: Mapping[str, np.ndarray] | None):
+                 output_masks: Mapping[str, np.ndarray] | None, fold_columns: int | None = None):
         self.nodes = {n.name: n for n in model.graph.node}
         self.weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
         self.consumers = consumers
         self.settings = settings
         self.fold_samples = fold_samples
+        self.fold_columns = fold_columns   # the widest layer that keeps folds (None: any)
         self.landings = landings
         self.measure_gains = measure_gains
         self.output_masks = output_masks
@@ -378,7 +384,7 @@ class Rows:
                         raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration "
                                         "data.", note="check the preprocessing (--mean/--std, --raw-pixels)")
                     if cons.node not in stats:
-                        stats[cons.node] = ConsumerStats.for_rows(X, Y, self.fold_samples)
+                        stats[cons.node] = ConsumerStats.for_rows(X, Y, self.fold_samples, self.fold_columns)
                         if landing is not None and measure_gains:
                             stats[cons.node].energy = np.zeros(2)
                     if landing is not None and measure_gains:

@@ -30,12 +30,13 @@ from onnxprune.calibration.fingerprint import data_fingerprint, indices_fingerpr
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError, UsageError
 from onnxprune.residual import Landing
+from onnxprune.solvers.fold_curve import CURVE_FOLD_COLUMNS
 from onnxprune.solvers.statistics import LinearStatistics
 
 if TYPE_CHECKING:
     from onnxprune.calibration.parallel import Passes
 
-FORMAT = "onnxprune-statistics/2"
+FORMAT = "onnxprune-statistics/3"   # 3: odd folds of layers up to CURVE_FOLD_COLUMNS always kept
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
 
@@ -54,7 +55,7 @@ class StatsHeader:
     batch: int
     seed: int
     max_positions: int | None
-    folds: bool                 # odd-fold statistics kept (for compress --independent)
+    folds: bool                 # odd folds kept at every width (for compress --independent), not only the narrower
     provider: str
     blocks: int                 # blocks of the whole split (BlockLayout.count)
     nodes: list[list[int]]      # [first block, block count] per tree node in the file
@@ -274,7 +275,8 @@ def _in_shard_order(headers: dict[Path, StatsHeader]) -> list[Path]:
 
 
 def _nodes(archive, header: StatsHeader, folds: bool) -> Iterator[Node[dict[str, ConsumerStats]]]:
-    """The tree nodes of an open archive, one at a time (odd folds only with ``folds``)."""
+    """The tree nodes of an open archive, one at a time (odd folds of layers wider than ``CURVE_FOLD_COLUMNS`` only
+    with ``folds``: a pass without them would not have kept them)."""
     if len(header.shapes) != len(header.consumers):
         raise ValueError("the header lists a shape per consumer")
     for j, (first, size) in enumerate(header.nodes):
@@ -283,7 +285,8 @@ def _nodes(archive, header: StatsHeader, folds: bool) -> Iterator[Node[dict[str,
             full = _sums(archive, f"{j}.{i}.full.", p, m)
             if full is None:
                 raise KeyError(f"no statistics for consumer {consumer!r}")
-            stats[consumer] = ConsumerStats.of(full, _sums(archive, f"{j}.{i}.odd.", p, m) if folds else None)
+            odd = _sums(archive, f"{j}.{i}.odd.", p, m) if folds or p <= CURVE_FOLD_COLUMNS else None
+            stats[consumer] = ConsumerStats.of(full, odd)
             if f"{j}.{i}.energy" in archive.files:
                 stats[consumer].energy = np.asarray(archive[f"{j}.{i}.energy"], dtype=np.float64)
         yield Node(first, size, stats)

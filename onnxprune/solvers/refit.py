@@ -133,7 +133,7 @@ def refit(stats: CentredStatistics, columns: np.ndarray, delta: float = 1e-6) ->
         return Refit(coef, intercept, min(relative_error(kept, coef), 1.0))
 
 
-def _prefix_columns(channel_of_column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def prefix_columns(channel_of_column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Columns sorted by their channel's position in `order`, and the column count after each prefix."""
     order = np.asarray(order, dtype=np.intp).reshape(-1)
     if np.unique(order).size != order.size or (order.size and order.min() < 0):
@@ -161,7 +161,7 @@ def error_curve(
     channel_of_column = np.asarray(channel_of_column, dtype=np.intp).reshape(-1)
     if channel_of_column.shape != (stats.n_features,) or (channel_of_column.size and channel_of_column.min() < 0):
         raise ValueError(f"channel_of_column must hold {stats.n_features} non-negative channel indices.")
-    perm, n_cols = _prefix_columns(channel_of_column, order)
+    perm, n_cols = prefix_columns(channel_of_column, order)
     if stats.c0 <= 0:
         return np.zeros(n_cols.size)
     if perm.size == 0:

@@ -1,0 +1,69 @@
+"""Error curves from two folds: what a re-fit on few rows per column makes of rows it has not seen.
+
+A layer that sees fewer than ``FOLD_ROWS_PER_COLUMN`` rows per input column (a 7×7 map of a few hundred images, a
+1024² detector from 20 pages) fits its calibration rows much better than it predicts others, and its rows are not
+independent (neighbouring positions of one image), so the GCV inflation of the in-sample error, which counts rows,
+understates the gap. Its statistics keep an odd fold (the odd samples); here each fold's re-fits of every prefix of a
+channel order are judged on the other fold, exactly, from the statistics alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from onnxprune.solvers.refit import cholesky_jittered, prefix_columns
+from onnxprune.solvers.statistics import CentredStatistics
+
+CURVE_FOLD_COLUMNS = 2048   # the widest consumer whose error curve comes from its folds (memory and time: ~5 p³)
+
+
+def _fold_errors(train: CentredStatistics, test: CentredStatistics, perm: np.ndarray, n_cols: np.ndarray,
+                 delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Squared errors per row on ``test`` and on ``train`` of the ridge re-fits on ``train`` that keep the first
+    ``n_cols[k]`` columns of ``perm``.
+
+    With L the Cholesky factor of the permuted G_train + λI, every prefix's factor is L's leading block, so with
+    Z = L⁻¹C_train the prefix re-fit is W_kᵀ = L_k⁻ᵀZ_k, and its test error c0 − 2tr(W_k C) + tr(W_k G W_kᵀ) (test
+    statistics, plus the shift between the two folds' means) takes cumulative sums over Z ∘ L⁻¹C_test and
+    ZZᵀ ∘ L⁻¹G_test L⁻ᵀ: one factorisation and two triangular solves of p columns for all prefixes."""
+    ridge = delta * train.gram_trace() / train.n_features
+
+    def permuted() -> np.ndarray:
+        H = train.G[np.ix_(perm, perm)]
+        H.flat[:: perm.size + 1] += ridge
+        return H
+
+    L = cholesky_jittered(permuted)
+
+    def solve(B: np.ndarray) -> np.ndarray:
+        return scipy.linalg.solve_triangular(L, B, lower=True, check_finite=False)
+
+    Z = solve(train.C[perm])
+    P = solve(solve(test.G[np.ix_(perm, perm)]).T)   # L⁻¹ G_test L⁻ᵀ
+    H = (Z @ Z.T) * P
+    quad = np.concatenate(([0.0], np.cumsum(2.0 * np.tril(H, -1).sum(axis=1) + np.diagonal(H))))
+    cross = np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, solve(test.C[perm])))))
+    shift = np.cumsum(solve((test.x_mean - train.x_mean)[perm])[:, None] * Z, axis=0)   # W_k (x̄_test − x̄_train)
+    dy = test.y_mean - train.y_mean
+    means = np.concatenate(([dy @ dy], np.einsum("im,im->i", dy - shift, dy - shift)))
+    inside = train.c0 - np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, Z))))
+    return (test.c0 - 2.0 * cross + quad + means)[n_cols], inside[n_cols]
+
+
+def fold_error_curve(folds: tuple[CentredStatistics, CentredStatistics], channel_of_column: np.ndarray,
+                     order: np.ndarray, in_sample: np.ndarray, c0: float, delta: float = 1e-6) -> np.ndarray:
+    """Relative error on unseen rows of the re-fit on all rows that keeps the first k channels of ``order``
+    (k = 0..D): ``in_sample`` (its relative in-sample error, :func:`refit.error_curve`) plus its optimism, half the
+    gap between the two folds' out-of-fold and in-fold errors (a least-squares fit's optimism goes as columns over
+    rows, and each fold has half of them). ``c0`` is the whole split's output energy."""
+    even, odd = folds
+    perm, n_cols = prefix_columns(np.asarray(channel_of_column, dtype=np.intp), order)
+    if c0 <= 0 or perm.size == 0:
+        return np.asarray(in_sample, dtype=np.float64)
+    (out_even, in_even), (out_odd, in_odd) = (_fold_errors(even, odd, perm, n_cols, delta),
+                                              _fold_errors(odd, even, perm, n_cols, delta))
+    rows_even, rows_odd = even.n_samples, odd.n_samples
+    outside = (rows_odd * out_even + rows_even * out_odd) / (rows_even + rows_odd)   # each weighed by its test rows
+    inside = (rows_even * in_even + rows_odd * in_odd) / (rows_even + rows_odd)
+    gap = outside - inside
+    return np.maximum(in_sample + 0.5 * gap / c0, 0.0)
