@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from onnxprune.solvers.refit import cholesky_jittered, prefix_columns
+from onnxprune.solvers.refit import prefix_columns, prefix_factor
 from onnxprune.solvers.statistics import CentredStatistics
 
 CURVE_FOLD_COLUMNS = 2048   # the widest consumer whose error curve comes from its folds (memory and time: ~5 p³)
@@ -26,14 +26,7 @@ def _fold_errors(train: CentredStatistics, test: CentredStatistics, perm: np.nda
     Z = L⁻¹C_train the prefix re-fit is W_kᵀ = L_k⁻ᵀZ_k, and its test error c0 − 2tr(W_k C) + tr(W_k G W_kᵀ) (test
     statistics, plus the shift between the two folds' means) takes cumulative sums over Z ∘ L⁻¹C_test and
     ZZᵀ ∘ L⁻¹G_test L⁻ᵀ: one factorisation and two triangular solves of p columns for all prefixes."""
-    ridge = delta * train.gram_trace() / train.n_features
-
-    def permuted() -> np.ndarray:
-        H = train.G[np.ix_(perm, perm)]
-        H.flat[:: perm.size + 1] += ridge
-        return H
-
-    L = cholesky_jittered(permuted)
+    L = prefix_factor(train, perm, delta * train.gram_trace() / train.n_features)
 
     def solve(B: np.ndarray) -> np.ndarray:
         return scipy.linalg.solve_triangular(L, B, lower=True, check_finite=False)

@@ -173,15 +173,21 @@ def error_curve(
     if stats.factored:
         return np.clip(_prefix_residuals(stats.F, stats.B, perm, n_cols, ridge) / stats.c0, 0.0, 1.0)
 
+    L = prefix_factor(stats, perm, ridge)
+    Z = scipy.linalg.solve_triangular(L, stats.C[perm], lower=True, check_finite=False)
+    explained = np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, Z))))
+    return np.clip((stats.c0 - explained[n_cols]) / stats.c0, 0.0, 1.0)
+
+
+def prefix_factor(stats: CentredStatistics, perm: np.ndarray, ridge: float) -> np.ndarray:
+    """Lower Cholesky factor of G + ``ridge``·I with rows and columns in the order ``perm``: its leading blocks
+    factor every prefix of ``perm``."""
     def permuted() -> np.ndarray:
         H = stats.G[np.ix_(perm, perm)]
         H.flat[:: perm.size + 1] += ridge
         return H
 
-    L = cholesky_jittered(permuted)
-    Z = scipy.linalg.solve_triangular(L, stats.C[perm], lower=True, check_finite=False)
-    explained = np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, Z))))
-    return np.clip((stats.c0 - explained[n_cols]) / stats.c0, 0.0, 1.0)
+    return cholesky_jittered(permuted)
 
 
 def _prefix_residuals(F: np.ndarray, B: np.ndarray, columns: np.ndarray, n_cols: np.ndarray,
