@@ -1,6 +1,8 @@
 """Solver checks: streaming statistics, entropic regression (doc §9), re-fit, error curve, ranking."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -97,7 +99,6 @@ def test_merged_shards_equal_the_whole(planted):
 
 
 def test_a_parked_gram_comes_back_bit_for_bit(planted_data):
-    import os
     import pickle
 
     X, Y = planted_data[0][:2000], planted_data[1][:2000]
@@ -118,6 +119,25 @@ def test_a_parked_gram_comes_back_bit_for_bit(planted_data):
     assert not os.path.exists(path) and stats._gram_file is None
     np.testing.assert_array_equal(stats.gram_, gram)
     assert merged.n_samples_seen_ == 2001
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_worker_reading_a_parked_gram_leaves_it_to_the_parent(planted_data):
+    """The rankings run in forked workers (``executor.py``): one that reads a parked Gram matrix must not remove
+    the file the parent reads it back from (``--allocate-by outputs`` re-fits from the same statistics)."""
+    X, Y = planted_data[0][:2000], planted_data[1][:2000]
+    stats = LinearStatistics(P, M).partial_fit(X, Y)
+    gram = stats.gram_.copy()
+    stats.park(min_bytes=0)
+    path = stats._gram_file
+    child = os.fork()
+    if child == 0:   # the worker: reads the matrix, exits without the parent's clean-ups
+        os._exit(0 if np.array_equal(stats.gram_, gram) else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert os.path.exists(path)
+    np.testing.assert_array_equal(stats.gram_, gram)
+    assert not os.path.exists(path)
 
 
 def test_arrays_round_trip_through_npz(planted, tmp_path):

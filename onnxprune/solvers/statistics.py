@@ -171,23 +171,28 @@ class LinearStatistics:
         self.rows_y_: np.ndarray | None = np.zeros((0, n_targets))
         self._gram: np.ndarray | None = None
         self._gram_file: str | None = None   # where a parked Gram matrix waits (see :meth:`park`)
+        self._gram_owner: int | None = None  # the id of the process that parked it
         self.cross_: np.ndarray | None = None
 
     @property
     def gram_(self) -> np.ndarray | None:
         """Σxxᵀ (None while rows are kept); a parked one is read back, and its file removed, on first use."""
         if self._gram_file is not None:
-            path, self._gram_file = self._gram_file, None
-            self._gram = np.load(path)
-            os.unlink(path)
+            self._gram = np.load(self._gram_file)
+            self._unpark()
         return self._gram
 
     @gram_.setter
     def gram_(self, value: np.ndarray | None) -> None:
-        if self._gram_file is not None:
-            os.unlink(self._gram_file)
-            self._gram_file = None
+        self._unpark()
         self._gram = value
+
+    def _unpark(self) -> None:
+        """Forget the parked file; remove it only in the process that parked it (a worker forked since shares the
+        file with its parent, which still needs it)."""
+        if self._gram_file is not None and self._gram_owner == os.getpid():
+            os.unlink(self._gram_file)
+        self._gram_file = self._gram_owner = None
 
     @property
     def keeps_rows(self) -> bool:
@@ -201,11 +206,11 @@ class LinearStatistics:
             return
         path = os.path.join(_parking_folder(), f"{id(self)}-{next(_PARKED)}.npy")
         np.save(path, self._gram)
-        self._gram, self._gram_file = None, path
+        self._gram, self._gram_file, self._gram_owner = None, path, os.getpid()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_gram=self.gram_, _gram_file=None)   # another process cannot read this one's files
+        state.update(_gram=self.gram_, _gram_file=None, _gram_owner=None)   # another process cannot read this one's files
         return state
 
     def partial_fit(self, X: np.ndarray, Y: np.ndarray) -> LinearStatistics:
