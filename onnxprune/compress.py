@@ -292,6 +292,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         out_path = None  # nothing to prune: write nothing unless asked
     skip = not prunable or (options.target is not None and options.target.fraction >= 1.0 and options.latency is None)
     solve_target = options.target if prunable or options.target is None else Target(options.target.kind, 1.0)
+    if options.distil.epochs and not skip:
+        check_distillable(model)   # before the passes: torch missing or an operator it cannot run stops here
     notes: list[str] = [f"left alone by --exclude: {', '.join(excluded)}"] if excluded else []
     if options.backend != Backend():
         notes.append(f"factorisations and Gram products ran on {options.backend.describe()} (--backend)")
@@ -356,8 +358,6 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         held = open_data(data_path, input_specs(original), image_options=options.image, num_samples=options.num_samples,
                          seed=options.calibration.seed)
 
-    if options.distil.epochs and not skip:
-        check_distillable(model)
     distilled: dict[int, DistilOutcome | None] = {}   # id of each pruned model made -> what its distillation did
 
     def prune(target: Target | None, tuned: bool = True) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
@@ -452,7 +452,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         with _stage(log, "bench"), removed_on_error(*written):
             with progress("benchmarking", 2 * len(options.bench.batches)) as bar:
                 bench = compare_models(model_path, out_path, provider=options.calibration.provider,
-                                       settings=options.bench, progress=lambda _line: bar.update(1))
+                                       settings=options.bench, progress=lambda _line: bar.update(1),
+                                       shapes=input_shapes)   # dynamic dims at the calibration data's size
     report = PruneReport(
         model=str(model_path), output=None if out_path is None else str(out_path), target=options.target,
         method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),

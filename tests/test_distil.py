@@ -9,6 +9,7 @@ import onnx
 import pytest
 from conftest import CHAIN_MODELS, SAMPLES, random_feed, real_inputs, relative_error, run_cli, run_model, write_calibration
 
+import onnxprune.compress as compress_module
 from onnxprune.distil import DistilOutcome, with_initializers
 
 ZOO = sorted((SAMPLES / "zoo").glob("*.onnx")) + sorted((SAMPLES / "lookalikes").glob("*.onnx"))
@@ -31,10 +32,15 @@ def without_torch(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
 
 
-def test_distil_without_torch_is_one_line_error(tmp_path, without_torch):
+def test_distil_without_torch_is_one_line_error(tmp_path, without_torch, monkeypatch):
     model = SAMPLES / "chains" / "a_conv_bn_gap.onnx"
     calib = write_calibration(model, tmp_path)
     out = tmp_path / "p.onnx"
+
+    def calibrating(*args, **kwargs):
+        raise AssertionError("calibrated before saying that --distil cannot run")
+
+    monkeypatch.setattr(compress_module, "first_pass", calibrating)   # said before any pass over the data
     result = run_cli(["compress", model, "--data", calib, "--target-flops", "0.5", "--distil", "2", "-o", out, "-q"])
     assert result.exit_code == 4, result.output
     assert "--distil needs torch" in result.output and "Traceback" not in result.output
@@ -138,7 +144,6 @@ def test_distil_skipped_when_every_channel_is_kept(tmp_path):
 
 def _fake_distil(monkeypatch) -> list:
     """compress's distillation replaced by one that records the pruned models it is given and changes nothing."""
-    import onnxprune.compress as compress_module
 
     calls = []
 
@@ -152,7 +157,6 @@ def _fake_distil(monkeypatch) -> list:
 
 
 def test_a_latency_target_distils_only_the_pruning_it_keeps(tmp_path, monkeypatch):
-    import onnxprune.compress as compress_module
     from test_latency import _latency_run
 
     from onnxprune.latency import LatencyCheck

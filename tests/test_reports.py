@@ -147,6 +147,26 @@ def test_bench_needs_an_output_path(data):
         compress(MODEL, data, CompressOptions(bench=BenchSettings()))
 
 
+def test_bench_times_dynamic_dims_at_the_calibration_size(tmp_path):
+    """A model whose height and width are symbolic is timed at the calibration data's size (compress has no
+    --shape option to give one)."""
+    import onnx
+
+    model = onnx.load(str(MODEL))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, str(path))
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **{model.graph.input[0].name: np.random.default_rng(0).standard_normal(
+        (16, dims[1].dim_value, 12, 20)).astype(np.float32)})
+    result = compress(path, calib, CompressOptions(bench=BenchSettings(batches=(1,), runs=2, warmup=1, rounds=1)),
+                      output=tmp_path / "p.onnx")
+    runs = [run for side in (result.report.bench.original, result.report.bench.pruned) for run in side.runs]
+    assert runs and all(run.ok for run in runs)
+    assert all(list(run.input_shapes.values()) == [[1, dims[1].dim_value, 12, 20]] for run in runs)
+
+
 def test_groups_figure_only_for_prunable_groups():
     frozen = GroupOutcome(0, "conv", 8, 8, None, ["c"], ["p"], reasons=["graph output"])
     assert groups_png([frozen]) is None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 from onnxprune.bench.measure import DEFAULT_ROUNDS, DEFAULT_RUNS, benchmark_models
 from onnxprune.bench.results import BenchResult, RunResult, to_document
@@ -68,9 +68,11 @@ class Comparison:
 
 def compare_models(original: str | os.PathLike, pruned: str | os.PathLike, *, provider: str = "cpu",
                    settings: BenchSettings = BenchSettings(),
-                   progress: Optional[Callable[[str], None]] = None) -> Comparison:
-    """Benchmark ``original`` and ``pruned`` (files) on ``provider`` with ``settings``."""
+                   progress: Optional[Callable[[str], None]] = None,
+                   shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Comparison:
+    """Benchmark ``original`` and ``pruned`` (files) on ``provider`` with ``settings``; ``shapes`` sizes the inputs'
+    dynamic dims besides the batch (e.g. the calibration data's height and width)."""
     results = benchmark_models([original, pruned], providers=[provider], batches=settings.batches, runs=settings.runs,
                                warmup=settings.warmup, threads=settings.threads, rounds=settings.rounds,
-                               progress=progress)
+                               progress=progress, shapes=shapes)
     return Comparison(results[0], results[1], provider, settings)
