@@ -84,6 +84,11 @@ from onnxprune.runtime import cpu_cores
 @click.option("--wide-head-weight", type=click.FloatRange(min=0.0), default=32.0, show_default=True, metavar="W",
               help="Allocation, expert: --output-weight for such a last layer with 1000 or more outputs (a wide "
                    "class head: ImageNet classes, CTC characters), whose top class survives less of its error.")
+@click.option("--near-output-weight", type=click.FloatRange(min=0.0), default=None, metavar="W",
+              help="Allocation, expert: weight of the error of a layer that only such last layers follow (a text "
+                   "detector head's first ConvTranspose, a YOLO class branch's middle conv); only their re-fit can "
+                   "absorb it. Default: --output-weight where the first output is a dense map or detections (as "
+                   "--fidelity auto judges it), else 1 (class scores, sequences).")
 @click.option("--allocate-by", type=click.Choice(["layers", "outputs"]), default="layers", show_default=True,
               help="Allocation: weigh each group by its consumers' re-fit errors (layers), or by those scaled by "
                    "its measured reach to the model's outputs (outputs: each group cut alone to half its channels, "
@@ -142,7 +147,7 @@ from onnxprune.runtime import cpu_cores
                                                   "internal error, print its traceback.")
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_latency, latency_batch,
              latency_runs, target_fidelity, fidelity, method, rho, tau, threshold, ridge, no_refit,
-             independent, residual_power, output_weight, wide_head_weight, allocate_by, min_keep, depth, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions, score_positions, augment, augment_ops,
+             independent, residual_power, output_weight, wide_head_weight, near_output_weight, allocate_by, min_keep, depth, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions, score_positions, augment, augment_ops,
              provider, stats_files, cache_dir, memory_budget, backend, distil_epochs, distil_lr, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
              ray_address=None, ray_ship_data=False) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
@@ -169,7 +174,7 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
         target=target,
         solver=SolverSettings(method=method, rho=rho, tau=tau, theta=threshold, delta=delta, refit=not no_refit, seed=seed,
                               residual_power=residual_power, output_weight=output_weight,
-                              wide_head_weight=wide_head_weight),
+                              wide_head_weight=wide_head_weight, near_output_weight=near_output_weight),
         calibration=calibration_settings(batch_size, max_positions, seed, provider),
         image=image,
         num_samples=num_samples,

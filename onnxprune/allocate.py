@@ -120,6 +120,25 @@ class _Allocation:
                 return
             self.restore(fits[first_largest([self.restore_gain(g, extra[g]) for g in fits])])
 
+    def exchange(self, budget: float, floor: float, restorable: list[int]) -> bool:
+        """Restore one step of a group and remove from one other group alone until under ``budget``; keep the first
+        such pair (groups by restoration gain, partners by removal score) whose cost lands in (``floor``,
+        ``budget``]. Where :meth:`trim` would take its removals from a cheaper but coarser group and fall under
+        ``floor`` again, this reaches the pairs in between."""
+        for g in restorable:
+            partners = sorted((h for h in range(len(self.curves)) if h != g and np.isfinite(self.removal_score(h)[0])),
+                              key=lambda h: self.removal_score(h)[0])
+            for h in partners:
+                snap = self.snapshot()
+                self.restore(g)
+                while self.cost.cost() > budget and np.isfinite((score := self.removal_score(h))[0]):
+                    self.remove(h, score[1])
+                if floor < self.cost.cost() <= budget:
+                    self.refill(budget)
+                    return True
+                self.revert(snap)
+        return False
+
     def snapshot(self) -> tuple[np.ndarray, list[int]]:
         return self.kept.copy(), list(self.k)
 
@@ -180,7 +199,8 @@ def allocate(curves: list[GroupCurve], cost: CostModel | Budgets, budget: float,
     error per unit of cost saved; once under budget, restore the classes that still fit. If the
     result is still more than ``tolerance`` (a share of the original cost) under the budget, a
     local search restores a class in one group and trims the others, keeping every step that
-    lands closer under the budget, so coarse groups do not make the target overshoot.
+    lands closer under the budget, so coarse groups do not make the target overshoot; where no such trim lands
+    closer, one restoration paid by removals from a single other group (:meth:`_Allocation.exchange`).
     """
     state = _Allocation(curves, cost, n_classes)
     state.trim(budget)
@@ -190,8 +210,9 @@ def allocate(curves: list[GroupCurve], cost: CostModel | Budgets, budget: float,
         if budget - current <= tolerance * cost.before:
             break
         improved = False
-        restorable = [g for g in range(len(curves)) if state.can_restore(g)]
-        for g in sorted(restorable, key=lambda g: state.restore_gain(g, state.restore_cost(g)), reverse=True):
+        restorable = sorted((g for g in range(len(curves)) if state.can_restore(g)),
+                            key=lambda g: state.restore_gain(g, state.restore_cost(g)), reverse=True)
+        for g in restorable:
             snap = state.snapshot()
             state.restore(g)
             if state.trim(budget, exclude=g) and current < cost.cost() <= budget:
@@ -199,7 +220,7 @@ def allocate(curves: list[GroupCurve], cost: CostModel | Budgets, budget: float,
                 improved = True
                 break
             state.revert(snap)
-        if not improved:
+        if not improved and not state.exchange(budget, current, restorable):
             break
     return state.kept
 

@@ -40,7 +40,7 @@ from onnxprune.latency import (ROUNDS, LatencyCheck, LatencyCost, LatencyTarget,
                                measure_latency, uniform_mask)
 from onnxprune.metrics import count_model
 from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, SolverSettings, Target, check_method,
-                            check_target, minimum_fraction, output_means, rank_groups, solve)
+                            check_target, minimum_fraction, near_output_default, output_means, rank_groups, solve)
 from onnxprune.report import PruneReport
 from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
@@ -283,6 +283,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         options = with_chosen_batch(options, loaded)
         original, reference, model, specs, data, calib_idx, hold_idx, shapes, input_shapes = loaded
         judge = choose_judge(model, options.fidelity, shapes, input_shapes)
+        outputs = judge if options.fidelity == "auto" else choose_judge(model, "auto", shapes, input_shapes)
+        options = replace(options, solver=near_output_default(options.solver, outputs.kind))
     with _stage(log, "analyse"):
         analysis = find_groups(model, shapes)
         excluded = exclude_nodes(analysis, options.exclude)

@@ -124,21 +124,37 @@ def rectified_sums(model: onnx.ModelProto, landings: Mapping[str, Landing]) -> s
 _LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
+def _linear_reached(readers: Mapping[str, list[onnx.NodeProto]], tensor: str) -> set[str]:
+    """Names of the Conv, ConvTranspose, Gemm and MatMul nodes first reached from ``tensor`` (not looking past them)."""
+    stack, seen, reached = [tensor], {tensor}, set()
+    while stack:
+        for node in readers.get(stack.pop(), []):
+            if node.op_type in _LINEAR_OPS:
+                reached.add(node.name)
+                continue
+            fresh = [t for t in node.output if t not in seen]
+            seen.update(fresh)
+            stack.extend(fresh)
+    return reached
+
+
 def output_consumers(model: onnx.ModelProto, consumers: Sequence[Consumer]) -> set[str]:
     """Names of the consumers from whose output no Conv, ConvTranspose, Gemm or MatMul can be reached."""
     readers = tensor_readers(model)
-    last: set[str] = set()
+    return {c.node for c in consumers if not _linear_reached(readers, c.output)}
+
+
+def near_output_consumers(model: onnx.ModelProto, consumers: Sequence[Consumer], last: set[str]) -> set[str]:
+    """Names of the consumers whose output reaches no linear node but the ``last`` consumers
+    (:func:`output_consumers`): one re-fit away from the model's outputs (a DBNet head's first ConvTranspose, a
+    YOLO class branch's middle conv, a classifier's conv head before its Gemm)."""
+    readers = tensor_readers(model)
+    near = set()
     for c in consumers:
-        stack, seen, reaches = [c.output], {c.output}, False
-        while stack and not reaches:
-            for node in readers.get(stack.pop(), []):
-                reaches |= node.op_type in _LINEAR_OPS
-                fresh = [t for t in node.output if t not in seen]
-                seen.update(fresh)
-                stack.extend(fresh)
-        if not reaches:
-            last.add(c.node)
-    return last
+        reached = _linear_reached(readers, c.output) if c.node not in last else set()
+        if reached and reached <= last:
+            near.add(c.node)
+    return near
 
 
 def landing_gains(analysis: Analysis, direct: Mapping[str, float]) -> dict[str, float]:

@@ -15,8 +15,8 @@ from onnxprune.errors import UsageError
 from onnxprune.graph.io import load_model
 from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.metrics import count_model
-from onnxprune.plan import AllocationSettings, SolverSettings, Target, rank_groups
-from onnxprune.residual import output_consumers, residual_landings
+from onnxprune.plan import AllocationSettings, SolverSettings, Target, near_output_default, rank_groups
+from onnxprune.residual import near_output_consumers, output_consumers, residual_landings
 
 from conftest import SAMPLES
 
@@ -221,6 +221,14 @@ def test_output_consumers_are_the_layers_no_linear_layer_follows():
         expected = {n.name for n in linear if not any(
             m is not n and _reaches(model, n.output[0], m) for m in linear)} & {c.node for c in consumers}
         assert last and last == expected, (path.name, last, expected)
+        near = near_output_consumers(model, consumers, last)
+        expected = set()
+        for c in consumers:
+            after = {n.name for n in linear if _reaches(model, c.output, n)}
+            if c.node not in last and after and after <= last:
+                expected.add(c.node)
+        assert near == expected, (path.name, near, expected)
+        assert path.name.startswith("yolo") or near, path.name   # the chains' and ResNet's layer before the head
 
 
 def _reaches(model: onnx.ModelProto, tensor: str, node: onnx.NodeProto) -> bool:
@@ -246,16 +254,45 @@ def test_output_weight_scales_the_error_curve_of_the_classifier_only():
     consumers = [c for g in analysis.groups if g.prunable for c in g.consumers]
     stats = collect_statistics(model, consumers, data, range(32), CalibrationSettings())
     last = output_consumers(model, consumers)
+    near = near_output_consumers(model, consumers, last)
     plain = rank_groups(model, analysis, stats, SolverSettings(output_weight=1.0))
     heavy = rank_groups(model, analysis, stats, SolverSettings(output_weight=5.0))
-    scaled = 0
-    for a, b in zip(plain, heavy):
-        if {c.node for c in a.group.consumers} <= last:
+    nearer = rank_groups(model, analysis, stats, SolverSettings(output_weight=1.0, near_output_weight=3.0))
+    scaled = kept = 0
+    for a, b, c in zip(plain, heavy, nearer):
+        nodes = {c.node for c in a.group.consumers}
+        if nodes <= last:
             np.testing.assert_allclose(b.curve, 5.0 * a.curve)
             scaled += 1
-        elif not {c.node for c in a.group.consumers} & last:
+        elif not nodes & last:
             np.testing.assert_array_equal(b.curve, a.curve)
-    assert scaled
+        if nodes <= near:
+            np.testing.assert_allclose(c.curve, 3.0 * a.curve)
+            kept += 1
+        elif not nodes & near:
+            np.testing.assert_array_equal(c.curve, a.curve)
+    assert scaled and kept   # the classifier by --output-weight, the layer before it by --near-output-weight
+
+
+@pytest.mark.parametrize("kind, weight", [("dense", 2.5), ("yolo", 2.5), ("classes", 1.0), ("sequence", 1.0),
+                                          ("other", 1.0)])
+def test_the_layer_before_the_last_weighs_more_only_for_maps_and_detections(kind, weight):
+    chosen = near_output_default(SolverSettings(output_weight=2.5), kind)
+    assert chosen.near_output_weight == weight
+    assert near_output_default(SolverSettings(near_output_weight=4.0), kind).near_output_weight == 4.0
+
+
+@pytest.mark.parametrize("path, weight", [(ZOO / "unet.ts.onnx", 2.0), (VGG, 1.0)])
+def test_compress_weighs_the_layer_before_the_last_by_what_the_outputs_are(path, weight, monkeypatch):
+    import onnxprune.compress as compress_module
+
+    seen = []
+    original = compress_module.rank_groups
+    monkeypatch.setattr(compress_module, "rank_groups",
+                        lambda model, analysis, stats, settings, *a, **k:
+                        seen.append(settings) or original(model, analysis, stats, settings, *a, **k))
+    _compress(path, target=Target("flops", 0.7))
+    assert [s.near_output_weight for s in seen] == [weight]
 
 
 def _wide_head_model(classes: int) -> onnx.ModelProto:
