@@ -222,6 +222,7 @@ _DOING = {"load": "loading the model and data", "analyse": "analysing the graph"
 RETRIES = 2
 NEAR = 0.02
 COLLAPSE = 0.25
+NOISY = 0.1   # noise of a measured latency ratio above which the summary says the timings cannot be trusted
 
 
 @contextlib.contextmanager
@@ -520,6 +521,11 @@ def meet_measured_latency(first: tuple, budget: float, wanted: float, floor: flo
     elif len(tried) > 1:
         notes.append(f"--target-latency {wanted:g}: the original's latency measured after each pruning "
                      f"(predicted budget -> measured ratio): {steps}; kept the one at {kept[0]:.3f}")
+    if kept[1].noise > NOISY:
+        notes.append(f"--target-latency {wanted:g}: the timings were too noisy to trust (the kept pruning measured "
+                     f"{kept[1].ratio:.3f} ± {kept[1].noise:.3f} of the original's latency; a try within the noise "
+                     f"of the target counts as meeting it): time it on a quiet machine with 'onnxprune bench' or "
+                     f"compress again with nothing else running")
     return kept
 
 

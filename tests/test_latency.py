@@ -367,6 +367,26 @@ def test_a_pruning_far_below_the_target_is_loosened_and_the_closest_one_that_mee
     assert any("0.800 -> 0.750 ± 0.005, 0.853 -> 0.790 ± 0.005; kept the one at 0.853" in n for n in doc["notes"])
 
 
+def test_timings_too_noisy_to_trust_are_said(tmp_path, monkeypatch):
+    import onnxprune.compress as compress_module
+
+    measured = iter([0.5, 1.0])   # a loaded machine: far below, then above the target, both within the noise
+    monkeypatch.setattr(compress_module, "check_latency",
+                        lambda *a, **kw: (lambda r: LatencyCheck(10.0, 10.0 * r, r, 0.3))(next(measured)))
+    result, doc = _latency_run(tmp_path, monkeypatch)
+    noisy = [n for n in doc["notes"] if "too noisy to trust" in n]
+    assert len(noisy) == 1 and f"{doc['latency']['measured_ratio']:.3f} ± 0.300" in noisy[0]
+    assert "onnxprune bench" in noisy[0]
+
+
+def test_quiet_timings_say_nothing_of_noise(tmp_path, monkeypatch):
+    import onnxprune.compress as compress_module
+
+    monkeypatch.setattr(compress_module, "check_latency", lambda *a, **kw: LatencyCheck(10.0, 7.9, 0.79, 0.01))
+    result, doc = _latency_run(tmp_path, monkeypatch)
+    assert not [n for n in doc["notes"] if "noisy" in n]
+
+
 def test_a_target_still_missed_after_the_retries_says_so(tmp_path, monkeypatch):
     import onnxprune.compress as compress_module
 
