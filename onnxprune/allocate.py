@@ -120,24 +120,38 @@ class _Allocation:
                 return
             self.restore(fits[first_largest([self.restore_gain(g, extra[g]) for g in fits])])
 
+    def error(self) -> float:
+        """The summed error of every group at its kept count."""
+        return float(sum(c.curve[k] for c, k in zip(self.curves, self.k)))
+
     def exchange(self, budget: float, floor: float, restorable: list[int]) -> bool:
-        """Restore one step of a group and remove from one other group alone until under ``budget``; keep the first
-        such pair (groups by restoration gain, partners by removal score) whose cost lands in (``floor``,
-        ``budget``]. Where :meth:`trim` would take its removals from a cheaper but coarser group and fall under
-        ``floor`` again, this reaches the pairs in between."""
+        """Restore one step of a group and remove from one other group alone until under ``budget``: of the pairs
+        whose cost lands in (``floor``, ``budget``] without adding error, keep the one of least error. Where
+        :meth:`trim` would take its removals from a cheaper but coarser group and fall under ``floor`` again, this
+        reaches the pairs in between."""
+        best, before = None, self.error()
         for g in restorable:
-            partners = sorted((h for h in range(len(self.curves)) if h != g and np.isfinite(self.removal_score(h)[0])),
-                              key=lambda h: self.removal_score(h)[0])
-            for h in partners:
+            for h in range(len(self.curves)):
+                if h == g or not np.isfinite(self.removal_score(h)[0]):
+                    continue
                 snap = self.snapshot()
-                self.restore(g)
-                while self.cost.cost() > budget and np.isfinite((score := self.removal_score(h))[0]):
-                    self.remove(h, score[1])
-                if floor < self.cost.cost() <= budget:
-                    self.refill(budget)
-                    return True
+                self._pay(g, h, budget)
+                error = self.error()
+                if floor < self.cost.cost() <= budget and error <= before and (best is None or error < best[0]):
+                    best = (error, g, h)
                 self.revert(snap)
-        return False
+        if best is None:
+            return False
+        self._pay(best[1], best[2], budget)
+        self.refill(budget)
+        return True
+
+    def _pay(self, g: int, h: int, budget: float) -> None:
+        """Restore group ``g``'s next step and remove from group ``h`` until under ``budget`` (or ``h`` can go no
+        lower)."""
+        self.restore(g)
+        while self.cost.cost() > budget and np.isfinite((score := self.removal_score(h))[0]):
+            self.remove(h, score[1])
 
     def snapshot(self) -> tuple[np.ndarray, list[int]]:
         return self.kept.copy(), list(self.k)
@@ -200,7 +214,8 @@ def allocate(curves: list[GroupCurve], cost: CostModel | Budgets, budget: float,
     result is still more than ``tolerance`` (a share of the original cost) under the budget, a
     local search restores a class in one group and trims the others, keeping every step that
     lands closer under the budget, so coarse groups do not make the target overshoot; where no such trim lands
-    closer, one restoration paid by removals from a single other group (:meth:`_Allocation.exchange`).
+    closer, one restoration paid by removals from a single other group that adds no error
+    (:meth:`_Allocation.exchange`).
     """
     state = _Allocation(curves, cost, n_classes)
     state.trim(budget)
