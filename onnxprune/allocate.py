@@ -130,9 +130,10 @@ class _Allocation:
         :meth:`trim` would take its removals from a cheaper but coarser group and fall under ``floor`` again, this
         reaches the pairs in between."""
         best, before = None, self.error()
+        payers = [h for h in range(len(self.curves)) if np.isfinite(self.removal_score(h)[0])]
         for g in restorable:
-            for h in range(len(self.curves)):
-                if h == g or not np.isfinite(self.removal_score(h)[0]):
+            for h in payers:
+                if h == g:
                     continue
                 snap = self.snapshot()
                 self._pay(g, h, budget)
