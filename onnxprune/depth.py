@@ -3,9 +3,9 @@
 A channel group is a removable branch when its channels fill every tensor they travel through, nothing but the
 group's own nodes reads those tensors, and each of its consumers writes only into a residual sum (a ResNet
 block's inner channels, a MobileNetV2 block's expansion). Keeping none of its channels then removes the whole
-branch: the producers and every node between disappear, and each consumer's output becomes a constant (its
-re-fitted bias, one value per output channel) that the residual Add broadcasts, so the sum is the shortcut plus
-that constant. A plain chain has no such group: no layer is removed that the graph cannot bypass.
+branch: the producers, every node between and the consumers disappear, and the residual Add passes its shortcut
+on alone (``onnxprune/rewrite/apply.py``). A plain chain has no such group: no layer is removed that the graph
+cannot bypass.
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def _removable(group: ChannelGroup, carried: list[tuple[str, bool]], landings, p
         return False
     if any(c.node not in landings or c.op not in BYPASSABLE_OPS for c in group.consumers):
         return False
+    if {landings[c.node].other for c in group.consumers} & {c.output for c in group.consumers}:
+        return False   # a sum of two of its own layers: no shortcut would be left to pass on
     whole = {t for t, fills in carried if fills}
     if len(whole) < len(carried) or whole & outputs:
         return False   # another group's channels share a tensor with these, or a graph output carries them
@@ -56,7 +58,7 @@ def _removable(group: ChannelGroup, carried: list[tuple[str, bool]], landings, p
         for node in readers.get(tensor, []):
             if (node.name, tensor) not in consumer_inputs and not all(o in whole for o in node.output if o):
                 return False   # read by something that stays
-    gone.update((c.node, producers_of[c.output]) for c in group.consumers)   # the consumers become constants
+    gone.update((c.node, producers_of[c.output]) for c in group.consumers)   # the consumers go too
     for node in gone.values():   # what the branch reads must stay read: removing it must not strand a layer
         for tensor in node.input:
             if tensor and tensor not in whole and tensor in producers_of and \
@@ -66,13 +68,13 @@ def _removable(group: ChannelGroup, carried: list[tuple[str, bool]], landings, p
 
 
 def bypassed(analysis: Analysis, kept: np.ndarray) -> list[Consumer]:
-    """The consumers ``kept`` leaves no input channel: the rewrite replaces each by a constant."""
+    """The consumers ``kept`` leaves no input channel: the last layers of removed branches."""
     return [c for c in analysis.consumers if not analysis.mask(c.input, kept).any()]
 
 
 def vanished(analysis: Analysis, kept: np.ndarray) -> set[str]:
-    """Consumer nodes that are not in the pruned graph as layers: those left no input channel (a constant
-    stands in for each) and those left no output channel (a removed branch's first layers)."""
+    """Consumer nodes that are not in the pruned graph as layers: those left no input channel (a removed branch's
+    last layers) and those left no output channel (its first layers)."""
     gone = {c.node for c in bypassed(analysis, kept)}
     return gone | {c.node for c in analysis.consumers
                    if c.output in analysis.layouts and not analysis.mask(c.output, kept).any()}

@@ -331,7 +331,7 @@ def _refit_groups(ranked: list[RankedGroup], kept: np.ndarray, analysis: Analysi
             if len(cols) == len(channel_of_column):
                 continue
             prob = ConsumerProblem(ctx.stats[cons.node].full.centred(), channel_of_column)
-            if not len(cols):   # a removed branch's last layer: its mean output
+            if not len(cols):   # a removed branch's last layer: the error of its mean output, which the re-fits after absorb
                 fit = refit(prob.stats, cols)
             elif ctx.settings.delta is None:
                 w0 = consumer_weight_matrix(ctx.nodes[cons.node], cons, ctx.weights)

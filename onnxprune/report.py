@@ -103,7 +103,7 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
         lines.append("")
     if report.removed:
         lines.append(f"removed {len(report.removed)} residual branch(es) whole (their layers are gone; each residual "
-                     "Add keeps its shortcut plus a constant; --no-depth keeps every branch): "
+                     "Add passes its shortcut on alone; --no-depth keeps every branch): "
                      + ", ".join(g.name for g in report.removed))
         lines.append("")
     rows = [("parameters", *report.params), ("multiply-adds", *report.flops), ("file size (bytes)", *report.file_size)]

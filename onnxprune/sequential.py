@@ -118,9 +118,8 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     """
     landings = landings or {}
     gone = vanished(analysis, plan.kept)   # removed branches: no layer of theirs is re-fitted
-    constants = {c: plan.refits[c] for c in gone if c in plan.refits}   # their last layers' outputs
     outputs = {c.node: c.output for c in consumers}
-    removed = {outputs[n] for n in gone if n in outputs}   # a removed branch's output: a constant now
+    removed = {outputs[n] for n in gone if n in outputs}   # a removed branch's output: its Add passes the shortcut on
     plan_stages = _Stages(model, [c for c in consumers if c.node not in gone],
                           {n: r for n, r in landings.items() if r.other not in removed}, settings.guides)
     original = plan_stages.original_segments(model, seeded)
@@ -131,7 +130,7 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
             seeded = None
             store.clear()
             original = plan_stages.original_segments(model)
-    current = apply_plan(model, analysis, PrunePlan(plan.kept, constants, []), shapes=False)  # re-fits per stage
+    current = apply_plan(model, analysis, PrunePlan(plan.kept, {}, []), shapes=False)  # re-fits per stage
     specs = weight_specs(model, analysis)
     segments = {ORIGINAL: original, PRUNED: schedule(current, plan_stages.wanted[PRUNED])}
     types = element_types(model)   # pruning changes no element type: one map serves both networks
@@ -139,7 +138,7 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
     w_arrays = {c.weight: numpy_helper.to_array(inits[c.weight]) for c in consumers}
-    refits: dict[str, Refit] = dict(constants)
+    refits: dict[str, Refit] = {c: plan.refits[c] for c in gone if c in plan.refits}   # their errors, for the report
     own = store is None
     store = FrontierStore() if own else store
     try:

@@ -54,10 +54,11 @@ def test_only_residual_branches_are_removable(path):
 
 
 def _zeroed_branch(model: onnx.ModelProto, consumers) -> onnx.ModelProto:
-    """The model with these consumers' weights set to zero: what a removed branch computes."""
+    """The model with these consumers' weights and biases set to zero: what a removed branch adds to its sum."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    names = {c.weight for c in consumers}
+    nodes = {n.name: n for n in model.graph.node}
+    names = {c.weight for c in consumers} | {nodes[c.node].input[2] for c in consumers if len(nodes[c.node].input) > 2}
     for init in out.graph.initializer:
         if init.name in names:
             init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
@@ -65,7 +66,9 @@ def _zeroed_branch(model: onnx.ModelProto, consumers) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("arch", sorted(REMOVABLE))
-def test_removed_branch_leaves_a_valid_graph_that_adds_the_constant(arch):
+def test_removed_branch_leaves_a_valid_graph_that_passes_the_shortcut_on(arch):
+    """The branch's nodes, its residual Add and a ReLU after it on a rectified shortcut are gone; between re-fit
+    stages (``shapes=False``) the Add and that ReLU stay as Identities, so every remaining tensor keeps its name."""
     model, analysis = _load(arch)
     group = analysis.groups[min(removable_groups(model, analysis))]
     kept = np.ones(analysis.n_classes, dtype=bool)
@@ -74,6 +77,11 @@ def test_removed_branch_leaves_a_valid_graph_that_adds_the_constant(arch):
     onnx.checker.check_model(pruned, full_check=True)
     names = {n.name for n in pruned.graph.node}
     assert not names & {*group.producers, *(c.node for c in group.consumers)}
+    ops = [n.op_type for n in pruned.graph.node]
+    assert "Identity" not in ops and ops.count("Add") == [n.op_type for n in model.graph.node].count("Add") - 1
+    staged = apply_plan(model, analysis, PrunePlan(kept, {}, []), shapes=False)
+    assert sum(n.op_type == "Identity" for n in staged.graph.node) == {"resnet_basic": 2, "mobilenet_v2": 1}[arch]
+    assert {t for n in staged.graph.node for t in n.output} <= {t for n in model.graph.node for t in n.output}
     assert vanished(analysis, kept) >= {c.node for c in group.consumers}
     assert [i.name for i in real_inputs(pruned)] == [i.name for i in real_inputs(model)]
     assert [o.name for o in pruned.graph.output] == [o.name for o in model.graph.output]
@@ -81,8 +89,9 @@ def test_removed_branch_leaves_a_valid_graph_that_adds_the_constant(arch):
     feed = _feed(arch)
     expected = run_model(_zeroed_branch(model, bypassed(analysis, kept)), feed)
     got = run_model(pruned, feed)
-    for e, g in zip(expected, got):
+    for e, g, s in zip(expected, got, run_model(staged, feed)):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(s, e, rtol=1e-4, atol=1e-5)
 
 
 def test_allocation_removes_a_branch_whole_when_that_costs_least():
@@ -152,7 +161,7 @@ def test_analyze_marks_removable_branches():
 
 
 def test_a_block_with_a_projection_shortcut_can_go(tmp_path):
-    """The shortcut's re-fit no longer targets the sum minus a branch that is now a constant."""
+    """The shortcut's re-fit no longer targets the sum minus a branch that is gone."""
     out, report = tmp_path / "p.onnx", tmp_path / "r.json"
     result = CliRunner().invoke(cli, ["compress", str(ZOO / "resnet_basic.ts.onnx"), "--data",
                                       str(ZOO / "resnet_basic.npz"), "--target-flops", "0.1", "--depth",
@@ -164,3 +173,44 @@ def test_a_block_with_a_projection_shortcut_can_go(tmp_path):
     onnx.checker.check_model(pruned, full_check=True)
     assert "/2/short/short.0/Conv" in {n.name for n in pruned.graph.node}
     assert all(np.isfinite(o).all() for o in run_model(pruned, _feed("resnet_basic")))
+
+
+def _two_branch_sum(shortcut: bool) -> onnx.ModelProto:
+    """x → conv0 → Relu → (convA + convB) [+ x] → Relu → GAP → Gemm: convA and convB read the same inner channels."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+
+    def w(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    inits = [w("w0", 8, 4, 3, 3), w("wa", 4, 8, 3, 3), w("wb", 4, 8, 1, 1), w("fc", 3, 4)]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h0"], "conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h0"], ["r0"], "relu0"),
+             helper.make_node("Conv", ["r0", "wa"], ["a"], "convA", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["r0", "wb"], ["b"], "convB"),
+             helper.make_node("Add", ["a", "b"], ["s"], "add")]
+    last = "s"
+    if shortcut:
+        nodes.append(helper.make_node("Add", ["s", "x"], ["t"], "add2"))
+        last = "t"
+    nodes += [helper.make_node("Relu", [last], ["r1"], "relu1"),
+              helper.make_node("GlobalAveragePool", ["r1"], ["p"], "gap"),
+              helper.make_node("Flatten", ["p"], ["f"], "flat"),
+              helper.make_node("Gemm", ["f", "fc"], ["y"], "fc", transB=1)]
+    graph = helper.make_graph(nodes, "two_branch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_sum_of_two_layers_of_one_group_is_no_removable_branch():
+    """Both inputs of the Add come from the inner group's own consumers: removing it would leave no shortcut to pass
+    on, so it is not a branch (a block of two such layers whose sum has a shortcut is not one either: the
+    landing's other input is the branch's own layer)."""
+    for shortcut in (False, True):
+        model = normalise(_two_branch_sum(shortcut))
+        onnx.checker.check_model(model, full_check=True)
+        analysis = find_groups(model)
+        inner = next(g for g in analysis.groups if g.prunable and "conv0" in g.producers)
+        assert {c.node for c in inner.consumers} == {"convA", "convB"}
+        assert inner.id not in removable_groups(model, analysis)
