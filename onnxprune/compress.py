@@ -218,7 +218,8 @@ _DOING = {"load": "loading the model and data", "analyse": "analysing the graph"
           "output reach": "measuring each group's reach to the outputs", "save": "saving the model", "bench": "benchmarking",
           "check latency": "timing the pruned model against the original"}
 # --target-latency: re-prunes after the measured check (at most), the measured shortfall below the target worth one
-# (unless the noise is larger), and the kept share of multiply-adds below which it warns
+# (unless the noise is larger) and the least step between the budgets tried, and the kept share of multiply-adds
+# below which it warns
 RETRIES = 2
 NEAR = 0.02
 COLLAPSE = 0.25
@@ -508,6 +509,8 @@ def meet_measured_latency(first: tuple, budget: float, wanted: float, floor: flo
         tried.append((budget, check, result))
         meets = check.ratio <= wanted + check.noise
         following = next_budget([(b, c.ratio) for b, c, _ in tried], wanted)
+        if not meets:   # a miss beyond the noise, however small, is worth a try at least NEAR tighter
+            following = min(following, budget - NEAR)
         if (len(tried) > RETRIES or (meets and check.ratio >= wanted - max(check.noise, NEAR))
                 or not floor <= following <= 1.0 or any(abs(following - b) < NEAR for b, _, _ in tried)):
             break

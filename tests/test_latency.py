@@ -354,6 +354,20 @@ def test_a_measured_miss_prunes_again_with_a_tighter_budget(tmp_path, monkeypatc
     assert doc["latency"]["measured_ratio"] == 0.79
 
 
+def test_a_small_miss_beyond_the_noise_prunes_again(tmp_path, monkeypatch):
+    """0.815 ± 0.01 for 0.8: the scaled budget (0.785) is within NEAR of the first, so the retry goes NEAR tighter
+    instead of stopping with a miss."""
+    import onnxprune.compress as compress_module
+
+    measured = iter([0.815, 0.78])
+    monkeypatch.setattr(compress_module, "check_latency",
+                        lambda *a, **kw: (lambda r: LatencyCheck(10.0, 10.0 * r, r, 0.01))(next(measured)))
+    result, doc = _latency_run(tmp_path, monkeypatch)
+    assert doc["latency"]["budget"] == pytest.approx(0.8 - compress_module.NEAR, abs=1e-3)
+    assert doc["latency"]["measured_ratio"] == 0.78
+    assert not [n for n in doc["notes"] if "missed" in n]
+
+
 def test_a_pruning_far_below_the_target_is_loosened_and_the_closest_one_that_meets_it_kept(tmp_path, monkeypatch):
     import onnxprune.compress as compress_module
 
