@@ -222,6 +222,7 @@ _DOING = {"load": "loading the model and data", "analyse": "analysing the graph"
 # below which it warns
 RETRIES = 2
 NEAR = 0.02
+_ROUND_OFF = 1e-9   # a budget NEAR tighter than the last one is NEAR from it, whatever float subtraction gives
 COLLAPSE = 0.25
 NOISY = 0.1   # noise of a measured latency ratio above which the summary says the timings cannot be trusted
 
@@ -512,7 +513,8 @@ def meet_measured_latency(first: tuple, budget: float, wanted: float, floor: flo
         if not meets:   # a miss beyond the noise, however small, is worth a try at least NEAR tighter
             following = min(following, budget - NEAR)
         if (len(tried) > RETRIES or (meets and check.ratio >= wanted - max(check.noise, NEAR))
-                or not floor <= following <= 1.0 or any(abs(following - b) < NEAR for b, _, _ in tried)):
+                or not floor <= following <= 1.0
+                or any(abs(following - b) < NEAR - _ROUND_OFF for b, _, _ in tried)):
             break
         budget, result = following, prune_at(following)
     meeting = [t for t in tried if t[1].ratio <= wanted + t[1].noise]

@@ -368,6 +368,18 @@ def test_a_small_miss_beyond_the_noise_prunes_again(tmp_path, monkeypatch):
     assert not [n for n in doc["notes"] if "missed" in n]
 
 
+def test_a_small_miss_steps_tighter_whatever_the_float_round_off():
+    """0.25 - 0.02 lies a hair under 0.02 from 0.25 in floating point: the tighter try must still be made."""
+    from onnxprune.compress import NEAR, meet_measured_latency
+
+    measured = {0.25: 0.26, round(0.25 - NEAR, 9): 0.24}
+    budget, check, _ = meet_measured_latency(
+        (None, 0.25), 0.25, 0.25, 0.05,
+        lambda model: LatencyCheck(10.0, 10.0 * measured[model], measured[model], 0.005),
+        lambda b: (None, round(b, 9)), [])
+    assert budget == pytest.approx(0.25 - NEAR) and check.ratio == 0.24
+
+
 def test_a_pruning_far_below_the_target_is_loosened_and_the_closest_one_that_meets_it_kept(tmp_path, monkeypatch):
     import onnxprune.compress as compress_module
 

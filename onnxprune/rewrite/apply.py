@@ -34,7 +34,7 @@ class _Rewriter:
         self.inits = {i.name: i for i in self.model.graph.initializer}
         self.taken = set(self.inits) | {t for n in self.model.graph.node for t in list(n.input) + list(n.output)}
         self.weights = weights
-        self.identities: list[str] = []   # nodes made pass-throughs by remove_branches
+        self.identities: set[str] = set()   # nodes made pass-throughs by remove_branches
 
     # ---- helpers ------------------------------------------------------------------------------
     def mask(self, tensor: str) -> np.ndarray:
@@ -91,7 +91,7 @@ class _Rewriter:
         CPU provider would add such a constant outside its blocked layout, with reorders around it (ResNet-56 with 7
         branches removed, batch 64: 0.55 of the original's latency instead of 0.59; top-1 the same on the plans
         compared, README "Removing whole blocks")."""
-        gone = [c.node for c in bypassed(self.analysis, self.plan.kept)]
+        gone = dict.fromkeys(c.node for c in bypassed(self.analysis, self.plan.kept))   # ordered, and a set
         if not gone:
             return
         readers = tensor_readers(self.model)
@@ -110,7 +110,7 @@ class _Rewriter:
             if len(after) == 1 and after[0].op_type == "Relu" and rectified(shortcut):
                 self.pass_through(after[0], add.output[0])
         empty = {t for t in self.analysis.layouts if not self.mask(t).any()}
-        keep = [n for n in self.model.graph.node if n.name not in set(gone) and
+        keep = [n for n in self.model.graph.node if n.name not in gone and
                 not all(o in empty for o in n.output if o)]
         del self.model.graph.node[:]
         self.model.graph.node.extend(keep)
@@ -121,7 +121,7 @@ class _Rewriter:
         node.op_type, node.domain = "Identity", ""
         del node.input[:], node.attribute[:]
         node.input.append(tensor)
-        self.identities.append(node.name)
+        self.identities.add(node.name)
 
     def skip_identities(self) -> None:
         """Take the pass-throughs of :meth:`remove_branches` out of the graph: their readers read what they pass
