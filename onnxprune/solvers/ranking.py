@@ -6,6 +6,15 @@ import numpy as np
 from .entropic import ConsumerProblem, check_channels, fit_entropic
 
 METHODS = ("entropic", "l1", "l2", "random", "activation")
+# The entropic ranking's rounds. Where some consumer reads at least ``EXTRAPOLATE_FROM`` columns (a round's Λ-step
+# costs: its float32 Cholesky is most of a solve stage), each round after the first few starts from w extrapolated
+# half a step further along the last one in log w (:func:`fit_entropic`), and 25 rounds end within 0.1 % of 50 plain
+# rounds' loss (lower in most groups), 0.2 % of the pairs at a top-k boundary swapped (the YOLOv8n layout detector's
+# 43 groups, EfficientNet-Lite0's 24), in 0.55 of the time. Narrower groups keep 50 plain rounds: they cost little,
+# and their rankings stay those of the plain alternation (which extrapolating changed on 6 of the 15 zoo models).
+# The ranking settles before the loss does, but not in a few rounds: 30 plain rounds at tol 1e-4 cost 0.8 points of
+# top-1 on the CIFAR tutorial CNN against 50.
+ROUNDS, EXTRAPOLATED_ROUNDS, EXTRAPOLATION, EXTRAPOLATE_FROM = 50, 25, 0.5, 512
 
 
 def _per_channel(problems: list[ConsumerProblem], n_channels: int, column_scores: list[np.ndarray]) -> np.ndarray:
@@ -39,19 +48,26 @@ def rank_channels(
     seed: int = 0,
     rho: float = 1.0,
     tau: float = 1e-3,
-    max_iter: int = 50,
+    max_iter: int | None = None,
+    extrapolate: float | None = None,
 ) -> np.ndarray:
     """Score every channel of a group (D,), higher = more important.
 
-    "entropic": w of :func:`fit_entropic` (at most ``max_iter`` rounds: the ranking settles before the
-    loss does; 30 rounds at tol 1e-4 cost 0.8 points on the CIFAR tutorial CNN); "l1"/"l2": norm of the channel's weight columns, summed
+    "entropic": w of :func:`fit_entropic` (at most ``max_iter`` rounds, extrapolated by ``extrapolate``; by default
+    as ``ROUNDS`` says); "l1"/"l2": norm of the channel's weight columns, summed
     over consumers; "random": seeded uniform; "activation" (Wanda-like): Σ |W[:, col]|·RMS(x_col).
     ``weights[j]`` is consumer j's (M_j, p_j) weight matrix in the column order of its statistics.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown ranking method {method!r}; choose one of {METHODS}.")
     if method == "entropic":
-        return fit_entropic(problems, n_channels, rho=rho, tau=tau, max_iter=max_iter, tol=1e-6).w
+        wide = max(pr.stats.n_features for pr in problems) >= EXTRAPOLATE_FROM
+        if extrapolate is None:
+            extrapolate = EXTRAPOLATION if wide else 0.0
+        if max_iter is None:
+            max_iter = EXTRAPOLATED_ROUNDS if extrapolate else ROUNDS
+        return fit_entropic(problems, n_channels, rho=rho, tau=tau, max_iter=max_iter, tol=1e-6,
+                            extrapolate=extrapolate).w
     if method == "random":
         return np.random.default_rng(seed).random(n_channels)
     weights = _check_weights(problems, weights, method)

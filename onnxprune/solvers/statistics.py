@@ -21,6 +21,8 @@ from . import backend
 
 _SUMS = ("T", "sx", "sy", "q")
 _BLOCK = 2048  # rows or columns per block of the Gram-sized updates done in place
+_CACHE_BLOCK = 128  # rows or columns per block of the element-wise passes over a Gram matrix (a block and its
+# transpose stay in cache: centring a 2 304-column Gram matrix 123 → 28 ms, the same bytes)
 _WHOLE_GRAM = 8192  # up to this many columns (512 MB) a batch's Gram matrix is added whole
 _ROW_DIVISOR = 4  # rows are kept while T ≤ p / _ROW_DIVISOR
 # columns up to which a solver may form G = FᵀF from kept rows (128 MB) where that is cheaper: the ranking's held FᵀF
@@ -136,7 +138,7 @@ def _without_rows(X: np.ndarray, Y: np.ndarray, Xo: np.ndarray, Yo: np.ndarray) 
 
 def _subtract_outer(A: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
     """A −= u vᵀ in place, a block of rows at a time."""
-    step = max(1, _BLOCK * _BLOCK // max(A.shape[1], 1))
+    step = max(1, 8 * _CACHE_BLOCK * _CACHE_BLOCK // max(A.shape[1], 1))
     for start in range(0, A.shape[0], step):
         A[start:start + step] -= np.outer(u[start:start + step], v)
 
@@ -144,11 +146,12 @@ def _subtract_outer(A: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
 def _symmetrise(A: np.ndarray) -> None:
     """A ← (A + Aᵀ)/2 in place, block by block (each element is the same (a_ij + a_ji)/2 as done whole)."""
     n = A.shape[0]
-    for i in range(0, n, _BLOCK):
-        for j in range(i, n, _BLOCK):
-            block = 0.5 * (A[i:i + _BLOCK, j:j + _BLOCK] + A[j:j + _BLOCK, i:i + _BLOCK].T)
-            A[i:i + _BLOCK, j:j + _BLOCK] = block
-            A[j:j + _BLOCK, i:i + _BLOCK] = block.T
+    b = _CACHE_BLOCK
+    for i in range(0, n, b):
+        for j in range(i, n, b):
+            block = 0.5 * (A[i:i + b, j:j + b] + A[j:j + b, i:i + b].T)
+            A[i:i + b, j:j + b] = block
+            A[j:j + b, i:i + b] = block.T
 
 
 class LinearStatistics:
