@@ -20,7 +20,7 @@ import scipy.special
 
 from . import backend, lowrank, statistics
 from .refit import Refit, cholesky_jittered, columns_of, refit
-from .statistics import CentredStatistics
+from .statistics import CentredStatistics, submatrix
 from .ties import decreasing
 
 W_STEPS = ("both", "lambda", "w")
@@ -333,7 +333,7 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
         gram, cross = term.gram, term.cross
         term.active = None
     else:  # rows and columns of s = 0 hold ε_Λ I alone: their Λ rows are 0, the others solve on their own
-        gram, cross, s = _submatrix(term.gram, active, active), term.cross[active], s[active]
+        gram, cross, s = submatrix(term.gram, active, active), term.cross[active], s[active]
         term.active = (active, gram)   # for the coupling of this Λ
     if term.kernel is not None:
         return _outer_step(term, gram, s, active)
@@ -343,9 +343,9 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
         rhs = _ridge_solve(gram, s, rhs, term)
     else:  # first order in the faint columns' scales: the others solve alone, the faint rows follow from them
         strong, faint = np.flatnonzero(~faint), np.flatnonzero(faint)
-        solved = _ridge_solve(_submatrix(gram, strong, strong), s[strong], rhs[strong], term)
+        solved = _ridge_solve(submatrix(gram, strong, strong), s[strong], rhs[strong], term)
         scaled = s[strong].astype(solved.dtype)[:, None] * solved
-        rhs[faint] -= s[faint].astype(rhs.dtype)[:, None] * (_submatrix(gram, faint, strong) @ scaled)
+        rhs[faint] -= s[faint].astype(rhs.dtype)[:, None] * (submatrix(gram, faint, strong) @ scaled)
         rhs[faint] /= rhs.dtype.type(term.eps_lambda)
         rhs[strong] = solved
     if s.size == term.channels.size:
@@ -358,11 +358,6 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
 def _step_dtype(p: int) -> type:
     """The float type of a Λ-step over ``p`` columns: float32 from ``_SINGLE_FROM`` on."""
     return np.float32 if p >= _SINGLE_FROM else np.float64
-
-
-def _submatrix(M: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """M[rows][:, columns] for index arrays: whole rows copied first, 2.5× faster than ``np.ix_`` (2 304 columns)."""
-    return M.take(rows, axis=0).take(columns, axis=1)
 
 
 def _faint(s: np.ndarray, gram: np.ndarray, eps_lambda: float) -> np.ndarray | None:
@@ -387,7 +382,7 @@ def _outer_step(term: _Term, gram: np.ndarray, s: np.ndarray, active: np.ndarray
     """The Λ-step of a consumer carried as ΛᵀΛ: with H = S G S + ε_Λ I and K = C Cᵀ, Y = H⁻¹ S K gives
     (C ∘ Λᵀ)1 = diag(Y) and ΛᵀΛ = H⁻¹ S K S H⁻¹ = (H⁻¹ S Yᵀ)ᵀ, two solves with p right-hand sides instead of M."""
     p = term.channels.size
-    kernel = term.kernel if active.size == p else _submatrix(term.kernel, active, active)
+    kernel = term.kernel if active.size == p else submatrix(term.kernel, active, active)
     factor, scale = _ridge_factor(gram, s, term), s.astype(gram.dtype)   # w on the simplex: some s > 0
     Y = backend.cho_solve(factor, scale[:, None] * kernel)
     outer_active = backend.cho_solve(factor, scale[:, None] * Y.T).T

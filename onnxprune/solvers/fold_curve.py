@@ -12,7 +12,7 @@ import numpy as np
 import scipy.linalg
 
 from onnxprune.solvers.refit import prefix_columns, prefix_factor
-from onnxprune.solvers.statistics import CentredStatistics
+from onnxprune.solvers.statistics import CentredStatistics, submatrix
 
 CURVE_FOLD_COLUMNS = 2048   # the widest consumer whose error curve comes from its folds (memory and time: ~5 p³)
 
@@ -32,7 +32,7 @@ def _fold_errors(train: CentredStatistics, test: CentredStatistics, perm: np.nda
         return scipy.linalg.solve_triangular(L, B, lower=True, check_finite=False)
 
     Z = solve(train.C[perm])
-    P = solve(solve(test.G[np.ix_(perm, perm)]).T)   # L⁻¹ G_test L⁻ᵀ
+    P = solve(solve(submatrix(test.G, perm, perm)).T)   # L⁻¹ G_test L⁻ᵀ
     H = (Z @ Z.T) * P
     quad = np.concatenate(([0.0], np.cumsum(2.0 * np.tril(H, -1).sum(axis=1) + np.diagonal(H))))
     cross = np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, solve(test.C[perm])))))

@@ -183,7 +183,7 @@ def prefix_factor(stats: CentredStatistics, perm: np.ndarray, ridge: float) -> n
     """Lower Cholesky factor of G + ``ridge``·I with rows and columns in the order ``perm``: its leading blocks
     factor every prefix of ``perm``."""
     def permuted() -> np.ndarray:
-        H = stats.G[np.ix_(perm, perm)]
+        H = statistics.submatrix(stats.G, perm, perm)
         H.flat[:: perm.size + 1] += ridge
         return H
 
