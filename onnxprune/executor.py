@@ -122,6 +122,7 @@ class PoolExecutor(Executor):
         _POOL_WORK = (fn, context, max(cpu_cores() // workers, 1), items)   # inherited by the forked workers
         results: list = [None] * len(items)
         self.last_seconds = [0.0] * len(items)
+        return_free_heap()
         pool = multiprocessing.get_context("fork").Pool(workers, initializer=_pool_worker_start)
         try:
             for i, value, seconds in pool.imap_unordered(_pool_task, range(len(items))):
@@ -136,6 +137,28 @@ class PoolExecutor(Executor):
             pool.terminate()
             pool.join()
         return results
+
+
+def return_free_heap() -> bool:
+    """Hand the memory this process has freed but still holds back to the system (glibc's ``malloc_trim``), as
+    before forking workers; False where there is no glibc.
+
+    After calibration the heap keeps the freed batches' pages; forked workers then serve their Gram-sized
+    temporaries from that inherited heap, the parent's pages shared copy-on-write. The YOLOv8n layout detector's 43
+    ranking jobs took 19.5–22 s of worker time inside compress against 15.5 s forked from a small process, and
+    16.5–17.0 s with the heap trimmed first (solve stage 10.1–11.5 → 8.6–8.8 s); the results are the same bytes."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return False
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 _POOL_WORK: tuple | None = None   # (fn, context, BLAS threads, items) of the PoolExecutor map being run

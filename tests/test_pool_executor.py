@@ -50,6 +50,27 @@ def test_a_worker_error_is_raised_here():
         PoolExecutor(workers=2).map(_fails, list(range(6)))
 
 
+def test_the_heap_goes_back_to_the_system_before_the_fork(monkeypatch):
+    """Freed memory is trimmed once per map, before the workers fork (they would otherwise grow their temporaries
+    in the inherited heap); a map that runs here trims nothing."""
+    calls = []
+    monkeypatch.setattr("onnxprune.executor.return_free_heap", lambda: calls.append(os.getpid()) or True)
+    PoolExecutor(workers=2).map(_square_and_pid, list(range(4)), context=0)
+    assert calls == [os.getpid()]
+    PoolExecutor(workers=2).map(_square_and_pid, [1], context=0)
+    assert calls == [os.getpid()]
+
+
+def test_returning_the_free_heap_works_with_glibc():
+    import platform
+
+    from onnxprune.executor import return_free_heap
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert return_free_heap() is True
+
+
 def test_one_item_runs_here():
     assert PoolExecutor(workers=2).map(_square_and_pid, [3], context=0) == [(9, os.getpid())]
 
