@@ -143,10 +143,11 @@ def return_free_heap() -> bool:
     """Hand the memory this process has freed but still holds back to the system (glibc's ``malloc_trim``), as
     before forking workers; False where there is no glibc.
 
-    After calibration the heap keeps the freed batches' pages; forked workers then serve their Gram-sized
-    temporaries from that inherited heap, the parent's pages shared copy-on-write. The YOLOv8n layout detector's 43
-    ranking jobs took 19.5–22 s of worker time inside compress against 15.5 s forked from a small process, and
-    16.5–17.0 s with the heap trimmed first (solve stage 10.1–11.5 → 8.6–8.8 s); the results are the same bytes."""
+    After calibration the heap keeps the freed batches' pages, and forked workers serve their Gram-sized temporaries
+    from that inherited heap (most likely paying a copy-on-write fault per page; measured, not traced). The YOLOv8n
+    layout detector's 43 ranking jobs took 19.5–22 s of worker time inside compress against 15.5 s forked from a
+    small process, and 16.5–17.0 s with the heap trimmed first (solve stage 10.1–11.5 → 8.6–8.8 s); the results are
+    the same bytes."""
     import ctypes
     import ctypes.util
 
