@@ -354,7 +354,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             ranked = calibrate_curves(ranked, gains)
         notes.append(f"allocation weighs groups by their measured reach to the outputs ({len(gains)} groups cut to "
                      f"half alone, on {len(sample)} samples), not by their layer errors alone")
-    means = {}   # what a removed branch's last layers output (the error-correcting pass re-fits the rest)
+    means = {}   # a removed branch's last layers' no-column re-fits: their errors for the report
     if error_correct:
         means = output_means(model, analysis, stats, allocation) if ranked else {}
         stats = {}  # the error-correcting pass collects its own; free the first pass's Gram matrices

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
-from onnxprune.residual import residual_landings, tensor_readers
+from onnxprune.residual import residual_landings, tensor_producers, tensor_readers
 
 BYPASSABLE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 
@@ -22,7 +22,7 @@ def removable_groups(model: onnx.ModelProto, analysis: Analysis) -> set[int]:
     """Ids of the prunable groups whose whole branch can be removed (module docstring)."""
     landings = {node: landing for node, landing in residual_landings(model, analysis, analysis.consumers).items()
                 if landing.scale is None}   # through a BatchNormalization: not measured as a removable branch
-    producers_of = {t: n for n in model.graph.node for t in n.output}
+    producers_of = tensor_producers(model)
     readers = tensor_readers(model)
     group_of = np.full(analysis.n_classes, -1)
     for g in analysis.groups:

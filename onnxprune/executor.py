@@ -13,6 +13,7 @@ computes the same result: tasks are pure functions of their arguments.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import socket
@@ -148,18 +149,24 @@ def return_free_heap() -> bool:
     layout detector's 43 ranking jobs took 19.5–22 s of worker time inside compress against 15.5 s forked from a
     small process, and 16.5–17.0 s with the heap trimmed first (solve stage 10.1–11.5 → 8.6–8.8 s); the results are
     the same bytes."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """The C library, looked up once (``find_library`` runs ``ldconfig``), or None."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
+        return ctypes.CDLL(name) if name else None
     except OSError:
-        return False
-    if libc is None or not hasattr(libc, "malloc_trim"):
-        return False
-    libc.malloc_trim(0)
-    return True
+        return None
 
 
 _POOL_WORK: tuple | None = None   # (fn, context, BLAS threads, items) of the PoolExecutor map being run

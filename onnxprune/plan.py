@@ -210,8 +210,8 @@ def solve(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, Consum
 def output_means(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, ConsumerStats],
                  allocation: AllocationSettings) -> dict[str, Refit]:
     """The re-fits with no input column (each its output's mean on the calibration data) of the consumers of
-    every group the allocation may remove whole: what the rewrite installs for a removed branch's last layers.
-    The error-correcting pass takes them before it frees the first pass's statistics."""
+    every group the allocation may remove whole: a removed branch's last layers' errors in the report (the rewrite
+    installs nothing for them: the Add passes its shortcut on). Taken before the first pass's statistics are freed."""
     empty = np.zeros(0, dtype=np.intp)
     removable = allocation.removable(model, analysis)
     return {c.node: refit(stats[c.node].full.centred(), empty)

@@ -27,6 +27,11 @@ from onnx import numpy_helper
 from onnxprune.analysis.model import Analysis, Consumer
 
 
+def tensor_producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """The node that writes each (named) tensor."""
+    return {t: n for n in model.graph.node for t in n.output if t}
+
+
 def tensor_readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     """The nodes that read each tensor (each node once per tensor)."""
     readers: dict[str, list[onnx.NodeProto]] = {}

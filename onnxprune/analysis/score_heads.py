@@ -27,7 +27,7 @@ import onnx
 
 from onnxprune.analysis.model import Analysis, Consumer
 from onnxprune.analysis.propagate import attr
-from onnxprune.residual import tensor_readers
+from onnxprune.residual import tensor_producers, tensor_readers
 
 _LINEAR = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _SAME_CHANNELS = frozenset({"Identity", "Cast", "Relu", "Clip"})
@@ -44,7 +44,7 @@ Range = tuple[int, int]   # channels [start, stop) of a tensor's axis 1
 def score_guides(model: onnx.ModelProto, analysis: Analysis, consumers: Sequence[Consumer]) -> dict[str, str]:
     """Consumer node name → the score map (tensor name) that guides its positions, for ``consumers`` that have one."""
     readers = tensor_readers(model)
-    producer = {t: n for n in model.graph.node for t in n.output if t}
+    producer = tensor_producers(model)
     constants = {i.name for i in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
     shapes = analysis.shapes

@@ -15,7 +15,7 @@ from onnxprune.depth import bypassed, vanished
 from onnxprune.graph.io import model_inputs
 from onnxprune.graph.normalise import opset_of, set_graph_inputs
 from onnxprune.plan import PrunePlan
-from onnxprune.residual import tensor_readers
+from onnxprune.residual import tensor_producers, tensor_readers
 from onnxprune.solvers import Refit
 
 
@@ -95,7 +95,7 @@ class _Rewriter:
         if not gone:
             return
         readers = tensor_readers(self.model)
-        producers = {t: n for n in self.model.graph.node for t in n.output}
+        producers = tensor_producers(self.model)
 
         def rectified(tensor: str) -> bool:
             node = producers.get(tensor)
