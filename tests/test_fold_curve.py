@@ -81,3 +81,15 @@ def test_layers_with_few_rows_keep_folds_up_to_the_curve_width(columns, kept):
     assert (ConsumerStats.for_rows(X, Y, 10, CURVE_FOLD_COLUMNS).odd is not None) is kept
     assert ConsumerStats.for_rows(X, Y, 10).odd is not None         # every width: the re-fits of --independent
     assert ConsumerStats.for_rows(X, Y, 10 * columns).odd is None   # enough rows per column: no folds
+
+
+def test_congruence_gives_the_lower_triangle_of_two_triangular_solves():
+    from scipy.linalg import cholesky, solve_triangular
+
+    from onnxprune.solvers.fold_curve import _congruence_lower
+
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((80, 40)), rng.standard_normal((60, 40))
+    L = cholesky(A.T @ A, lower=True)
+    expected = solve_triangular(L, solve_triangular(L, B.T @ B, lower=True).T, lower=True)
+    np.testing.assert_allclose(np.tril(_congruence_lower(L, B.T @ B)), np.tril(expected), rtol=1e-10, atol=1e-12)

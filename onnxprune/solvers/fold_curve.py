@@ -24,23 +24,35 @@ def _fold_errors(train: CentredStatistics, test: CentredStatistics, perm: np.nda
 
     With L the Cholesky factor of the permuted G_train + λI, every prefix's factor is L's leading block, so with
     Z = L⁻¹C_train the prefix re-fit is W_kᵀ = L_k⁻ᵀZ_k, and its test error c0 − 2tr(W_k C) + tr(W_k G W_kᵀ) (test
-    statistics, plus the shift between the two folds' means) takes cumulative sums over Z ∘ L⁻¹C_test and
-    ZZᵀ ∘ L⁻¹G_test L⁻ᵀ: one factorisation and two triangular solves of p columns for all prefixes."""
+    statistics, plus the shift between the two folds' means) takes cumulative sums over Z ∘ L⁻¹C_test and the lower
+    triangles of ZZᵀ ∘ L⁻¹G_test L⁻ᵀ: one factorisation and one congruence (:func:`_congruence_lower`) for all
+    prefixes."""
     L = prefix_factor(train, perm, delta * train.gram_trace() / train.n_features)
 
     def solve(B: np.ndarray) -> np.ndarray:
         return scipy.linalg.solve_triangular(L, B, lower=True, check_finite=False)
 
     Z = solve(train.C[perm])
-    P = solve(solve(submatrix(test.G, perm, perm)).T)   # L⁻¹ G_test L⁻ᵀ
-    H = (Z @ Z.T) * P
-    quad = np.concatenate(([0.0], np.cumsum(2.0 * np.tril(H, -1).sum(axis=1) + np.diagonal(H))))
+    P = _congruence_lower(L, submatrix(test.G, perm, perm))
+    syrk = scipy.linalg.get_blas_funcs("syrk", (Z,))
+    H = syrk(1.0, Z, lower=1) * P   # ZZᵀ ∘ P, lower triangle (syrk leaves the upper one 0)
+    quad = np.concatenate(([0.0], np.cumsum(2.0 * H.sum(axis=1) - np.diagonal(H))))
     cross = np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, solve(test.C[perm])))))
     shift = np.cumsum(solve((test.x_mean - train.x_mean)[perm])[:, None] * Z, axis=0)   # W_k (x̄_test − x̄_train)
     dy = test.y_mean - train.y_mean
     means = np.concatenate(([dy @ dy], np.einsum("im,im->i", dy - shift, dy - shift)))
     inside = train.c0 - np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, Z))))
     return (test.c0 - 2.0 * cross + quad + means)[n_cols], inside[n_cols]
+
+
+def _congruence_lower(L: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """L⁻¹GL⁻ᵀ in the lower triangle (the upper one is G's) for a lower triangular L and a symmetric G (which it
+    overwrites): LAPACK's sygst, half the work of two triangular solves."""
+    sygst = scipy.linalg.get_lapack_funcs("sygst", (G, L))
+    P, info = sygst(G.T, L, itype=1, lower=1, overwrite_a=1)   # G.T: the same symmetric matrix in Fortran order
+    if info != 0:
+        raise np.linalg.LinAlgError(f"sygst failed (info {info}).")
+    return P
 
 
 def fold_error_curve(folds: tuple[CentredStatistics, CentredStatistics], channel_of_column: np.ndarray,
