@@ -252,13 +252,16 @@ def _hadamard_block_sum(lt: np.ndarray, term: _Term, n_channels: int) -> np.ndar
 
     With a Conv's column layout (k consecutive columns per channel) only the lower triangle of ΛᵀΛ is
     formed (syrk, half the multiply-adds): its block sums L give the whole as L + Lᵀ − diag(the
-    diagonal blocks' diagonals), since every block below the diagonal lies wholly in that triangle.
+    diagonal blocks' diagonals), since every block below the diagonal lies wholly in that triangle. Rows of Λ that
+    the Λ-step left at 0 (channels at s = 0) drop out first, except with a column per channel while most are active.
     """
     if not term.layout:
         P = np.matmul(lt, lt.T, out=term.work)
         P *= term.gram
         return _block_sum(P, term.channels, n_channels)
     active, gram = term.active if term.active is not None else (None, term.gram)
+    if active is not None and term.layout == 1 and 3 * active.size >= 2 * term.channels.size:
+        active, gram = None, term.gram   # their zero rows cost less than scattering the product into D × D
     if active is not None:  # the Λ-step left out the channels at s = 0: their rows of Λ are 0
         lt = lt[active]
     syrk = scipy.linalg.get_blas_funcs("syrk", (lt,))
