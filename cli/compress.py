@@ -123,7 +123,8 @@ from onnxprune.runtime import cpu_cores
                    "reads --data; with --independent the files replace all calibration.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Keep the first-pass statistics in DIR, keyed by model, data, split and calibration options, "
-                   "so that another run (e.g. another target) skips the calibration pass.")
+                   "and the channel rankings made on them (keyed also by the solver options), so that another run "
+                   "(e.g. another target) skips the calibration pass and the solve.")
 @memory_budget_option
 @backend_option
 @click.option("--distil", "distil_epochs", type=click.IntRange(min=0), default=0, show_default=True, metavar="EPOCHS",

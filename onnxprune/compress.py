@@ -39,8 +39,9 @@ from onnxprune.graph.probe import onnx_to_numpy_dtype
 from onnxprune.latency import (ROUNDS, LatencyCheck, LatencyCost, LatencyTarget, check_latency, copies,
                                measure_latency, uniform_mask)
 from onnxprune.metrics import count_model
-from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, SolverSettings, Target, check_method,
-                            check_target, minimum_fraction, near_output_default, output_means, rank_groups, solve)
+from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, RankedGroup, SolverSettings, Target,
+                            check_method, check_target, minimum_fraction, near_output_default, output_means,
+                            rank_groups, ranking_identity, solve)
 from onnxprune.report import PruneReport
 from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
@@ -272,6 +273,21 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         return _compress(model_path, data_path, options, out_path, progress, write_unchanged, store)
 
 
+def _ranking_key(analysis: Analysis, options: CompressOptions) -> dict:
+    return ranking_identity(analysis, options.solver, options.backend.describe())
+
+
+def _cached_rankings(cache: StatsCache, first: FirstPass, analysis: Analysis, options: CompressOptions,
+                     notes: list[str]) -> list[RankedGroup] | None:
+    """The channel rankings an earlier run with ``cache`` made on the same statistics and settings (any target), in
+    group order, or None."""
+    stored = cache.get_rankings(first, _ranking_key(analysis, options), {g.id: g.size for g in analysis.groups})
+    if stored is None:
+        return None
+    notes.append("no solve: channel rankings from the cache")
+    return [RankedGroup(g, *stored[g.id]) for g in analysis.groups if g.id in stored]
+
+
 def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, options: CompressOptions,
               out_path: Path | None, progress: ProgressFactory, write_unchanged: bool,
               store: FrontierStore) -> CompressResult:
@@ -343,9 +359,14 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                 cache.put(first, partial)
             del partial  # its one node holds ``stats``: the error-correcting pass must be able to free them
     with _stage(log, "solve"):
-        with progress("solving", len(analysis.groups)) as bar:
-            ranked = rank_groups(model, analysis, stats, options.solver, bar.update,
-                                 executor if executor.remote else None) if not skip else []
+        ranked = _cached_rankings(cache, first, analysis, options, notes) if cache is not None and not skip else None
+        if ranked is None:
+            with progress("solving", len(analysis.groups)) as bar:
+                ranked = rank_groups(model, analysis, stats, options.solver, bar.update,
+                                     executor if executor.remote else None) if not skip else []
+            if cache is not None and not skip:
+                cache.put_rankings(first, _ranking_key(analysis, options),
+                                   {r.group.id: (r.scores, r.order, r.curve) for r in ranked})
     if options.allocate_by == "outputs" and ranked and options.target is not None:
         sample = (hold_idx if len(hold_idx) >= SAMPLES else calib_idx)[:SAMPLES]
         with _stage(log, "output reach"), progress("measuring output reach", len(ranked)) as bar:

@@ -1,7 +1,7 @@
 """Decide which channels to keep in every group and re-fit each consumer on what remains."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
@@ -260,6 +260,16 @@ def rank_groups(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, 
                                                on_done=(lambda _i, _r: progress(1)) if progress else None)
     by_job = dict(zip(first, results))
     return [RankedGroup(g, *by_job[k]) for k, (_, g) in enumerate(todo)]
+
+
+def ranking_identity(analysis: Analysis, settings: SolverSettings, backend: str) -> dict:
+    """What :func:`rank_groups` makes of given statistics depends on besides them (and the model): the solver
+    settings, the backend that factorises, each group's frozen channels and the onnxprune version (a key for cached
+    rankings; the target is not part of it)."""
+    from onnxprune import __version__
+
+    return {"solver": asdict(settings), "backend": backend, "version": __version__,
+            "frozen": [np.flatnonzero(g.frozen).tolist() for g in analysis.groups]}
 
 
 def _rank_task(context, job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

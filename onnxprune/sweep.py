@@ -1,8 +1,9 @@
 """Compress at several FLOPs targets, then measure fidelity and CPU latency of each: the trade-off to pick from.
 
-Each target is one ``compress`` call, calibration included: ``compress`` has no entry point that reuses statistics
-across targets, and its error-correcting re-fit depends on the channels kept. Targets run from the smallest up, so
-an unreachable target fails before any work. Latency is measured afterwards for the original and every pruned
+Each target is one ``compress`` call. They share a statistics cache (``--cache``: the options' own folder, else a
+temporary one), so that only the first calibrates and ranks the channels; every target still runs its own
+error-correcting re-fit, which depends on the channels kept. Targets run from the smallest up, so an unreachable
+target fails before any work. Latency is measured afterwards for the original and every pruned
 model together, with ``benchmark_models`` (one fresh process per model).
 """
 from __future__ import annotations
@@ -148,6 +149,8 @@ def sweep(model_path: str | os.PathLike, data_path: str | os.PathLike, targets: 
     say = log or (lambda _line: None)
     with tempfile.TemporaryDirectory(prefix="onnxprune-sweep-") as tmp, contextlib.ExitStack() as written:
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
+        if options.cache_dir is None and not options.stats_files:   # one calibration pass and ranking for all targets
+            options = dataclasses.replace(options, cache_dir=Path(tmp) / "cache")
         outputs = [check_output_path(folder / pruned_name(model_path, t), model_path, force=force) for t in fractions]
         points = []
         for i, (fraction, output) in enumerate(zip(fractions, outputs)):

@@ -1,4 +1,5 @@
-"""Reusable first-pass statistics: ``calibrate --shard K/N``, ``compress --stats`` and ``compress --cache``."""
+"""Reusable first-pass statistics: ``calibrate --shard K/N``, ``compress --stats`` and ``compress --cache`` (with the
+channel rankings made on them), and ``sweep``, which shares one cache between its targets."""
 from __future__ import annotations
 
 import shutil
@@ -13,7 +14,8 @@ from onnxprune.calibration.collect import CalibrationSettings, merge_blocks
 from onnxprune.calibration.store import FirstPass
 from onnxprune.compress import CompressOptions, calibrated_consumers, compress, load_inputs
 from onnxprune.errors import OnnxPruneWarning
-from onnxprune.plan import Target
+from onnxprune.plan import SolverSettings, Target
+from onnxprune.sweep import sweep
 
 from conftest import SAMPLES, write_calibration
 from conftest import run_cli as run
@@ -162,13 +164,18 @@ def test_calibrate_refuses_more_shards_than_blocks(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _cached(tmp_path: Path, target: float, cache: Path | None, name: str):
-    """Compress chain A (random calibration data in tmp_path) at ``target`` with ``cache``."""
+def _chain_data(tmp_path: Path) -> Path:
+    """Random calibration data for chain A in tmp_path."""
     data = tmp_path / f"{CHAIN_A.stem}_calib.npz"
     if not data.exists():
         write_calibration(CHAIN_A, tmp_path)
-    options = CompressOptions(target=Target("flops", target), cache_dir=cache)
-    return compress(CHAIN_A, data, options, output=tmp_path / name)
+    return data
+
+
+def _cached(tmp_path: Path, target: float, cache: Path | None, name: str, solver: SolverSettings = SolverSettings()):
+    """Compress chain A (random calibration data in tmp_path) at ``target`` with ``cache``."""
+    options = CompressOptions(target=Target("flops", target), cache_dir=cache, solver=solver)
+    return compress(CHAIN_A, _chain_data(tmp_path), options, output=tmp_path / name)
 
 
 def test_cache_skips_calibration_on_the_second_run(tmp_path, monkeypatch):
@@ -212,3 +219,64 @@ def test_unreadable_cache_entry_warns_on_the_command_line_in_one_line(tmp_path):
                   "--cache", cache, "-o", tmp_path / "b.onnx", "-q"])
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith("onnxprune: warning: cannot read") and result.stderr.count("\n") == 1
+
+
+def test_cache_skips_the_solve_at_another_target(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = _cached(tmp_path, 0.7, cache, "a.onnx")
+    assert "no solve: channel rankings from the cache" not in first.report.notes
+    assert len(list((cache / "rankings").glob("*.npz"))) == 1
+    _cached(tmp_path, 0.5, None, "fresh.onnx")
+
+    def no_ranking(*args, **kwargs):
+        raise AssertionError("the channels were ranked again despite the cache")
+
+    monkeypatch.setattr("onnxprune.compress.rank_groups", no_ranking)
+    cached = _cached(tmp_path, 0.5, cache, "cached.onnx")
+    assert "no solve: channel rankings from the cache" in cached.report.notes
+    assert (tmp_path / "cached.onnx").read_bytes() == (tmp_path / "fresh.onnx").read_bytes()
+
+
+def test_cached_rankings_are_those_of_the_same_solver_settings(tmp_path):
+    """Other settings rank again from the cached statistics; an entry made under other settings is refused."""
+    cache = tmp_path / "cache"
+    _cached(tmp_path, 0.5, cache, "a.onnx")
+    (default,) = (cache / "rankings").glob("*.npz")
+    other = _cached(tmp_path, 0.5, cache, "b.onnx", SolverSettings(tau=1e-2))
+    assert "no calibration pass: first-pass statistics from the cache" in other.report.notes
+    assert "no solve: channel rankings from the cache" not in other.report.notes
+    (hotter,) = set((cache / "rankings").glob("*.npz")) - {default}
+    shutil.copyfile(default, hotter)   # the default settings' rankings where tau=1e-2's belong
+    with pytest.warns(OnnxPruneWarning, match=r"made from other statistics or settings\). Ignored: they are computed"):
+        again = _cached(tmp_path, 0.5, cache, "c.onnx", SolverSettings(tau=1e-2))
+    assert "no solve: channel rankings from the cache" not in again.report.notes
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "c.onnx").read_bytes()
+
+
+def test_unreadable_cached_rankings_are_ranked_again_with_a_warning(tmp_path):
+    cache = tmp_path / "cache"
+    _cached(tmp_path, 0.5, cache, "a.onnx")
+    (entry,) = (cache / "rankings").glob("*.npz")
+    entry.write_bytes(b"not a zip file")
+    with pytest.warns(OnnxPruneWarning, match="Ignored: they are computed again"):
+        again = _cached(tmp_path, 0.5, cache, "b.onnx")
+    assert "no solve: channel rankings from the cache" not in again.report.notes
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert "no solve: channel rankings from the cache" in _cached(tmp_path, 0.5, cache, "c.onnx").report.notes
+
+
+def test_sweep_calibrates_and_ranks_once_for_all_targets(tmp_path, monkeypatch):
+    import onnxprune.calibration.store as store
+    import onnxprune.compress as pipeline
+
+    data, calls = _chain_data(tmp_path), []
+    collect, rank = store.collect_blocks, pipeline.rank_groups
+    monkeypatch.setattr(store, "collect_blocks", lambda *a, **k: calls.append("calibrate") or collect(*a, **k))
+    monkeypatch.setattr(pipeline, "rank_groups", lambda *a, **k: calls.append("rank") or rank(*a, **k))
+    models = tmp_path / "models"
+    models.mkdir()
+    sweep(CHAIN_A, data, [0.5, 0.8], CompressOptions(holdout=0.25), runs=3, out_dir=models)
+    assert calls == ["calibrate", "rank"]
+    compress(CHAIN_A, data, CompressOptions(target=Target("flops", 0.8), holdout=0.25), output=tmp_path / "f.onnx")
+    assert (models / "a_conv_bn_gap.flops80.onnx").read_bytes() == (tmp_path / "f.onnx").read_bytes()
+

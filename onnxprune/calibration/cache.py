@@ -1,8 +1,12 @@
-"""``compress --cache DIR``: first-pass statistics kept between runs, so another target skips calibration.
+"""``compress --cache DIR``: first-pass statistics and channel rankings kept between runs, so another target skips
+calibration and the solve.
 
 An entry is a statistics file (:mod:`onnxprune.calibration.store`) named by the hash of what it was computed
-from: the model, the calibration samples, the split and the calibration settings. Entries are written
-atomically; an unreadable or mismatching entry is ignored with a warning and computed again.
+from: the model, the calibration samples, the split and the calibration settings. Beside it, in ``rankings/``, the
+channel order, scores and error curve of every group ranked on those statistics, named by the hash of that and of
+what else a ranking depends on (the solver settings, the backend, the frozen channels, the onnxprune version): none of
+it depends on the target. Entries are written atomically; an unreadable or mismatching entry is ignored with a warning
+and computed again.
 """
 from __future__ import annotations
 
@@ -10,7 +14,13 @@ import hashlib
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from onnxprune.atomic import atomic_path
 
 from onnxprune.calibration.collect import ConsumerStats, Partial
 from onnxprune.calibration.store import FirstPass, read_header, read_statistics, write_statistics
@@ -31,8 +41,7 @@ class StatsCache:
 
     def path(self, first: FirstPass) -> Path:
         """Where the statistics of ``first`` are kept."""
-        key = hashlib.sha256(json.dumps(first.identity(), sort_keys=True).encode()).hexdigest()
-        return self.folder / f"{key[:32]}.npz"
+        return self.folder / f"{_digest(first.identity())[:32]}.npz"
 
     def get(self, first: FirstPass) -> dict[str, ConsumerStats] | None:
         """The cached statistics of ``first``, or None (with a warning when the entry is unusable)."""
@@ -56,3 +65,47 @@ class StatsCache:
         except OSError as exc:
             warnings.warn(f"could not write the cache entry in '{self.folder}' ({exc}).", OnnxPruneWarning,
                           stacklevel=2)
+
+    def rankings_path(self, first: FirstPass, key: Mapping) -> Path:
+        """Where the rankings made on the statistics of ``first`` under ``key`` (what else they depend on) are kept."""
+        return self.folder / "rankings" / f"{_digest([first.identity(), key])[:32]}.npz"
+
+    def get_rankings(self, first: FirstPass, key: Mapping,
+                     sizes: Mapping[int, int]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+        """The cached (scores, order, curve) per ranked group id, or None (with a warning when the entry is unusable);
+        ``sizes``: every group's channel count by id."""
+        path = self.rankings_path(first, key)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as entry:
+                if str(entry["identity"]) != json.dumps([first.identity(), key], sort_keys=True):
+                    raise ValueError("made from other statistics or settings")
+                ranked = {int(g): (entry[f"scores_{g}"], entry[f"order_{g}"], entry[f"curve_{g}"])
+                          for g in entry["groups"]}
+            if any(g not in sizes or [a.shape for a in r] != [(sizes[g],), (sizes[g],), (sizes[g] + 1,)]
+                   for g, r in ranked.items()):
+                raise ValueError("they do not fit this model's channel groups")
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            warnings.warn(f"cannot use the cached rankings '{path}' ({exc}). Ignored: they are computed again.",
+                          OnnxPruneWarning, stacklevel=2)
+            return None
+        return ranked
+
+    def put_rankings(self, first: FirstPass, key: Mapping,
+                     ranked: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Keep the (scores, order, curve) of each group id in ``ranked`` (atomically; a failed write only warns)."""
+        path = self.rankings_path(first, key)
+        arrays = {f"{name}_{g}": a for g, r in ranked.items() for name, a in zip(("scores", "order", "curve"), r)}
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as out:
+                np.savez(out, identity=np.array(json.dumps([first.identity(), key], sort_keys=True)),
+                         groups=np.array(sorted(ranked), dtype=np.int64), **arrays)
+        except OSError as exc:
+            warnings.warn(f"could not write the cached rankings in '{self.folder}' ({exc}).", OnnxPruneWarning,
+                          stacklevel=2)
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
