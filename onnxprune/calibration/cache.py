@@ -79,18 +79,22 @@ class StatsCache:
             return None
         try:
             with np.load(path, allow_pickle=False) as entry:
-                if str(entry["identity"]) != json.dumps([first.identity(), key], sort_keys=True):
-                    raise ValueError("made from other statistics or settings")
+                identity = str(entry["identity"])
                 ranked = {int(g): (entry[f"scores_{g}"], entry[f"order_{g}"], entry[f"curve_{g}"])
                           for g in entry["groups"]}
-            if any(g not in sizes or [a.shape for a in r] != [(sizes[g],), (sizes[g],), (sizes[g] + 1,)]
-                   for g, r in ranked.items()):
-                raise ValueError("they do not fit this model's channel groups")
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            warnings.warn(f"cannot use the cached rankings '{path}' ({exc}). Ignored: they are computed again.",
-                          OnnxPruneWarning, stacklevel=2)
-            return None
-        return ranked
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            problem = "not a readable rankings file"
+        else:
+            if identity != json.dumps([first.identity(), key], sort_keys=True):
+                problem = "made from other statistics or settings"
+            elif any(g not in sizes or [a.shape for a in r] != [(sizes[g],), (sizes[g],), (sizes[g] + 1,)]
+                     for g, r in ranked.items()):
+                problem = "they do not fit this model's channel groups"
+            else:
+                return ranked
+        warnings.warn(f"cannot use the cached rankings '{path}' ({problem}). Ignored: they are computed again.",
+                      OnnxPruneWarning, stacklevel=2)
+        return None
 
     def put_rankings(self, first: FirstPass, key: Mapping,
                      ranked: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
