@@ -59,13 +59,21 @@ def test_statistics_subtract_a_shard():
     assert head.n_samples == 60
 
 
-def test_prior_error_curve_matches_direct_computation():
+@pytest.mark.parametrize("layout, whole", [("conv", 8192), ("column per channel", 8192), ("interleaved", 8192),
+                                           ("conv", 5)])
+def test_prior_error_curve_matches_direct_computation(layout, whole, monkeypatch):
+    """Channel blocks summed by reshape (a Conv's columns, one column per channel), by reduceat (any other column
+    order), or row blocks at a time by a 0/1 matrix (more columns than ``_WHOLE``)."""
+    from onnxprune.solvers import shrinkage
+
+    monkeypatch.setattr(shrinkage, "_WHOLE", whole)
+    monkeypatch.setattr(shrinkage, "_BLOCK_ELEMENTS", 100)   # 4 rows of 24 columns at a time
     rng = np.random.default_rng(3)
-    D, k = 6, 4
+    D, k = 6, 1 if layout == "column per channel" else 4
     X = rng.standard_normal((2000, D * k)) + 1.0
     W = rng.standard_normal((3, D * k))
     st = _stats(X, X @ W.T + 0.1 * rng.standard_normal((2000, 3))).centred()
-    cols = np.repeat(np.arange(D), k)
+    cols = np.tile(np.arange(D), k) if layout == "interleaved" else np.repeat(np.arange(D), k)
     order = rng.permutation(D)
     curve = prior_error_curve(st, cols, order, W)
     assert curve[0] == pytest.approx(1.0)

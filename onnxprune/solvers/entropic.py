@@ -20,7 +20,7 @@ import scipy.special
 
 from . import backend, lowrank, statistics
 from .refit import Refit, cholesky_jittered, columns_of, refit
-from .statistics import CentredStatistics, submatrix
+from .statistics import CentredStatistics, block_sum, conv_layout, submatrix
 from .ties import decreasing
 
 W_STEPS = ("both", "lambda", "w")
@@ -177,13 +177,13 @@ def _prepare(
         if stats.factored:
             if p <= statistics.GRAM_FROM_ROWS:
                 terms.append(_Term(stats, channels, alpha, float(eps), gram=stats.F.T @ stats.F,
-                                   layout=_conv_layout(channels, n_channels), kernel=stats.B @ stats.B.T))
+                                   layout=conv_layout(channels, n_channels), kernel=stats.B @ stats.B.T))
             else:
                 terms.append(_Term(stats, channels, alpha, float(eps)))
             continue
         dtype = _step_dtype(p)
         gram, cross = stats.G.astype(dtype, copy=False), stats.C.astype(dtype, copy=False)
-        layout = _conv_layout(channels, n_channels)
+        layout = conv_layout(channels, n_channels)
         work = np.empty_like(gram)  # the Λ-step's scaled Gram matrix, and ΛᵀΛ outside the Conv layout
         kernel = (stats.C @ stats.C.T).astype(dtype) if stats.n_targets >= _OUTER_FROM * p else None
         terms.append(_Term(stats, channels, alpha, float(eps), work, gram, cross, layout=layout, kernel=kernel))
@@ -221,32 +221,6 @@ def _loss(
     return const + ridge + _w_objective(w, A, beta, eps_w)
 
 
-def _conv_layout(channels: np.ndarray, n_channels: int) -> int:
-    """k when channel d owns exactly the columns [dk, dk + k) (a Conv's unfolded input), else 0."""
-    p = channels.size
-    k = p // n_channels
-    return k if k * n_channels == p and np.array_equal(channels, np.repeat(np.arange(n_channels), k)) else 0
-
-
-def _block_sum(P: np.ndarray, channels: np.ndarray, n_channels: int, layout: int = 0) -> np.ndarray:
-    """EᵀPE: sum a (p, p) matrix over the column blocks of each channel (any column layout; ``layout`` = k of
-    :func:`_conv_layout` takes a reshape, 7× faster than reduceat)."""
-    if layout == 1:  # a column per channel: the blocks are the entries
-        return P.astype(np.float64)
-    if layout:
-        p = channels.size
-        return P.reshape(n_channels, layout, p).sum(axis=1).reshape(n_channels, n_channels, layout).sum(
-            axis=2, dtype=np.float64)
-    perm = np.argsort(channels, kind="stable")
-    present, starts = np.unique(channels[perm], return_index=True)
-    if not np.array_equal(perm, np.arange(perm.size)):
-        P = P[np.ix_(perm, perm)]
-    summed = np.add.reduceat(np.add.reduceat(P, starts, axis=0), starts, axis=1)
-    A = np.zeros((n_channels, n_channels))
-    A[np.ix_(present, present)] = summed
-    return A
-
-
 def _hadamard_block_sum(lt: np.ndarray, term: _Term, n_channels: int) -> np.ndarray:
     """Eᵀ(G ∘ ΛᵀΛ)E of a dense consumer.
 
@@ -258,7 +232,7 @@ def _hadamard_block_sum(lt: np.ndarray, term: _Term, n_channels: int) -> np.ndar
     if not term.layout:
         P = np.matmul(lt, lt.T, out=term.work)
         P *= term.gram
-        return _block_sum(P, term.channels, n_channels)
+        return block_sum(P, term.channels, n_channels)
     active, gram = term.active if term.active is not None else (None, term.gram)
     if active is not None and term.layout == 1 and 3 * active.size >= 2 * term.channels.size:
         active, gram = None, term.gram   # their zero rows cost less than scattering the product into D × D
@@ -269,7 +243,7 @@ def _hadamard_block_sum(lt: np.ndarray, term: _Term, n_channels: int) -> np.ndar
     lower *= gram
     present = term.channels[::term.layout] if active is None else term.channels[active][::term.layout]
     local = np.repeat(np.arange(present.size), term.layout)
-    block = _block_sum(lower, local, present.size, term.layout)
+    block = block_sum(lower, local, present.size, term.layout)
     diagonal = np.bincount(local, weights=np.diagonal(lower), minlength=present.size)
     whole = block + block.T
     whole.flat[:: present.size + 1] -= diagonal
@@ -289,7 +263,7 @@ def _coupling(terms: list[_Term], lam_t: list[np.ndarray], n_channels: int) -> t
     A, beta = None, np.zeros(n_channels)
     for t, lt in zip(terms, lam_t):
         if isinstance(lt, _Outer):
-            block = _block_sum(lt.outer * t.gram, t.channels, n_channels, t.layout)
+            block = block_sum(lt.outer * t.gram, t.channels, n_channels, t.layout)
             per_column = lt.cross
         elif t.stats.factored:
             latest, s, Q = t.last_step

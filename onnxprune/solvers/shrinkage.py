@@ -26,7 +26,7 @@ import numpy as np
 from onnxprune.solvers import backend
 from onnxprune.solvers.lowrank import block_hadamard
 from onnxprune.solvers.refit import Refit, relative_error, residual, ridge_fits
-from onnxprune.solvers.statistics import CentredStatistics
+from onnxprune.solvers.statistics import CentredStatistics, block_sum, conv_layout
 
 _GRID = np.logspace(-4, 1, 6)
 _STEP, _LARGEST = 10**0.25, 1e3  # past the grid's top, quarter decades while the error still falls
@@ -140,14 +140,17 @@ def prior_error_curve(stats: CentredStatistics, channel_of_column: np.ndarray, o
         a = np.bincount(channel_of_column, weights=np.einsum("ti,ti->i", stats.F, stats.B @ W0), minlength=D)
         B = block_hadamard(stats.F, W0.T, channel_of_column, D)
     else:
-        E = np.zeros((p, D))
-        E[np.arange(p), channel_of_column] = 1.0
-        a = E.T @ np.einsum("im,mi->i", stats.C, W0)
-        step = p if p <= _WHOLE else max(1, _BLOCK_ELEMENTS // p)  # rows of (W0ᵀW0) ∘ G at a time: no p×p temporaries
-        B = np.zeros((D, D))
-        for start in range(0, p, step):
-            rows = slice(start, start + step)
-            B += E[rows].T @ ((W0[:, rows].T @ W0) * stats.G[rows]) @ E
+        a = np.bincount(channel_of_column, weights=np.einsum("im,mi->i", stats.C, W0), minlength=D)
+        if p <= _WHOLE:
+            B = block_sum((W0.T @ W0) * stats.G, channel_of_column, D, conv_layout(channel_of_column, D))
+        else:   # rows of (W0ᵀW0) ∘ G at a time, summed per channel by a 0/1 matrix: no p×p temporaries
+            E = np.zeros((p, D))
+            E[np.arange(p), channel_of_column] = 1.0
+            step = max(1, _BLOCK_ELEMENTS // p)
+            B = np.zeros((D, D))
+            for start in range(0, p, step):
+                rows = slice(start, start + step)
+                B += E[rows].T @ ((W0[:, rows].T @ W0) * stats.G[rows]) @ E
     a, B = a[order], B[np.ix_(order, order)]
     # quadratic part of prefix k: sum of the leading k×k block of B
     quad = np.concatenate([[0.0], np.cumsum(np.diag(B) + 2.0 * np.array([B[k, :k].sum() for k in range(D)]))])

