@@ -85,7 +85,7 @@ class StatsCache:
         except (OSError, KeyError, ValueError, zipfile.BadZipFile):
             problem = "not a readable rankings file"
         else:
-            if identity != json.dumps([first.identity(), key], sort_keys=True):
+            if identity != _canonical([first.identity(), key]):
                 problem = "made from other statistics or settings"
             elif any(g not in sizes or [a.shape for a in r] != [(sizes[g],), (sizes[g],), (sizes[g] + 1,)]
                      for g, r in ranked.items()):
@@ -104,12 +104,17 @@ class StatsCache:
         try:
             path.parent.mkdir(exist_ok=True)
             with atomic_path(path) as tmp, open(tmp, "wb") as out:
-                np.savez(out, identity=np.array(json.dumps([first.identity(), key], sort_keys=True)),
+                np.savez(out, identity=np.array(_canonical([first.identity(), key])),
                          groups=np.array(sorted(ranked), dtype=np.int64), **arrays)
         except OSError as exc:
             warnings.warn(f"could not write the cached rankings in '{self.folder}' ({exc}).", OnnxPruneWarning,
                           stacklevel=2)
 
 
+def _canonical(value) -> str:
+    """``value`` as JSON with sorted keys; what JSON has no type for (a numpy scalar in the settings) as its str."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()
