@@ -280,3 +280,9 @@ def test_sweep_calibrates_and_ranks_once_for_all_targets(tmp_path, monkeypatch):
     compress(CHAIN_A, data, CompressOptions(target=Target("flops", 0.8), holdout=0.25), output=tmp_path / "f.onnx")
     assert (models / "a_conv_bn_gap.flops80.onnx").read_bytes() == (tmp_path / "f.onnx").read_bytes()
 
+
+
+def test_numpy_scalars_in_the_settings_key_the_cached_rankings(tmp_path):
+    cache, solver = tmp_path / "cache", SolverSettings(rho=np.float32(1.0))
+    _cached(tmp_path, 0.5, cache, "a.onnx", solver)
+    assert "no solve: channel rankings from the cache" in _cached(tmp_path, 0.5, cache, "b.onnx", solver).report.notes
