@@ -21,7 +21,6 @@ from typing import Mapping
 import numpy as np
 
 from onnxprune.atomic import atomic_path
-
 from onnxprune.calibration.collect import ConsumerStats, Partial
 from onnxprune.calibration.store import FirstPass, read_header, read_statistics, write_statistics
 from onnxprune.errors import DataError, OnnxPruneWarning, UsageError
