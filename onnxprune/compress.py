@@ -273,15 +273,11 @@ def compress(model_path: str | os.PathLike, data_path: str | os.PathLike, option
         return _compress(model_path, data_path, options, out_path, progress, write_unchanged, store)
 
 
-def _ranking_key(analysis: Analysis, options: CompressOptions) -> dict:
-    return ranking_identity(analysis, options.solver, options.backend.describe())
-
-
-def _cached_rankings(cache: StatsCache, first: FirstPass, analysis: Analysis, options: CompressOptions,
+def _cached_rankings(cache: StatsCache, first: FirstPass, key: dict, analysis: Analysis,
                      notes: list[str]) -> list[RankedGroup] | None:
-    """The channel rankings an earlier run with ``cache`` made on the same statistics and settings (any target), in
-    group order, or None."""
-    stored = cache.get_rankings(first, _ranking_key(analysis, options), {g.id: g.size for g in analysis.groups})
+    """The channel rankings an earlier run with ``cache`` made on the same statistics and settings ``key`` (any
+    target), in group order, or None."""
+    stored = cache.get_rankings(first, key, {g.id: g.size for g in analysis.groups})
     if stored is None:
         return None
     notes.append("no solve: channel rankings from the cache")
@@ -359,14 +355,15 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                 cache.put(first, partial)
             del partial  # its one node holds ``stats``: the error-correcting pass must be able to free them
     with _stage(log, "solve"):
-        ranked = _cached_rankings(cache, first, analysis, options, notes) if cache is not None and not skip else None
+        key = (ranking_identity(analysis, options.solver, options.backend.describe())
+               if cache is not None and not skip else None)
+        ranked = _cached_rankings(cache, first, key, analysis, notes) if key is not None else None
         if ranked is None:
             with progress("solving", len(analysis.groups)) as bar:
                 ranked = rank_groups(model, analysis, stats, options.solver, bar.update,
                                      executor if executor.remote else None) if not skip else []
-            if cache is not None and not skip:
-                cache.put_rankings(first, _ranking_key(analysis, options),
-                                   {r.group.id: (r.scores, r.order, r.curve) for r in ranked})
+            if key is not None:
+                cache.put_rankings(first, key, {r.group.id: (r.scores, r.order, r.curve) for r in ranked})
     if options.allocate_by == "outputs" and ranked and options.target is not None:
         sample = (hold_idx if len(hold_idx) >= SAMPLES else calib_idx)[:SAMPLES]
         with _stage(log, "output reach"), progress("measuring output reach", len(ranked)) as bar:

@@ -178,19 +178,26 @@ def _cached(tmp_path: Path, target: float, cache: Path | None, name: str, solver
     return compress(CHAIN_A, _chain_data(tmp_path), options, output=tmp_path / name)
 
 
-def test_cache_skips_calibration_on_the_second_run(tmp_path, monkeypatch):
+def test_cache_skips_calibration_and_the_solve_on_the_second_run(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = _cached(tmp_path, 0.7, cache, "a.onnx")
     assert not any("no calibration pass" in n for n in first.report.notes)
+    assert "no solve: channel rankings from the cache" not in first.report.notes
     assert len(list(cache.glob("*.npz"))) == 1
+    assert len(list((cache / "rankings").glob("*.npz"))) == 1
     _cached(tmp_path, 0.5, None, "fresh.onnx")
 
     def no_calibration(*args, **kwargs):
         raise AssertionError("the first calibration pass ran despite the cache")
 
+    def no_ranking(*args, **kwargs):
+        raise AssertionError("the channels were ranked again despite the cache")
+
     monkeypatch.setattr("onnxprune.calibration.store.collect_blocks", no_calibration)
+    monkeypatch.setattr("onnxprune.compress.rank_groups", no_ranking)
     cached = _cached(tmp_path, 0.5, cache, "cached.onnx")
     assert "no calibration pass: first-pass statistics from the cache" in cached.report.notes
+    assert "no solve: channel rankings from the cache" in cached.report.notes
     assert "error-correcting re-fit" in " ".join(cached.report.notes)
     assert (tmp_path / "cached.onnx").read_bytes() == (tmp_path / "fresh.onnx").read_bytes()
 
@@ -219,22 +226,6 @@ def test_unreadable_cache_entry_warns_on_the_command_line_in_one_line(tmp_path):
                   "--cache", cache, "-o", tmp_path / "b.onnx", "-q"])
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith("onnxprune: warning: cannot read") and result.stderr.count("\n") == 1
-
-
-def test_cache_skips_the_solve_at_another_target(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    first = _cached(tmp_path, 0.7, cache, "a.onnx")
-    assert "no solve: channel rankings from the cache" not in first.report.notes
-    assert len(list((cache / "rankings").glob("*.npz"))) == 1
-    _cached(tmp_path, 0.5, None, "fresh.onnx")
-
-    def no_ranking(*args, **kwargs):
-        raise AssertionError("the channels were ranked again despite the cache")
-
-    monkeypatch.setattr("onnxprune.compress.rank_groups", no_ranking)
-    cached = _cached(tmp_path, 0.5, cache, "cached.onnx")
-    assert "no solve: channel rankings from the cache" in cached.report.notes
-    assert (tmp_path / "cached.onnx").read_bytes() == (tmp_path / "fresh.onnx").read_bytes()
 
 
 def test_cached_rankings_are_those_of_the_same_solver_settings(tmp_path):

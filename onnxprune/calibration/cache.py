@@ -40,7 +40,7 @@ class StatsCache:
 
     def path(self, first: FirstPass) -> Path:
         """Where the statistics of ``first`` are kept."""
-        return self.folder / f"{_digest(first.identity())[:32]}.npz"
+        return self.folder / f"{_digest(_canonical(first.identity()))[:32]}.npz"
 
     def get(self, first: FirstPass) -> dict[str, ConsumerStats] | None:
         """The cached statistics of ``first``, or None (with a warning when the entry is unusable)."""
@@ -65,15 +65,17 @@ class StatsCache:
             warnings.warn(f"could not write the cache entry in '{self.folder}' ({exc}).", OnnxPruneWarning,
                           stacklevel=2)
 
-    def rankings_path(self, first: FirstPass, key: Mapping) -> Path:
-        """Where the rankings made on the statistics of ``first`` under ``key`` (what else they depend on) are kept."""
-        return self.folder / "rankings" / f"{_digest([first.identity(), key])[:32]}.npz"
+    def _rankings_entry(self, first: FirstPass, key: Mapping) -> tuple[Path, str]:
+        """Where the rankings made on the statistics of ``first`` under ``key`` (what else they depend on) are kept,
+        and the identity the entry carries."""
+        identity = _canonical([first.identity(), key])
+        return self.folder / "rankings" / f"{_digest(identity)[:32]}.npz", identity
 
     def get_rankings(self, first: FirstPass, key: Mapping,
                      sizes: Mapping[int, int]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
         """The cached (scores, order, curve) per ranked group id, or None (with a warning when the entry is unusable);
         ``sizes``: every group's channel count by id."""
-        path = self.rankings_path(first, key)
+        path, expected = self._rankings_entry(first, key)
         if not path.exists():
             return None
         try:
@@ -84,7 +86,7 @@ class StatsCache:
         except (OSError, KeyError, ValueError, zipfile.BadZipFile):
             problem = "not a readable rankings file"
         else:
-            if identity != _canonical([first.identity(), key]):
+            if identity != expected:
                 problem = "made from other statistics or settings"
             elif any(g not in sizes or [a.shape for a in r] != [(sizes[g],), (sizes[g],), (sizes[g] + 1,)]
                      for g, r in ranked.items()):
@@ -98,12 +100,12 @@ class StatsCache:
     def put_rankings(self, first: FirstPass, key: Mapping,
                      ranked: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         """Keep the (scores, order, curve) of each group id in ``ranked`` (atomically; a failed write only warns)."""
-        path = self.rankings_path(first, key)
+        path, identity = self._rankings_entry(first, key)
         arrays = {f"{name}_{g}": a for g, r in ranked.items() for name, a in zip(("scores", "order", "curve"), r)}
         try:
             path.parent.mkdir(exist_ok=True)
             with atomic_path(path) as tmp, open(tmp, "wb") as out:
-                np.savez(out, identity=np.array(_canonical([first.identity(), key])),
+                np.savez(out, identity=np.array(identity),
                          groups=np.array(sorted(ranked), dtype=np.int64), **arrays)
         except OSError as exc:
             warnings.warn(f"could not write the cached rankings in '{self.folder}' ({exc}).", OnnxPruneWarning,
@@ -115,5 +117,5 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _digest(value) -> str:
-    return hashlib.sha256(_canonical(value).encode()).hexdigest()
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -160,7 +160,7 @@ def block_sum(P: np.ndarray, channels: np.ndarray, n_channels: int, layout: int 
     perm = np.argsort(channels, kind="stable")
     present, starts = np.unique(channels[perm], return_index=True)
     if not np.array_equal(perm, np.arange(perm.size)):
-        P = P[np.ix_(perm, perm)]
+        P = submatrix(P, perm, perm)
     summed = np.add.reduceat(np.add.reduceat(P, starts, axis=0), starts, axis=1)
     A = np.zeros((n_channels, n_channels))
     A[np.ix_(present, present)] = summed
