@@ -48,6 +48,45 @@ def test_cross_validation_shrinks_when_rows_are_scarce():
     assert np.all(np.isfinite(fit.coef))
 
 
+@pytest.mark.parametrize("rows, noise", [(40, 2.0), (400, 1.0), (4000, 0.01)])
+def test_ridge_walk_picks_the_whole_grids_lambda_with_fewer_fits(rows, noise, monkeypatch):
+    """The grid is walked down from its top while the validation error falls: the λ chosen is the one every point of
+    the grid (and the quarter decades past it) would give, from scarce rows (large λ) to plenty (λ near 0)."""
+    from onnxprune.solvers import shrinkage
+
+    rng = np.random.default_rng(rows)
+    p = 60
+    W0 = rng.standard_normal((3, p))
+    X = rng.standard_normal((rows, p)) @ (np.eye(p) + 0.3 * rng.standard_normal((p, p)))
+    Y = X @ (W0 + 0.5 * rng.standard_normal((3, p))).T + noise * rng.standard_normal((rows, 3))
+    full, odd = _stats(X, Y), _stats(X[1::2], Y[1::2])
+    folds = ((full - odd).centred(), odd.centred())
+    kept = np.arange(p // 2)
+    monkeypatch.setattr(shrinkage, "_WALK_FROM", p // 2)
+    tried = []
+    validation = shrinkage._validation_error
+
+    def recorded(pairs, W):
+        error = validation(pairs, W)
+        return lambda rel: tried.append(rel) or error(rel)
+
+    monkeypatch.setattr(shrinkage, "_validation_error", recorded)
+    chosen = shrinkage._cross_validated(folds, kept, W0[:, kept])
+
+    pairs = [(folds[0].restricted(kept), folds[1].restricted(kept)), (folds[1].restricted(kept), folds[0].restricted(kept))]
+    grid = list(shrinkage._GRID) + [10 * shrinkage._STEP ** i for i in range(1, 9)]
+    errors = [validation(pairs, W0[:, kept])(rel) for rel in grid]
+    least = min(errors)
+    best = max(i for i, e in enumerate(errors) if e <= least + 1e-8 * (folds[0].c0 + folds[1].c0))
+    assert chosen == pytest.approx(grid[best], rel=1e-12)
+    assert len(tried) < len(shrinkage._GRID) or chosen <= 1e-3    # a large λ is found without the small ones
+    monkeypatch.undo()
+    tried.clear()
+    monkeypatch.setattr(shrinkage, "_validation_error", recorded)
+    assert shrinkage._cross_validated(folds, kept, W0[:, kept]) == chosen
+    assert len(tried) >= len(shrinkage._GRID)                     # a narrow layer tries the whole grid
+
+
 def test_statistics_subtract_a_shard():
     rng = np.random.default_rng(2)
     X, Y = rng.standard_normal((100, 4)), rng.standard_normal((100, 2))

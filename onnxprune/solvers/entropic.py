@@ -31,6 +31,7 @@ _SINGLE_FROM = 512  # columns from which a dense consumer's Λ-step runs in floa
 _FAINT = 1e-9  # trace of S_b G_bb S_b, relative to ε_Λ, below which columns b leave the Λ-step's factorisation
 _FAINT_MIN = 32  # fewer faint columns than this (or a 16th of the system) stay in it
 _PLAIN_ROUNDS = 3  # rounds before the first extrapolation (:func:`fit_entropic`)
+_GATHER_ELEMENTS = 2**18  # entries of G gathered at a time into the Λ-step's buffer (:func:`_ridge_factor`)
 _OUTER_FROM = 4  # outputs per column from which a dense consumer's Λ is carried as ΛᵀΛ (a CTC or class head)
 
 
@@ -320,7 +321,7 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
         rhs = _ridge_solve(gram, s, rhs, term)
     else:  # first order in the faint columns' scales: the others solve alone, the faint rows follow from them
         strong, faint = np.flatnonzero(~faint), np.flatnonzero(faint)
-        solved = _ridge_solve(submatrix(gram, strong, strong), s[strong], rhs[strong], term)
+        solved = _ridge_solve(gram, s[strong], rhs[strong], term, rows=strong)
         scaled = s[strong].astype(solved.dtype)[:, None] * solved
         rhs[faint] -= s[faint].astype(rhs.dtype)[:, None] * (submatrix(gram, faint, strong) @ scaled)
         rhs[faint] /= rhs.dtype.type(term.eps_lambda)
@@ -369,20 +370,32 @@ def _outer_step(term: _Term, gram: np.ndarray, s: np.ndarray, active: np.ndarray
     return _Outer(outer, cross, (factor.copy(), scale, active), np.ones(p))   # the factor lives in scratch space
 
 
-def _ridge_solve(gram: np.ndarray, s: np.ndarray, rhs: np.ndarray, term: _Term) -> np.ndarray:
-    """(S G S + ε_Λ I)⁻¹ rhs by Cholesky, the scaled matrix built in the term's scratch buffer."""
+def _ridge_solve(gram: np.ndarray, s: np.ndarray, rhs: np.ndarray, term: _Term,
+                 rows: np.ndarray | None = None) -> np.ndarray:
+    """(S G S + ε_Λ I)⁻¹ rhs by Cholesky, the scaled matrix built in the term's scratch buffer (G: the principal
+    submatrix of ``gram`` on ``rows`` when given)."""
     if not s.size:
         return rhs
-    return backend.cho_solve(_ridge_factor(gram, s, term), rhs, overwrite=True)
+    return backend.cho_solve(_ridge_factor(gram, s, term, rows), rhs, overwrite=True)
 
 
-def _ridge_factor(gram: np.ndarray, s: np.ndarray, term: _Term) -> np.ndarray:
-    """Lower Cholesky factor of S G S + ε_Λ I, built in the term's scratch buffer."""
+def _ridge_factor(gram: np.ndarray, s: np.ndarray, term: _Term, rows: np.ndarray | None = None) -> np.ndarray:
+    """Lower Cholesky factor of S G S + ε_Λ I, built in the term's scratch buffer; G is ``gram``, or its principal
+    submatrix on ``rows``, gathered a block of rows at a time straight into the buffer (no n × n temporary: on a
+    wide layer a fresh one costs more in page faults than the copy)."""
     n = s.size
 
     def scaled_gram() -> np.ndarray:
         scale = s.astype(gram.dtype)
-        H = np.multiply(gram, scale[:, None], out=term.work.reshape(-1)[:n * n].reshape(n, n))
+        H = term.work.reshape(-1)[:n * n].reshape(n, n)
+        if rows is None:
+            np.multiply(gram, scale[:, None], out=H)
+        else:
+            step = max(1, _GATHER_ELEMENTS // gram.shape[1])
+            for start in range(0, n, step):
+                block = H[start:start + step]
+                gram.take(rows[start:start + step], axis=0).take(rows, axis=1, out=block, mode="clip")
+                block *= scale[start:start + step, None]
         H *= scale[None, :]
         H.flat[:: n + 1] += term.eps_lambda
         return H

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import numpy as np
 import scipy.linalg
@@ -47,27 +47,30 @@ def cholesky_jittered(make_matrix: Callable[[], np.ndarray]) -> np.ndarray:
     raise np.linalg.LinAlgError("Matrix is not positive semi-definite, even with diagonal jitter.")
 
 
-def solve_psd(H: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """H⁻¹B for symmetric PSD H: Cholesky, or an eigh pseudo-inverse when H is (near) singular."""
+def solve_psd(H: np.ndarray, B: np.ndarray, rebuild: Callable[[], np.ndarray] | None = None) -> np.ndarray:
+    """H⁻¹B for symmetric PSD H: Cholesky, or an eigh pseudo-inverse when H is (near) singular. With ``rebuild``
+    H is factored in place (a C- or Fortran-ordered buffer), and ``rebuild()`` makes it again for the eigh."""
     n = H.shape[0]
     try:
-        L = backend.cholesky(_fortran(H))
+        L = backend.cholesky(_fortran(H), overwrite=rebuild is not None)
         pivots = np.diag(L)
         if pivots.min() ** 2 > n * _EPS * pivots.max() ** 2:
             return backend.cho_solve(L, B)
     except np.linalg.LinAlgError:
         pass
+    if rebuild is not None:
+        H = rebuild()
     vals, vecs = scipy.linalg.eigh(H, check_finite=False)
     cutoff = n * _EPS * max(vals.max(initial=0.0), 0.0)
     inv = np.divide(1.0, vals, out=np.zeros_like(vals), where=vals > cutoff)
     return vecs @ (inv[:, None] * (vecs.T @ B))
 
 
-def ridge_fits(stats: CentredStatistics, ridges: Iterable[float],
-               prior: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    """For each λ of ``ridges``, the W (M, p) minimising E‖y − ȳ − W(x − x̄)‖² + λ‖W − prior‖² (prior 0 when
-    None) over all columns of ``stats`` (see :meth:`CentredStatistics.restricted`): W = prior + Δ,
-    Δᵀ = (G + λI)⁻¹(C − G priorᵀ); λ = 0 gives minimum-norm least squares.
+def ridge_solver(stats: CentredStatistics, prior: np.ndarray | None = None) -> Callable[[float], np.ndarray]:
+    """λ ↦ the W (M, p) minimising E‖y − ȳ − W(x − x̄)‖² + λ‖W − prior‖² (prior 0 when None) over all columns
+    of ``stats`` (see :meth:`CentredStatistics.restricted`): W = prior + Δ, Δᵀ = (G + λI)⁻¹(C − G priorᵀ); λ = 0
+    gives minimum-norm least squares. Every λ is factored in one buffer (a fresh p × p array each time costs page
+    faults on a wide layer).
 
     Factored statistics are solved in sample space without G (push-through identity):
     Δᵀ = Fᵀ(F Fᵀ + λI)⁻¹(B − F priorᵀ), a (T, T) system.
@@ -79,12 +82,19 @@ def ridge_fits(stats: CentredStatistics, ridges: Iterable[float],
     else:
         gram = stats.G
         target = stats.C if prior is None else stats.C - gram @ prior.T
-    for ridge in ridges:
-        H = gram.copy()
-        H.flat[:: H.shape[0] + 1] += ridge
-        delta = solve_psd(H, target)
+    H = np.empty_like(gram)
+
+    def fit(ridge: float) -> np.ndarray:
+        def ridged() -> np.ndarray:
+            np.copyto(H, gram)
+            H.flat[:: H.shape[0] + 1] += ridge
+            return H
+
+        delta = solve_psd(ridged(), target, rebuild=ridged)
         coef = (F.T @ delta if stats.factored else delta).T
-        yield coef if prior is None else prior + coef
+        return coef if prior is None else prior + coef
+
+    return fit
 
 
 def residual(stats: CentredStatistics, coef: np.ndarray) -> float:
@@ -128,7 +138,7 @@ def refit(stats: CentredStatistics, columns: np.ndarray, delta: float = 1e-6) ->
         return Refit(np.zeros((stats.n_targets, 0)), stats.y_mean.copy(), error)
     kept = stats.restricted(columns)
     with backend.blas_threads_for(columns.size):
-        coef = next(ridge_fits(kept, [delta * kept.gram_trace() / columns.size]))
+        coef = ridge_solver(kept)(delta * kept.gram_trace() / columns.size)
         intercept = stats.y_mean - coef @ kept.x_mean
         return Refit(coef, intercept, min(relative_error(kept, coef), 1.0))
 
