@@ -60,26 +60,30 @@ def _mean_eigenvalue(stats: CentredStatistics) -> float:
 def _cross_validated(folds: tuple[CentredStatistics, CentredStatistics], cols: np.ndarray, W0: np.ndarray) -> float:
     """λ (relative) minimising the summed validation error of fitting on one fold and scoring on the other.
 
-    From ``_WALK_FROM`` kept columns the grid is walked from its top (10) down only while the error falls: where the
-    error falls and then rises along the grid, as a ridge's does, that is the λ the whole grid gives, at half the
-    fits when the layer chooses a large λ (VGG-16's wide error-correcting re-fits: 29 fits instead of 57, the same λ
-    in each). A narrow layer's fits are cheap and its error may dip twice (a 24-column layer of the PP-OCRv5
-    detector): it tries the whole grid. Past the top, quarter decades while the largest λ is still the best."""
+    A narrow layer tries the whole grid (its fits are cheap, and its error may dip twice: a 24-column layer of the
+    PP-OCRv5 detector), then quarter decades past the top while the largest λ tried is the best. From
+    ``_WALK_FROM`` kept columns the search starts at the grid's top (10): up in quarter decades while the largest λ
+    is the best, else down the grid while the error falls. Where the error falls and then rises along the grid, as
+    a ridge's does, that is the λ of the whole grid, in fewer fits where the layer chooses a large λ (VGG-16's
+    wide error-correcting re-fits: 25 fits instead of 57, the same λ in each)."""
     wide = _wide(folds, len(cols))
     targets = _validation_targets(wide, len(cols), W0.shape[0])
     views = [_validation_view(fold, cols, targets if wide else None) for fold in folds]
     error = _validation_error([(views[0], views[1]), (views[1], views[0])],
                               W0[targets].astype(np.float32) if wide else W0)
-    grid, errors = [float(_GRID[-1])], [error(_GRID[-1])]   # ascending λ
-    for rel in _GRID[-2::-1]:
-        grid.insert(0, float(rel))
-        errors.insert(0, error(rel))
-        if len(cols) >= _WALK_FROM and errors[0] >= errors[1]:
-            break
     scale = folds[0].c0 + folds[1].c0
+    walk = len(cols) >= _WALK_FROM
+    grid = [float(_GRID[-1])] if walk else [float(rel) for rel in _GRID]   # ascending λ
+    errors = [error(rel) for rel in grid]
     while _largest_best(errors, scale) == len(errors) - 1 and grid[-1] * _STEP <= _LARGEST * (1 + 1e-9):
         grid.append(grid[-1] * _STEP)
         errors.append(error(grid[-1]))
+    if walk and _largest_best(errors, scale) == 0:
+        for rel in _GRID[-2::-1]:
+            grid.insert(0, float(rel))
+            errors.insert(0, error(rel))
+            if errors[0] >= errors[1]:
+                break
     return grid[_largest_best(errors, scale)]
 
 
