@@ -31,7 +31,6 @@ _SINGLE_FROM = 512  # columns from which a dense consumer's Λ-step runs in floa
 _FAINT = 1e-9  # trace of S_b G_bb S_b, relative to ε_Λ, below which columns b leave the Λ-step's factorisation
 _FAINT_MIN = 32  # fewer faint columns than this (or a 16th of the system) stay in it
 _PLAIN_ROUNDS = 3  # rounds before the first extrapolation (:func:`fit_entropic`)
-_GATHER_ELEMENTS = 2**18  # entries of G gathered at a time into the Λ-step's buffer (:func:`_ridge_factor`)
 _OUTER_FROM = 4  # outputs per column from which a dense consumer's Λ is carried as ΛᵀΛ (a CTC or class head)
 
 
@@ -381,8 +380,7 @@ def _ridge_solve(gram: np.ndarray, s: np.ndarray, rhs: np.ndarray, term: _Term,
 
 def _ridge_factor(gram: np.ndarray, s: np.ndarray, term: _Term, rows: np.ndarray | None = None) -> np.ndarray:
     """Lower Cholesky factor of S G S + ε_Λ I, built in the term's scratch buffer; G is ``gram``, or its principal
-    submatrix on ``rows``, gathered a block of rows at a time straight into the buffer (no n × n temporary: on a
-    wide layer a fresh one costs more in page faults than the copy)."""
+    submatrix on ``rows`` gathered straight into the buffer."""
     n = s.size
 
     def scaled_gram() -> np.ndarray:
@@ -391,11 +389,8 @@ def _ridge_factor(gram: np.ndarray, s: np.ndarray, term: _Term, rows: np.ndarray
         if rows is None:
             np.multiply(gram, scale[:, None], out=H)
         else:
-            step = max(1, _GATHER_ELEMENTS // gram.shape[1])
-            for start in range(0, n, step):
-                block = H[start:start + step]
-                gram.take(rows[start:start + step], axis=0).take(rows, axis=1, out=block, mode="clip")
-                block *= scale[start:start + step, None]
+            submatrix(gram, rows, rows, out=H)
+            H *= scale[:, None]
         H *= scale[None, :]
         H.flat[:: n + 1] += term.eps_lambda
         return H

@@ -192,8 +192,10 @@ def error_curve(
 def prefix_factor(stats: CentredStatistics, perm: np.ndarray, ridge: float) -> np.ndarray:
     """Lower Cholesky factor of G + ``ridge``·I with rows and columns in the order ``perm``: its leading blocks
     factor every prefix of ``perm``."""
+    H = np.empty((perm.size, perm.size))
+
     def permuted() -> np.ndarray:
-        H = statistics.submatrix(stats.G, perm, perm)
+        statistics.submatrix(stats.G, perm, perm, out=H)
         H.flat[:: perm.size + 1] += ridge
         return H
 

@@ -23,6 +23,7 @@ _SUMS = ("T", "sx", "sy", "q")
 _BLOCK = 2048  # rows or columns per block of the Gram-sized updates done in place
 _CACHE_BLOCK = 128  # rows or columns per block of the element-wise passes over a Gram matrix (a block and its
 # transpose stay in cache: centring a 2 304-column Gram matrix 123 → 28 ms, the same bytes)
+_GATHER_ELEMENTS = 2**18  # entries of a matrix gathered at a time by :func:`submatrix`
 _WHOLE_GRAM = 8192  # up to this many columns (512 MB) a batch's Gram matrix is added whole
 _ROW_DIVISOR = 4  # rows are kept while T ≤ p / _ROW_DIVISOR
 # columns up to which a solver may form G = FᵀF from kept rows (128 MB) where that is cheaper: the ranking's held FᵀF
@@ -136,9 +137,17 @@ def _without_rows(X: np.ndarray, Y: np.ndarray, Xo: np.ndarray, Yo: np.ndarray) 
     return X[keep], Y[keep]
 
 
-def submatrix(M: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """M[rows][:, columns] for index arrays: whole rows copied first, 2.5× faster than ``np.ix_`` (2 304 columns)."""
-    return M.take(rows, axis=0).take(columns, axis=1)
+def submatrix(M: np.ndarray, rows: np.ndarray, columns: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """M[rows][:, columns] for index arrays (written into ``out`` when given): whole rows copied first, 2.5× faster
+    than ``np.ix_`` (2 304 columns), a block of rows at a time, so that no temporary as large as the result is made
+    (4 000 of 4 608 float32 columns: 33–43 → 22–29 ms)."""
+    rows = np.asarray(rows)
+    if out is None:
+        out = np.empty((rows.size, np.asarray(columns).size), dtype=M.dtype)
+    step = max(1, _GATHER_ELEMENTS // max(M.shape[1], 1))
+    for start in range(0, rows.size, step):
+        M.take(rows[start:start + step], axis=0).take(columns, axis=1, out=out[start:start + step], mode="clip")
+    return out
 
 
 def conv_layout(channels: np.ndarray, n_channels: int) -> int:
