@@ -624,3 +624,41 @@ def test_ranking_extrapolates_only_groups_with_a_wide_consumer(planted, monkeypa
     rank_channels("entropic", narrow + [ConsumerProblem(wide[0].stats, np.repeat(np.arange(D), 36))], D)
     assert [(c["max_iter"], c["extrapolate"]) for c in calls] == [(ranking.ROUNDS, 0.0),
                                                                    (ranking.EXTRAPOLATED_ROUNDS, ranking.EXTRAPOLATION)]
+
+
+def test_submatrix_gathers_by_row_blocks_into_a_buffer(monkeypatch):
+    """``submatrix`` equals ``M[np.ix_(rows, columns)]`` whatever the block of rows it gathers at a time, into a
+    given buffer or a new array."""
+    from onnxprune.solvers import statistics
+
+    rng = np.random.default_rng(11)
+    M = rng.standard_normal((40, 30)).astype(np.float32)
+    rows, columns = rng.permutation(40)[:17], np.sort(rng.permutation(30)[:12])
+    expected = M[np.ix_(rows, columns)]
+    for elements in (1, 60, 10**6):                      # one row, two rows, every row at a time
+        monkeypatch.setattr(statistics, "_GATHER_ELEMENTS", elements)
+        assert np.array_equal(statistics.submatrix(M, rows, columns), expected)
+        buffer = np.full((17, 12), np.nan, dtype=np.float32)
+        assert statistics.submatrix(M, rows, columns, out=buffer) is buffer
+        assert np.array_equal(buffer, expected)
+
+
+@pytest.mark.parametrize("rank", [6, 3])
+def test_solve_psd_factoring_in_place_matches_a_copy_and_falls_back_on_singular(rank):
+    """Factored in place with a ``rebuild`` (the re-fits' one buffer for every λ), the solve is that of a copy; a
+    singular matrix (rank 3 of 6) is rebuilt for the eigh pseudo-inverse instead of reading the spoilt factor."""
+    from onnxprune.solvers.refit import solve_psd
+
+    rng = np.random.default_rng(rank)
+    F = rng.standard_normal((rank, 6))
+    H0 = F.T @ F + (1e-3 * np.eye(6) if rank == 6 else 0.0)
+    B = rng.standard_normal((6, 2))
+    buffer = np.empty_like(H0)
+
+    def rebuild() -> np.ndarray:
+        np.copyto(buffer, H0)
+        return buffer
+
+    np.testing.assert_allclose(solve_psd(rebuild(), B, rebuild=rebuild), solve_psd(H0.copy(), B), rtol=1e-12, atol=1e-12)
+    if rank < 6:
+        np.testing.assert_allclose(solve_psd(rebuild(), B, rebuild=rebuild), np.linalg.pinv(H0) @ B, atol=1e-8)
