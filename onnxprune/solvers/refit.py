@@ -69,8 +69,7 @@ def solve_psd(H: np.ndarray, B: np.ndarray, rebuild: Callable[[], np.ndarray] | 
 def ridge_solver(stats: CentredStatistics, prior: np.ndarray | None = None) -> Callable[[float], np.ndarray]:
     """λ ↦ the W (M, p) minimising E‖y − ȳ − W(x − x̄)‖² + λ‖W − prior‖² (prior 0 when None) over all columns
     of ``stats`` (see :meth:`CentredStatistics.restricted`): W = prior + Δ, Δᵀ = (G + λI)⁻¹(C − G priorᵀ); λ = 0
-    gives minimum-norm least squares. Every λ is factored in one buffer (a fresh p × p array each time costs page
-    faults on a wide layer).
+    gives minimum-norm least squares. Every λ is factored in the same buffer (no fresh p × p array per λ).
 
     Factored statistics are solved in sample space without G (push-through identity):
     Δᵀ = Fᵀ(F Fᵀ + λI)⁻¹(B − F priorᵀ), a (T, T) system.
