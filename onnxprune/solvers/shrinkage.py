@@ -33,7 +33,7 @@ from onnxprune.solvers.statistics import CentredStatistics, block_sum, conv_layo
 _GRID = np.logspace(-4, 1, 6)
 _STEP, _LARGEST = 10**0.25, 1e3  # past the grid's top, quarter decades while the error still falls
 _WIDE, _WIDE_TARGETS = 2048, 64  # from this many kept columns λ is validated in float32 on 64 outputs
-_WALK_FROM = 1024  # kept columns from which λ's grid is walked down from its top only while the error falls
+_WALK_FROM = 1024  # kept columns from which the λ search starts at the grid's top (:func:`_cross_validated`)
 _SMALL = 1e-6
 _WHOLE = 8192  # columns up to which (W0ᵀW0) ∘ G is formed whole (512 MB)
 _BLOCK_ELEMENTS = 2**24
