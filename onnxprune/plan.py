@@ -7,6 +7,7 @@ from typing import Callable, Collection, Mapping, Sequence
 import numpy as np
 import onnx
 
+from onnxprune import __version__
 from onnxprune.allocate import Budgets, GroupCurve, allocate, minimum_cost
 from onnxprune.analysis.groups import consumer_columns
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
@@ -266,8 +267,6 @@ def ranking_identity(analysis: Analysis, settings: SolverSettings, backend: str)
     """What :func:`rank_groups` makes of given statistics depends on besides them (and the model): the solver
     settings, the backend that factorises, each group's frozen channels and the onnxprune version (a key for cached
     rankings; the target is not part of it)."""
-    from onnxprune import __version__
-
     return {"solver": asdict(settings), "backend": backend, "version": __version__,
             "frozen": [np.flatnonzero(g.frozen).tolist() for g in analysis.groups]}
 

@@ -30,7 +30,7 @@ from onnxprune.solvers.lowrank import block_hadamard
 from onnxprune.solvers.refit import Refit, relative_error, residual, ridge_solver
 from onnxprune.solvers.statistics import CentredStatistics, block_sum, conv_layout
 
-_GRID = np.logspace(-4, 1, 6)
+_GRID = tuple(float(rel) for rel in np.logspace(-4, 1, 6))
 _STEP, _LARGEST = 10**0.25, 1e3  # past the grid's top, quarter decades while the error still falls
 _WIDE, _WIDE_TARGETS = 2048, 64  # from this many kept columns λ is validated in float32 on 64 outputs
 _WALK_FROM = 1024  # kept columns from which the λ search starts at the grid's top (:func:`_cross_validated`)
@@ -74,14 +74,14 @@ def _cross_validated(folds: tuple[CentredStatistics, CentredStatistics], cols: n
                               W0[targets].astype(np.float32) if wide else W0)
     scale = folds[0].c0 + folds[1].c0
     walk = len(cols) >= _WALK_FROM
-    grid = [float(_GRID[-1])] if walk else [float(rel) for rel in _GRID]   # ascending λ
+    grid = list(_GRID[-1:] if walk else _GRID)   # ascending λ
     errors = [error(rel) for rel in grid]
     while _largest_best(errors, scale) == len(errors) - 1 and grid[-1] * _STEP <= _LARGEST * (1 + 1e-9):
         grid.append(grid[-1] * _STEP)
         errors.append(error(grid[-1]))
     if walk and _largest_best(errors, scale) == 0:
         for rel in _GRID[-2::-1]:
-            grid.insert(0, float(rel))
+            grid.insert(0, rel)
             errors.insert(0, error(rel))
             if errors[0] >= errors[1]:
                 break
