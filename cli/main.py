@@ -9,7 +9,7 @@ from typing import Callable
 import click
 
 from onnxprune import __version__
-from onnxprune.errors import InternalError, OnnxPruneError, OnnxPruneWarning
+from onnxprune.errors import InternalError, OnnxPruneError, OnnxPruneWarning, UsageError
 
 
 class _Group(click.Group):
@@ -20,11 +20,21 @@ class _Group(click.Group):
         ctx.meta["onnxprune.args"] = list(args)  # the subcommand's own arguments, for -v on an internal error
         return super().resolve_command(ctx, args)
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.UsageError as exc:   # the group's own options (a subcommand's come through invoke)
+            if isinstance(exc, _HELP_INSTEAD):
+                raise   # no arguments at all: click prints the help
+            _fail(None, _usage(exc))
+
     def invoke(self, ctx: click.Context):
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _one_line_warnings(warnings.showwarning)
                 return super().invoke(ctx)
+        except click.exceptions.UsageError as exc:
+            _fail(ctx, _usage(exc))
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except OnnxPruneError as exc:
@@ -41,9 +51,19 @@ class _Group(click.Group):
             _fail(ctx, error)
 
 
-def _fail(ctx: click.Context, exc: OnnxPruneError) -> None:
+_HELP_INSTEAD = getattr(click.exceptions, "NoArgsIsHelpError", ())   # click >= 8.2
+
+
+def _usage(exc: click.exceptions.UsageError) -> UsageError:
+    """click's own checks of the command line (an unknown option, a value out of range) as onnxprune's: one line,
+    exit 4."""
+    where = exc.ctx.command_path if exc.ctx is not None else "onnxprune"
+    return UsageError(exc.format_message(), note=f"see '{where} --help'")
+
+
+def _fail(ctx: click.Context | None, exc: OnnxPruneError) -> None:
     """Print ``exc`` as one line (after the traceback of an internal error's cause with -v) and exit with its code."""
-    if isinstance(exc, InternalError) and _verbose(ctx):
+    if isinstance(exc, InternalError) and ctx is not None and _verbose(ctx):
         traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
     click.echo(f"onnxprune: error: {exc.one_line()}", err=True)
     sys.exit(exc.exit_code)

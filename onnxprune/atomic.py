@@ -15,7 +15,10 @@ from onnxprune.errors import UsageError
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; it replaces ``final`` only if the block succeeds."""
     final = Path(final)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=str(final.parent))
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=str(final.parent))
+    except OSError as exc:
+        raise _cannot_write(final, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -24,10 +27,16 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):   # a full disk, a folder removed meanwhile: the user's to fix, not a bug
+            raise _cannot_write(final, exc) from exc
         raise
+
+
+def _cannot_write(path: Path, exc: OSError) -> UsageError:
+    return UsageError(f"cannot write '{path}': {exc.strerror or exc}.")
 
 
 @contextlib.contextmanager
@@ -50,8 +59,12 @@ def check_destination(path: str | os.PathLike, option: str, example: str) -> Pat
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(f"the folder of {option} '{out}' does not exist.", note=f"create '{folder}' first")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"cannot write to the folder of {option} '{out}'.")
+    try:  # tried, not read from the permission bits: root passes those on a read-only mount, and /proc
+        fd, probe = tempfile.mkstemp(prefix=".onnxprune-", suffix=".probe", dir=str(folder))
+    except OSError as exc:
+        raise UsageError(f"cannot write to the folder of {option} '{out}': {exc.strerror or exc}.") from exc
+    os.close(fd)
+    os.unlink(probe)
     return out
 
 

@@ -151,7 +151,8 @@ def sweep(model_path: str | os.PathLike, data_path: str | os.PathLike, targets: 
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         if options.cache_dir is None and not options.stats_files:   # one calibration pass and ranking for all targets
             options = dataclasses.replace(options, cache_dir=Path(tmp) / "cache")
-        outputs = [check_output_path(folder / pruned_name(model_path, t), model_path, force=force) for t in fractions]
+        outputs = [check_output_path(folder / pruned_name(model_path, t), model_path, force=force,
+                                     option="--out-dir") for t in fractions]
         points = []
         for i, (fraction, output) in enumerate(zip(fractions, outputs)):
             say(f"[{i + 1}/{len(fractions)}] compressing to {fraction * 100:g}% of the multiply-adds")

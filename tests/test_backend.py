@@ -38,7 +38,7 @@ def test_choices_resolve_and_torch_without_torch_is_refused(monkeypatch):
     with pytest.raises(BackendError, match="torch is not installed"):
         resolve("torch")
     result = run_cli(["compress", LENET, "--data", DIGITS, "--backend", "torch"])
-    assert result.exit_code == 2 and "torch is not installed" in result.output
+    assert result.exit_code == 4 and "torch is not installed" in result.output
     assert "Traceback" not in result.output
 
 

@@ -152,6 +152,8 @@ def test_images_calibrate(work):
     (["--target-flops", "0.5", "--target-params", "0.5"], "either"),
     (["--holdout", "1.0"], "--holdout"),
     (["--ridge", "lots"], "--ridge"),
+    (["--bogus"], "No such option"),            # click's own checks: one line and exit 4 like ours
+    (["--num-samples", "-3"], "--num-samples"),
 ])
 def test_bad_options(work, args, text):
     result = run(["compress", work / "lenet.onnx", "--data", DIGITS, "-o", work / "out.onnx", *args])
@@ -165,6 +167,37 @@ def test_bad_output_paths(work):
     assert model.read_bytes() == LENET.read_bytes()
     nofolder = run(["compress", model, "--data", DIGITS, "-o", work / "no" / "such" / "dir.onnx"])
     assert_clean_failure(nofolder, work, code=4, text="does not exist")
+    folder = run(["compress", model, "--data", DIGITS, "-o", work])
+    assert_clean_failure(folder, work, code=4, text="is a directory")
+
+
+def test_unwritable_output_folder_is_refused_before_any_work(work, monkeypatch):
+    """Tried by creating a file, not read from permission bits (root passes those on a read-only mount)."""
+    import tempfile
+
+    from onnxprune import compress as compress_module
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(compress_module, "load_inputs", lambda *a, **k: pytest.fail("calibration data was read"))
+    result = run(["compress", work / "lenet.onnx", "--data", DIGITS, "-o", work / "out.onnx", "--target-flops", "0.5"])
+    assert_clean_failure(result, work, code=4, text="Read-only file system")
+    assert "cannot write to the folder of -o" in result.stderr
+
+
+def test_a_failing_write_is_one_line_and_leaves_nothing(work, monkeypatch):
+    """A full disk while the model is written: exit 4 naming the file, no temporary left behind."""
+    import onnx
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", disk_full)
+    result = run(["compress", work / "lenet.onnx", "--data", DIGITS, "-o", work / "out.onnx", "--target-flops", "0.5"])
+    assert_clean_failure(result, work, code=4, text="No space left on device")
+    assert f"cannot write '{work / 'out.onnx'}'" in result.stderr
 
 
 def test_unreachable_target(work):

@@ -205,7 +205,7 @@ def test_prefetched_keeps_order_and_raises_where_the_producer_failed():
 def test_memory_budget_option_and_report(tmp_path):
     model, data = ZOO / "resnet_basic.ts.onnx", ZOO / "resnet_basic.npz"
     bad = run(["compress", model, "--data", data, "--memory-budget", "lots", "-o", tmp_path / "x.onnx"])
-    assert bad.exit_code == 2 and "--memory-budget" in bad.output and not (tmp_path / "x.onnx").exists()
+    assert bad.exit_code == 4 and "--memory-budget" in bad.output and not (tmp_path / "x.onnx").exists()
     result = run(["compress", model, "--data", data, "--target-flops", "0.5", "--memory-budget", "64M", "-v",
                   "-o", tmp_path / "y.onnx", "--report", tmp_path / "r.json"])
     assert result.exit_code == 0, result.output

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, Message
 
-from onnxprune.atomic import atomic_path
+from onnxprune.atomic import atomic_path, check_destination
 from onnxprune.errors import ModelError, UsageError, first_line
 
 _TWO_GB = 2**31 - 2**20  # protobuf's limit, with a margin
@@ -60,14 +60,15 @@ def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike, *, force: bool) -> Path:
-    """Validate where an output model may be written; raise UsageError otherwise."""
+def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike, *, force: bool,
+                      option: str = "-o") -> Path:
+    """Validate where an output model may be written (not the input, in a folder that takes a new file, not an
+    existing file unless ``force``); raise UsageError otherwise, naming ``option``."""
     out = Path(output)
     if out.resolve() == Path(input_path).resolve():
         raise UsageError(f"output '{out}' is the input model; onnxprune never overwrites its input.",
-                         note="choose another path with -o")
-    if not out.parent.resolve().is_dir():
-        raise UsageError(f"output folder '{out.parent}' does not exist.")
+                         note=f"choose another path with {option}")
+    check_destination(out, option, "model.pruned.onnx")
     if out.exists() and not force:
         raise UsageError(f"output '{out}' already exists.", note="pass --force to overwrite it")
     return out
