@@ -225,6 +225,7 @@ RETRIES = 2
 NEAR = 0.02
 _ROUND_OFF = 1e-9   # a budget NEAR tighter than the last one is NEAR from it, whatever float subtraction gives
 COLLAPSE = 0.25
+FEW_SAMPLES = 32   # fewer calibration samples than this get a note in the summary
 NOISY = 0.1   # noise of a measured latency ratio above which the summary says the timings cannot be trusted
 
 
@@ -481,7 +482,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         model=str(model_path), output=None if out_path is None else str(out_path), target=options.target,
         method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),
         file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
-        timings=log.seconds, calibration_samples=len(calib_idx),
+        timings=log.seconds, calibration_samples=len(calib_idx), held_out_samples=len(hold_idx),
         calibration_batch=calibration_batch(model, options.calibration), blocked=analysis.blocked, notes=notes,
         bench=bench, latency=latency, input_shapes=input_shapes, executor=executor.report(since),
         memory={"peak_mib": max(log.peak_mib.values(), default=None), "peak_rss_mib": dict(log.peak_mib),
@@ -489,6 +490,9 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     )
     if not prunable:
         report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")
+    if len(calib_idx) < FEW_SAMPLES:
+        report.notes.append(f"only {len(calib_idx)} calibration sample(s): the rankings, the allocation and the re-fits "
+                            "rest on little data (a few hundred samples are usual)")
     return CompressResult(pruned, report, plan, analysis)
 
 

@@ -25,6 +25,7 @@ class PruneReport:
     timings: dict[str, float]
     calibration_samples: int
     calibration_batch: int = 0                   # samples per ONNX Runtime call of the calibration passes
+    held_out_samples: int = 0                    # samples kept out of calibration for the fidelity check (--holdout)
     blocked: list[tuple[str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     bench: Comparison | None = None   # original vs pruned latency (compress --bench)
@@ -63,6 +64,7 @@ class PruneReport:
             "timings_unit": "seconds",
             "calibration_samples": self.calibration_samples,
             "calibration_batch": self.calibration_batch,
+            "held_out_samples": self.held_out_samples,
             "notes": self.notes,
             "bench": None if self.bench is None else self.bench.to_dict(),
             "latency": self.latency,
@@ -126,11 +128,12 @@ def render_summary(report: PruneReport, *, verbose: bool = False) -> str:
             lines.append(f"latency: measured {lat['measured_ratio']:.1%} ± {lat['measured_noise']:.1%} "
                          f"({lat['measured_original_ms']:.2f} -> {lat['measured_ms']:.2f} ms per run, wall-clock "
                          "session.run, the two models in interleaved rounds)")
+    lines.append(f"samples: {report.calibration_samples} calibrated on, {report.held_out_samples} held out (--holdout)")
     fid = report.fidelity
     if fid is not None:
         lines.extend(fidelity_lines(fid))
     else:
-        lines.append("fidelity: no held-out samples (--holdout 0)")
+        lines.append("fidelity: not measured: no held-out samples (--holdout 0, or fewer than two samples)")
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
     if verbose and report.memory:
         lines.extend(_memory_lines(report.memory))

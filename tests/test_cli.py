@@ -58,6 +58,8 @@ def test_compress_default_output_summary_and_report(work):
     doc = json.loads(report.read_text())
     assert doc["flops"]["after"] <= 0.5 * doc["flops"]["before"]
     assert doc["target"] == {"kind": "flops", "fraction": 0.5}
+    assert doc["calibration_samples"] + doc["held_out_samples"] == len(np.load(DIGITS)["input"])
+    assert doc["held_out_samples"] == round(0.1 * len(np.load(DIGITS)["input"]))
     # refuses to overwrite without --force, and keeps the existing file
     before = out.read_bytes()
     again = run(["compress", work / "lenet.onnx", "--data", DIGITS, "--target-flops", "0.5"])
@@ -70,6 +72,17 @@ def test_summary_table_printed(work):
     assert result.exit_code == 0, result.output
     for text in ("parameters", "multiply-adds", "file size", "fidelity", "time:", "->"):
         assert text in result.stdout
+
+
+def test_few_samples_are_said_and_nothing_held_out_is_explained(work):
+    data = _npz(work, input=np.load(DIGITS)["input"][:1])
+    result = run(["compress", work / "lenet.onnx", "--data", data, "--target-flops", "0.5", "-o", work / "o.onnx"])
+    assert result.exit_code == 0, result.output
+    assert "samples: 1 calibrated on, 0 held out" in result.stdout
+    assert "fidelity: not measured: no held-out samples" in result.stdout
+    assert "only 1 calibration sample(s)" in result.output
+    plenty = run(["compress", work / "lenet.onnx", "--data", DIGITS, "--target-flops", "0.5", "-o", work / "p.onnx"])
+    assert "calibration sample(s)" not in plenty.output
 
 
 def test_analyze_lists_groups(work):
