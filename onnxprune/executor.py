@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import signal
 import socket
 import time
 from typing import Any, Callable, Sequence
@@ -174,9 +175,12 @@ _POOL_LIMITS = None               # a worker's BLAS thread limit, held for its l
 
 
 def _pool_worker_start() -> None:
+    """Hold the worker's BLAS thread limit, and leave Ctrl-C to the parent: it stops the pool (a worker's own
+    KeyboardInterrupt would print a traceback beside the one-line message)."""
     global _POOL_LIMITS
     from threadpoolctl import threadpool_limits
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _POOL_LIMITS = threadpool_limits(limits=_POOL_WORK[2], user_api="blas")
 
 

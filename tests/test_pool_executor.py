@@ -24,6 +24,12 @@ def _blas_threads(_context, _item):
     return [entry["num_threads"] for entry in threadpool_info() if entry["user_api"] == "blas"]
 
 
+def _ignores_ctrl_c(_context, _item):
+    import signal
+
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 def _fails(_context, item):
     if item == 3:
         raise ValueError("item 3 is bad")
@@ -43,6 +49,12 @@ def test_each_worker_holds_its_share_of_the_blas_threads(monkeypatch):
     monkeypatch.setattr("onnxprune.executor.cpu_cores", lambda: 4)
     threads = PoolExecutor(workers=2).map(_blas_threads, [0, 1])
     assert all(t == [2] * len(t) and t for t in threads)
+
+
+def test_ctrl_c_is_left_to_the_parent():
+    """Workers ignore SIGINT (a terminal's Ctrl-C reaches them too): the parent's KeyboardInterrupt stops the pool
+    and the command prints one line, not a traceback per worker."""
+    assert PoolExecutor(workers=2).map(_ignores_ctrl_c, [0, 1, 2]) == [True, True, True]
 
 
 def test_a_worker_error_is_raised_here():
