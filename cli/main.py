@@ -97,7 +97,7 @@ def cli() -> None:
     """Make exported ONNX CNNs smaller and faster without retraining.
 
     Exit codes: 0 success, 1 general error, 2 bad model, 3 bad data, 4 bad option or output path,
-    5 execution provider unavailable, 130 interrupted.
+    5 execution provider unavailable, 6 out of memory, 130 interrupted.
     """
 
 

@@ -184,6 +184,17 @@ def test_bad_output_paths(work):
     assert_clean_failure(folder, work, code=4, text="is a directory")
 
 
+def test_out_of_memory_is_one_line_and_exit_6(work, monkeypatch):
+    from onnxprune import compress as compress_module
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(compress_module, "first_pass", exhausted)
+    result = run(["compress", work / "lenet.onnx", "--data", DIGITS, "-o", work / "out.onnx", "--target-flops", "0.5"])
+    assert_clean_failure(result, work, code=6, text="out of memory")
+
+
 def test_unwritable_output_folder_is_refused_before_any_work(work, monkeypatch):
     """Tried by creating a file, not read from permission bits (root passes those on a read-only mount)."""
     import tempfile
