@@ -19,6 +19,25 @@ def test_missing_model(tmp_path):
         load_model(tmp_path / "nope.onnx")
 
 
+def test_missing_external_data_is_named(tmp_path):
+    """A model saved with external data loads with it, and without its data file says which file is missing (every
+    command loads models this way)."""
+    model = onnx.load(str(SAMPLES / "lenet5_digits.onnx"))
+    expected = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer]
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    loaded = load_model(path)
+    for init, want in zip(loaded.graph.initializer, expected, strict=True):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(init), want)
+    (tmp_path / "ext.onnx.data").unlink()
+    for external_data in (True, False):
+        if external_data:
+            with pytest.raises(ModelError, match="external data file .*ext.onnx.data.* is missing"):
+                load_model(path)
+        else:
+            assert load_model(path, check=False, external_data=False).graph.node
+
+
 def test_garbage_model(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not a protobuf \x00\xff" * 10)

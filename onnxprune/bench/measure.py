@@ -42,6 +42,7 @@ from onnxprune.bench.inputs import (
 from onnxprune.bench.providers import ProviderSpec, resolve_providers
 from onnxprune.bench.results import BenchResult, LatencyStats, MemoryStats, RunResult
 from onnxprune.errors import DataError, ModelError, OnnxPruneError, ProviderError, UsageError
+from onnxprune.graph.io import external_data_files, load_model, require_external_data
 
 __all__ = ["benchmark", "benchmark_models", "model_file_bytes", "DEFAULT_RUNS", "DEFAULT_ROUNDS"]
 
@@ -63,36 +64,15 @@ class _Plan:
 
 
 def _load_model(path: Path):
-    from onnxprune.graph.io import load_model
-
     return load_model(path, check=False, external_data=False)
-
-
-def _external_files(model, folder: Path) -> list[Path]:
-    import onnx
-
-    files: dict[Path, None] = {}
-    for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in init.external_data:
-                if entry.key == "location":
-                    files[(folder / entry.value)] = None
-    return list(files)
 
 
 def model_file_bytes(path: PathLike, model=None) -> int:
     """Size of the model file plus its external data files, in bytes."""
     path = Path(path)
     model = model if model is not None else _load_model(path)
-    total = path.stat().st_size
-    for extra in _external_files(model, path.parent):
-        if not extra.exists():
-            raise ModelError(
-                f"external data file '{extra}' of '{path}' is missing.",
-                note="keep the .onnx file and its external data files together in one folder",
-            )
-        total += extra.stat().st_size
-    return total
+    require_external_data(model, path)
+    return path.stat().st_size + sum(extra.stat().st_size for extra in external_data_files(model, path.parent))
 
 
 def _providers(providers: ProvidersArg) -> list[ProviderSpec]:
@@ -159,7 +139,7 @@ def _prepare(path: PathLike, batches, overrides, feeds) -> _Plan:
         try:
             counts = count_model(model, at)
         except ValueError:
-            if not _external_files(model, path.parent):
+            if not external_data_files(model, path.parent):
                 raise
             # shape arithmetic may read small tensors kept in external data: load it and try again
             import onnx.external_data_helper

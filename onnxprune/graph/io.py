@@ -26,7 +26,10 @@ def load_model(path: str | os.PathLike, *, check: bool = True, external_data: bo
     if path.is_dir():
         raise ModelError(f"model path '{path}' is a folder, not an .onnx file.")
     try:
-        model = onnx.load(str(path), load_external_data=external_data)
+        model = onnx.load(str(path), load_external_data=False)
+        if external_data:
+            require_external_data(model, path)
+            onnx.load_external_data_for_model(model, str(path.parent))
     except (DecodeError, RuntimeError, ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
         raise ModelError(
             f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: {first_line(exc)}).",
@@ -37,6 +40,25 @@ def load_model(path: str | os.PathLike, *, check: bool = True, external_data: bo
     if check:
         check_model(model, path)
     return model
+
+
+def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
+    """The external data files the model's initializers name, as paths in ``folder`` (each once)."""
+    files: dict[Path, None] = {}
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in init.external_data:
+                if entry.key == "location":
+                    files[folder / entry.value] = None
+    return list(files)
+
+
+def require_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """ModelError naming the first external data file of the model at ``path`` that is missing."""
+    for extra in external_data_files(model, path.parent):
+        if not extra.is_file():
+            raise ModelError(f"external data file '{extra}' of '{path}' is missing.",
+                             note="keep the .onnx file and its external data files together in one folder")
 
 
 def check_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> None:
