@@ -38,7 +38,7 @@ from onnxprune.graph.precision import refuse_quantised, restore_float16, to_floa
 from onnxprune.graph.probe import onnx_to_numpy_dtype
 from onnxprune.latency import (ROUNDS, LatencyCheck, LatencyCost, LatencyTarget, check_latency, copies,
                                measure_latency, uniform_mask)
-from onnxprune.metrics import count_model
+from onnxprune.metrics import ModelCounts, block_flops, count_model
 from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, RankedGroup, SolverSettings, Target,
                             check_method, check_target, minimum_fraction, near_output_default, output_means,
                             rank_groups, ranking_identity, solve)
@@ -483,6 +483,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),
         file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
         timings=log.seconds, calibration_samples=len(calib_idx), held_out_samples=len(hold_idx),
+        flops_in_blocks=_in_blocks(allocation, counts, after),
         calibration_batch=calibration_batch(model, options.calibration), blocked=analysis.blocked, notes=notes,
         bench=bench, latency=latency, input_shapes=input_shapes, executor=executor.report(since),
         memory={"peak_mib": max(log.peak_mib.values(), default=None), "peak_rss_mib": dict(log.peak_mib),
@@ -494,6 +495,15 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         report.notes.append(f"only {len(calib_idx)} calibration sample(s): the rankings, the allocation and the re-fits "
                             "rest on little data (a few hundred samples are usual)")
     return CompressResult(pruned, report, plan, analysis)
+
+
+def _in_blocks(allocation: AllocationSettings, before: ModelCounts,
+               after: ModelCounts) -> tuple[int, int, int] | None:
+    """(block, before, after) multiply-adds in the CPU's channel blocks where the counts are the CPU's
+    (:func:`backend_counts`), else None."""
+    if not allocation.allow_below or (allocation.round_to or 1) < 2:
+        return None
+    return allocation.round_to, block_flops(before, allocation.round_to), block_flops(after, allocation.round_to)
 
 
 def backend_counts(allocation: AllocationSettings, provider: str, for_speed: bool,

@@ -24,7 +24,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -58,6 +58,7 @@ class ModelCounts:
     params: int  # number of float parameters: elements of float initializers (and float Constant node tensors) of the graph
     flops: int  # multiply-adds at batch 1 of Conv, ConvTranspose, Gemm, MatMul nodes
     per_node: Dict[str, Tuple[int, int]]  # node name -> (params attributed, MACs) for those op types
+    conv_outputs: Dict[str, int] = field(default_factory=dict)  # Conv node name -> its output channels
 
 
 def count_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelCounts:
@@ -72,16 +73,30 @@ def count_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]
     shapes = _shapes_for_counting(model, input_shapes)
 
     per_node: dict[str, tuple[int, int]] = {}
+    conv_outputs: dict[str, int] = {}
     total_macs = 0
     for index, node in enumerate(graph.node):
         if node.op_type not in COUNTED_OPS or node.domain not in ("", "ai.onnx"):
             continue
         name = _unique_name(node, index, per_node)
         macs = _node_macs(node, name, shapes)
+        if node.op_type == "Conv":
+            conv_outputs[name] = _shape_of(node, name, node.input[1], shapes, min_rank=3)[0]
         attributed = sum(float_sizes.get(i, 0) for i in dict.fromkeys(node.input) if i)
         per_node[name] = (attributed, macs)
         total_macs += macs
-    return ModelCounts(params=count_params(model), flops=total_macs, per_node=per_node)
+    return ModelCounts(params=count_params(model), flops=total_macs, per_node=per_node, conv_outputs=conv_outputs)
+
+
+def block_flops(counts: ModelCounts, block: int) -> int:
+    """Multiply-adds with every Conv's output channels counted in whole blocks of ``block``: what onnxruntime's CPU
+    convolutions compute in their NCHWc layout, where an output count costs its next multiple of the block (one
+    below the block the whole block) and an input count about what it is (``benchmarks/results/count_cost.md``)."""
+    total = 0
+    for name, (_, macs) in counts.per_node.items():
+        outputs = counts.conv_outputs.get(name)
+        total += macs if not outputs else macs * (-(-outputs // block) * block) // outputs
+    return total
 
 
 def count_params(model: onnx.ModelProto) -> int:

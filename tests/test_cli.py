@@ -67,6 +67,25 @@ def test_compress_default_output_summary_and_report(work):
     assert out.read_bytes() == before
 
 
+def test_multiply_adds_in_the_cpus_blocks_beside_the_counted_ones(work, monkeypatch):
+    """With the CPU's default counts the summary and report add the multiply-adds its convolutions compute (output
+    channels in whole blocks); with exact counts (--round-to 1) they do not."""
+    monkeypatch.setenv("ONNXPRUNE_CPU_BLOCK", "16")
+    report = work / "r.json"
+    result = run(["compress", work / "lenet.onnx", "--data", DIGITS, "--target-flops", "0.5", "-o", work / "o.onnx",
+                  "--report", report])
+    assert result.exit_code == 0, result.output
+    assert "in blocks of 16" in result.stdout
+    flops = json.loads(report.read_text())["flops"]
+    blocks = flops["in_blocks"]
+    assert blocks["block"] == 16 and blocks["before"] >= flops["before"] and blocks["after"] >= flops["after"]
+    assert blocks["after"] / blocks["before"] > flops["after"] / flops["before"]   # LeNet's 6- and 16-channel convs
+    exact = run(["compress", work / "lenet.onnx", "--data", DIGITS, "--target-flops", "0.5", "-o", work / "p.onnx",
+                 "--report", report, "--round-to", "1", "--force"])
+    assert exact.exit_code == 0 and "in blocks of" not in exact.stdout
+    assert json.loads(report.read_text())["flops"]["in_blocks"] is None
+
+
 def test_summary_table_printed(work):
     result = run(["compress", work / "lenet.onnx", "--data", DIGITS, "--target-params", "0.5", "-o", work / "o.onnx"])
     assert result.exit_code == 0, result.output

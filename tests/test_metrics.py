@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.errors import UsageError
-from onnxprune.metrics import ModelCounts, count_model, count_params
+from onnxprune.metrics import ModelCounts, block_flops, count_model, count_params
 
 RNG = np.random.default_rng(0)
 
@@ -38,6 +38,23 @@ def test_conv_with_stride_pad_and_group():
     assert counts.flops == macs == 1728
     assert counts.params == 6 * 2 * 9 + 6
     assert counts.per_node == {"conv": (6 * 2 * 9 + 6, macs)}
+
+
+def test_block_flops_round_every_conv_output_count_up_to_the_block():
+    """17 outputs compute as 32, 5 as 16, 32 as 32; inputs and a Gemm as counted."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w2"], ["b"], name="c2", kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["b", "w3"], ["c"], name="c3", kernel_shape=[1, 1]),
+             helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("Gemm", ["f", "w4"], ["y"], name="fc", transB=1)]
+    model = _model(nodes, [_vi("x", [1, 3, 4, 4])], [_vi("y", None)],
+                   [_w("w1", 17, 3, 3, 3), _w("w2", 5, 17, 1, 1), _w("w3", 32, 5, 1, 1), _w("w4", 10, 32 * 16)])
+    counts = count_model(model)
+    assert counts.conv_outputs == {"c1": 17, "c2": 5, "c3": 32}
+    c1, c2, c3, fc = 16 * 17 * 27, 16 * 5 * 17, 16 * 32 * 5, 10 * 512
+    assert counts.flops == c1 + c2 + c3 + fc
+    assert block_flops(counts, 16) == 16 * 32 * 27 + 16 * 16 * 17 + c3 + fc
+    assert block_flops(counts, 1) == counts.flops
 
 
 def test_conv_dilation_and_asymmetric_pads_use_inferred_output():
