@@ -483,7 +483,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         method=options.solver.method, params=(counts.params, after.params), flops=(counts.flops, after.flops),
         file_size=(_file_size(Path(model_path)), size_after), groups=plan.groups, fidelity=fidelity,
         timings=log.seconds, calibration_samples=len(calib_idx), held_out_samples=len(hold_idx),
-        flops_in_blocks=_in_blocks(allocation, counts, after),
+        flops_in_blocks=_in_blocks(allocation, options.calibration.provider, counts, after),
         calibration_batch=calibration_batch(model, options.calibration), blocked=analysis.blocked, notes=notes,
         bench=bench, latency=latency, input_shapes=input_shapes, executor=executor.report(since),
         memory={"peak_mib": max(log.peak_mib.values(), default=None), "peak_rss_mib": dict(log.peak_mib),
@@ -497,11 +497,11 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
     return CompressResult(pruned, report, plan, analysis)
 
 
-def _in_blocks(allocation: AllocationSettings, before: ModelCounts,
+def _in_blocks(allocation: AllocationSettings, provider: str, before: ModelCounts,
                after: ModelCounts) -> tuple[int, int, int] | None:
-    """(block, before, after) multiply-adds in the CPU's channel blocks where the counts are the CPU's
-    (:func:`backend_counts`), else None."""
-    if not allocation.allow_below or (allocation.round_to or 1) < 2:
+    """(block, before, after) multiply-adds in the CPU's channel blocks on the CPU provider where the counts are a
+    block's (:func:`backend_counts`, or --round-to with --allow-below), else None."""
+    if provider != "cpu" or not allocation.allow_below or (allocation.round_to or 1) < 2:
         return None
     return allocation.round_to, block_flops(before, allocation.round_to), block_flops(after, allocation.round_to)
 
