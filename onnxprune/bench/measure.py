@@ -42,7 +42,7 @@ from onnxprune.bench.inputs import (
 from onnxprune.bench.providers import ProviderSpec, resolve_providers
 from onnxprune.bench.results import BenchResult, LatencyStats, MemoryStats, RunResult
 from onnxprune.errors import DataError, ModelError, OnnxPruneError, ProviderError, UsageError
-from onnxprune.graph.io import external_data_files, load_model, require_external_data
+from onnxprune.graph.io import external_data_files, load_external_data, load_model, require_external_data
 
 __all__ = ["benchmark", "benchmark_models", "model_file_bytes", "DEFAULT_RUNS", "DEFAULT_ROUNDS"]
 
@@ -141,10 +141,7 @@ def _prepare(path: PathLike, batches, overrides, feeds) -> _Plan:
         except ValueError:
             if not external_data_files(model, path.parent):
                 raise
-            # shape arithmetic may read small tensors kept in external data: load it and try again
-            import onnx.external_data_helper
-
-            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+            load_external_data(model, path)   # shape arithmetic may read small tensors kept there: try again
             counts = count_model(model, at)
         params, macs = counts.params, counts.flops
     except (ValueError, UsageError) as exc:

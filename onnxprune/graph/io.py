@@ -28,8 +28,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True, external_data: bo
     try:
         model = onnx.load(str(path), load_external_data=False)
         if external_data:
-            require_external_data(model, path)
-            onnx.load_external_data_for_model(model, str(path.parent))
+            load_external_data(model, path)
     except (DecodeError, RuntimeError, ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
         raise ModelError(
             f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: {first_line(exc)}).",
@@ -59,6 +58,12 @@ def require_external_data(model: onnx.ModelProto, path: Path) -> None:
         if not extra.is_file():
             raise ModelError(f"external data file '{extra}' of '{path}' is missing.",
                              note="keep the .onnx file and its external data files together in one folder")
+
+
+def load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read into ``model`` (loaded from ``path`` without it) its external data; ModelError naming a missing file."""
+    require_external_data(model, path)
+    onnx.load_external_data_for_model(model, str(path.parent))
 
 
 def check_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> None:
