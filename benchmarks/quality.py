@@ -94,6 +94,7 @@ MODELS = {m.key: m for m in (
 # compare ranking methods; the cells measured before then ran the same options without the `--round-to 1`)
 ONNXPRUNE = {
     "default": [],
+    "plain": ["--activation-passes", "0"],
     "exact": ["--round-to", "1"],
     "independent": ["--independent", "--round-to", "1"],
     "l1": ["--method", "l1", "--round-to", "1"],
@@ -104,6 +105,7 @@ ONNXPRUNE = {
 ONNXSIM = {"onnxsim-l1": ("l1", False), "onnxsim-l2": ("l2", False), "onnxsim-wanda": ("l2", True)}
 LABELS = {
     "default": "onnxprune default (entropic, error-correcting; counts of this CPU's 16-channel blocks)",
+    "plain": "onnxprune `--activation-passes 0` (the re-fits before a ReLU by plain least squares: the default before 2026-12-06)",
     "exact": "onnxprune `--round-to 1` (exact counts: the default before 2026-12-05)",
     "independent": "onnxprune entropic `--independent --round-to 1`",
     "l1": "onnxprune `--method l1 --round-to 1` (re-fit)",
@@ -470,7 +472,7 @@ def plot_model(ax, spec: ModelSpec, doc: dict) -> None:
                      if k.startswith(f"{spec.key}|{method}|") and "top1" in c and "note" not in c)
         if pts:
             style = "--" if method.startswith("onnxsim") else "-"
-            ax.plot(*zip(*pts), style, marker="os^vDPX*h"[i], label=LABELS[method].replace("`", ""), color=f"C{i}")
+            ax.plot(*zip(*pts), style, marker="os^vDPX*hp<>"[i], label=LABELS[method].replace("`", ""), color=f"C{i}")
     if orig:
         ax.axhline(100 * orig["top1"], color="k", lw=0.8, ls=":", label="original")
     ax.set_title(f"{spec.title}")

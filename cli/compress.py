@@ -73,6 +73,12 @@ from onnxprune.runtime import cpu_cores
 @click.option("--independent", is_flag=True,
               help="Take every layer's statistics from the original network (the paper's mode) instead of the "
                    "default error-correcting re-fit (inputs from the pruned network, targets from the original).")
+@click.option("--activation-passes", type=click.IntRange(min=0), default=1, show_default=True, metavar="N",
+              help="Error-correcting re-fit: passes per stage that re-fit a layer whose output (or the residual sum "
+                   "it writes into) goes through a ReLU or Clip to what the activation lets through: where the "
+                   "original is clipped, only outputs that cross the bound count. Each pass re-runs the stage's "
+                   "layers over the calibration data; 0 fits the outputs before the activation by plain least "
+                   "squares.")
 @click.option("--residual-power", type=click.FloatRange(min=0.0), metavar="P",
               help="Allocation, expert: a layer that writes into a residual sum has its error weighted by "
                    "(its output energy / the sum's energy)**P. Default: 2 where a ReLU rectifies the sum "
@@ -148,7 +154,7 @@ from onnxprune.runtime import cpu_cores
                                                   "internal error, print its traceback.")
 def compress(model, data, output, force, write_unchanged, target_flops, target_params, target_latency, latency_batch,
              latency_runs, target_fidelity, fidelity, method, rho, tau, threshold, ridge, no_refit,
-             independent, residual_power, output_weight, wide_head_weight, near_output_weight, allocate_by, min_keep, depth, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions, score_positions, augment, augment_ops,
+             independent, activation_passes, residual_power, output_weight, wide_head_weight, near_output_weight, allocate_by, min_keep, depth, round_to, allow_below, exclude, image_size, raw_pixels, mean, std, layout, bgr, resize, pad_value, size_multiple, num_samples, holdout, seed, batch_size, max_positions, score_positions, augment, augment_ops,
              provider, stats_files, cache_dir, memory_budget, backend, distil_epochs, distil_lr, report_path, bench, bench_batch, bench_runs, html_path, quiet, verbose,
              ray_address=None, ray_ship_data=False) -> None:
     """Prune the channels of MODEL that matter least and re-fit the rest from calibration data.
@@ -175,7 +181,8 @@ def compress(model, data, output, force, write_unchanged, target_flops, target_p
         target=target,
         solver=SolverSettings(method=method, rho=rho, tau=tau, theta=threshold, delta=delta, refit=not no_refit, seed=seed,
                               residual_power=residual_power, output_weight=output_weight,
-                              wide_head_weight=wide_head_weight, near_output_weight=near_output_weight),
+                              wide_head_weight=wide_head_weight, near_output_weight=near_output_weight,
+                              activation_passes=activation_passes),
         calibration=calibration_settings(batch_size, max_positions, seed, provider),
         image=image,
         num_samples=num_samples,

@@ -489,6 +489,12 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         memory={"peak_mib": max(log.peak_mib.values(), default=None), "peak_rss_mib": dict(log.peak_mib),
                 "frontier": store.report()},
     )
+    shifted = sorted(n for n, fit in plan.refits.items() if fit.shift_passes)
+    if shifted:
+        report.activation_refit = {"passes": options.solver.activation_passes, "layers": shifted}
+        report.notes.append(f"{len(shifted)} layer(s) re-fitted to what the ReLU or Clip after them lets through "
+                            f"({options.solver.activation_passes} shift pass(es) per stage; --activation-passes 0 "
+                            "fits them by plain least squares)")
     if not prunable:
         report.notes.append("no prunable channel group: every group is frozen (see -v or 'onnxprune analyze').")
     if len(calib_idx) < FEW_SAMPLES:

@@ -55,6 +55,8 @@ class SolverSettings:
     # error weight of the consumers only such last consumers read (one re-fit from the outputs); None: 1 here,
     # resolved by compress from what the outputs are (:func:`near_output_default`)
     near_output_weight: float | None = None
+    # shift passes per error-correcting stage that fit a layer followed by ReLU/Clip to what it passes (rectified.py)
+    activation_passes: int = 1
 
 
 DENSE_OUTPUTS = ("dense", "yolo")   # output kinds (fidelity_kinds.Judge.kind) whose layer before the last weighs more

@@ -36,6 +36,8 @@ class PruneReport:
     executor: dict | None = None      # where the passes and rankings ran (onnxprune.executor.Executor.report)
     # peak resident memory per stage (MiB) and the error-correcting frontier's budget and peaks
     memory: dict | None = None
+    # layers re-fitted to what their ReLU/Clip lets through and the shift passes per stage (``rectified.py``)
+    activation_refit: dict | None = None
 
     @property
     def removed(self) -> list[GroupOutcome]:
@@ -74,6 +76,7 @@ class PruneReport:
             "latency": self.latency,
             "executor": self.executor,
             "memory": self.memory,
+            "activation_refit": self.activation_refit,
         }
 
 

@@ -16,6 +16,7 @@ the model with the re-fits so far installed. The first pass can keep what the fi
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
@@ -33,10 +34,12 @@ from onnxprune.executor import LocalExecutor
 from onnxprune.graph.io import model_inputs
 from onnxprune.graph.probe import element_types
 from onnxprune.plan import PrunePlan, SolverSettings, consumer_weight_matrix
+from onnxprune.rectified import Activation, TargetShift, rectified_consumers
 from onnxprune.residual import Landing
 from onnxprune.rewrite import apply_plan, install_refits, weight_specs
 from onnxprune.solvers import Refit, refit
 from onnxprune.solvers.shrinkage import refit_towards
+from onnxprune.solvers.statistics import LinearStatistics
 
 if TYPE_CHECKING:
     from onnxprune.calibration.parallel import Passes
@@ -149,18 +152,27 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
             models = {net: None if cut[net].seeded or not cut[net].outputs else
                       segment_model(networks[net], cut[net], types, graphs[net]) for net in networks}
             masks = {c.node: analysis.mask(c.output, plan.kept) for c in stage if c.node in final}
+            rectified = rectified_consumers(model, stage, final) if solver.activation_passes else {}
             step = StagePass(model, list(stage), cut, models, read_data=k == 0 and seeded is None, landings=final,
-                             output_masks=masks)
-            stats = (stage_blocks(step, store, data, indices, settings) if passes is None else
-                     passes.stage(step, store, data, indices, settings)).total()
+                             output_masks=masks, advance=not rectified)
+
+            def run(step: StagePass) -> dict:
+                return (stage_blocks(step, store, data, indices, settings) if passes is None else
+                        passes.stage(step, store, data, indices, settings)).total()
+
+            stats = run(step)
+            executor = LocalExecutor() if passes is None else passes.executor
             jobs = []
             for c in stage:
                 kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
                 w0 = consumer_weight_matrix(nodes[c.node], c, w_arrays)[:, kept_cols]
-                jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0))  # X' holds only the kept columns
-            done = (LocalExecutor() if passes is None else passes.executor).map(_refit_task, jobs,
-                                                                               context=solver.delta)
-            installed = dict(zip((c.node for c in stage), done))
+                # X' holds only the kept columns; a consumer re-fitted again keeps its raw sums
+                jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0, c.node in rectified))
+            fits = dict(zip((c.node for c in stage), executor.map(_refit_task, jobs, context=solver.delta)))
+            done = {node: fit for node, (fit, _) in fits.items()}
+            if rectified:
+                done.update(_shift_passes(run, step, rectified, jobs, fits, solver, executor))
+            installed = {c.node: done[c.node] for c in stage}
             if k + 1 < len(plan_stages.stages):   # the later stages' pruned network runs with them
                 install_refits(current, analysis, plan.kept, installed, specs)
             refits.update(installed)
@@ -173,18 +185,50 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     return refits
 
 
-def _refit_task(delta: float | None, job: tuple[ConsumerStats, int, np.ndarray]) -> Refit:
+def _refit_task(delta: float | None, job: tuple[ConsumerStats, int, np.ndarray, bool]) -> tuple[Refit, float | None]:
     """One consumer's re-fit on its error-correcting statistics (a task of the stage when an executor runs them):
-    towards its original weights ``w0`` with a validated ridge, or with the fixed ridge ``delta``."""
-    entry, n_kept, w0 = job
+    towards its original weights ``w0`` with a validated ridge, or with the fixed ridge ``delta``; returns the fit
+    and the relative ridge it validated (None with ``delta``). ``keep``: the raw sums stay as they are (a shift
+    pass adds to them)."""
+    entry, n_kept, w0, keep = job
     cols = np.arange(n_kept)
     # the sums are not needed again: centred in their own memory, unless they are a task's read-only arguments
     folds = entry.folds(use_up=True) if delta is None else None
     sums = entry.full
-    centred = sums.centred_in_place() if sums.writeable else sums.centred()
+    centred = sums.centred_in_place() if sums.writeable and not keep else sums.centred()
     if delta is None:
-        return refit_towards(centred, cols, w0, folds)[0]
-    return refit(centred, cols, delta)
+        return refit_towards(centred, cols, w0, folds)
+    return refit(centred, cols, delta), None
+
+
+def _shifted_refit_task(delta: float | None, job: tuple[LinearStatistics, int, np.ndarray, float | None]) -> Refit:
+    """A re-fit on raw sums whose targets a shift pass moved, with the ridge the plain targets validated."""
+    sums, n_kept, w0, ridge = job
+    cols = np.arange(n_kept)
+    centred = sums.centred_in_place() if sums.writeable else sums.centred()
+    return refit(centred, cols, delta) if ridge is None else refit_towards(centred, cols, w0, ridge=ridge)[0]
+
+
+def _shift_passes(run: Callable[[StagePass], dict], step: StagePass, rectified: Mapping[str, Activation],
+                  jobs: Sequence[tuple], fits: Mapping[str, tuple[Refit, float | None]], solver: SolverSettings,
+                  executor) -> dict[str, Refit]:
+    """``solver.activation_passes`` shift passes of one stage (``rectified.py``), the last one advancing the
+    frontier; returns the rectified consumers' final re-fits. Consumers whose statistics are factored (few rows)
+    keep their plain re-fit."""
+    plain = {c.node: (entry.full, n_kept, w0) for c, (entry, n_kept, w0, _) in zip(step.consumers, jobs)
+             if c.node in rectified and not entry.full.keeps_rows}
+    latest = {node: fits[node][0] for node in plain}
+    for k in range(solver.activation_passes):
+        last = k + 1 == solver.activation_passes or not plain   # none to shift: one pass to advance the frontier
+        shifts = {node: TargetShift(rectified[node], fit.coef, fit.intercept, node in step.landings)
+                  for node, fit in latest.items()}
+        sums = run(dataclasses.replace(step, shifts=shifts, advance=last))
+        if not plain:
+            break
+        tasks = [(sums[node].shifted(raw, use_up=last), n_kept, w0, fits[node][1])
+                 for node, (raw, n_kept, w0) in plain.items()]
+        latest = dict(zip(plain, executor.map(_shifted_refit_task, tasks, context=solver.delta)))
+    return {node: dataclasses.replace(fit, shift_passes=solver.activation_passes) for node, fit in latest.items()}
 
 
 def refit_errors(refits: Mapping[str, Refit], analysis: Analysis) -> dict[int, float]:

@@ -17,7 +17,7 @@ from onnxprune.calibration.segments import schedule
 from onnxprune.calibration.stage_pass import ORIGINAL, PRUNED
 from onnxprune.compress import CompressOptions, calibrated_consumers, first_pass, load_inputs
 from onnxprune.analysis import find_groups
-from onnxprune.plan import PrunePlan, Target, solve
+from onnxprune.plan import PrunePlan, SolverSettings, Target, solve
 from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
 from onnxprune.sequential import _levels, _refit_task, _stages, _Stages, first_pass_keep, sequential_refit
@@ -27,12 +27,14 @@ from conftest import SAMPLES
 from conftest import run_cli as run
 
 ZOO = SAMPLES / "zoo"
+PLAIN = SolverSettings(activation_passes=0)   # the reference re-fits by plain least squares
 LOOKALIKES = SAMPLES / "lookalikes"
 
 
 def reference_refit(model, analysis, plan, consumers, data, indices, settings, landings):
     """The stage-by-stage algorithm this replaces: before each stage the model is rewritten with the re-fits so far
-    and both networks run from the input over all calibration data."""
+    and both networks run from the input over all calibration data (plain least squares: the one-pass runs below
+    take ``PLAIN``, no shift pass)."""
     level = _levels(model, consumers)
     refits = {}
     from onnxprune.plan import consumer_weight_matrix
@@ -50,7 +52,7 @@ def reference_refit(model, analysis, plan, consumers, data, indices, settings, l
         for c in stage:
             cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
             w0 = consumer_weight_matrix(nodes[c.node], c, w)[:, cols]
-            refits[c.node] = _refit_task(None, (stats[c.node], int(cols.sum()), w0))
+            refits[c.node] = _refit_task(None, (stats[c.node], int(cols.sum()), w0, False))[0]
     return refits
 
 
@@ -88,14 +90,15 @@ def test_one_pass_refits_match_the_stage_by_stage_passes(model_path, data_path):
     args = (loaded.model, analysis, plan, first.consumers, loaded.data, loaded.calib_idx, options.calibration)
     reference = reference_refit(*args, first.landings)
     assert reference, "the plan prunes nothing: the comparison would be empty"
-    _assert_same_refits(sequential_refit(*args, landings=first.landings), reference)
+    _assert_same_refits(sequential_refit(*args, PLAIN, landings=first.landings), reference)
 
 
 def test_the_first_pass_feeds_the_first_stage():
     """A first pass that keeps what the first stage reads gives the same re-fits, and the store ends empty."""
     loaded, analysis, first, plan, options = _prepared(ZOO / "resnet_basic.ts.onnx", ZOO / "resnet_basic.npz")
     args = (loaded.model, analysis, plan, first.consumers, loaded.data, loaded.calib_idx, options.calibration)
-    plain = sequential_refit(*args, landings=first.landings)
+    plain = sequential_refit(*args, landings=first.landings)   # with the shift passes: the first pass of each
+    # stage then leaves the store as it found it, and the last shift pass moves it on
     with FrontierStore() as store:
         keep = first_pass_keep(loaded.model, first.consumers, first.landings, first.tensors)
         assert keep[ORIGINAL] and keep[PRUNED]
@@ -103,6 +106,7 @@ def test_the_first_pass_feeds_the_first_stage():
         assert store.batches() and seeded.total().keys() == first.collect().total().keys()
         refits = sequential_refit(*args, landings=first.landings, store=store, seeded=first.tensors)
         assert not store.batches()
+    assert any(fit.shift_passes for fit in refits.values()), "no layer was fitted to its ReLU"
     _assert_same_refits(refits, plain)
 
 
@@ -226,7 +230,7 @@ def test_lookalike_refits_match(arch):
                                                   image=_image_options(arch))
     loaded = first
     args = (loaded.model, analysis, plan, first.consumers, loaded.data, loaded.indices, options.calibration)
-    _assert_same_refits(sequential_refit(*args, landings=first.landings),
+    _assert_same_refits(sequential_refit(*args, PLAIN, landings=first.landings),
                         reference_refit(*args, first.landings))
 
 

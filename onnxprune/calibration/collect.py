@@ -17,6 +17,7 @@ from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError
 from onnxprune.graph.probe import probe_model
 from onnxprune.metrics import COUNTED_OPS
+from onnxprune.rectified import ShiftSums, TargetShift
 from onnxprune.residual import Landing
 from onnxprune.runtime import create_session, fixed_batch
 from onnxprune.solvers.fold_curve import CURVE_FOLD_COLUMNS
@@ -338,7 +339,8 @@ class Rows:
 
     def __init__(self, model: onnx.ModelProto, consumers: Sequence[Consumer], settings: CalibrationSettings,
                  fold_samples: int, landings: Mapping[str, Landing], *, measure_gains: bool,
-                 output_masks: Mapping[str, np.ndarray] | None, fold_columns: int | None = None):
+                 output_masks: Mapping[str, np.ndarray] | None, fold_columns: int | None = None,
+                 shifts: Mapping[str, TargetShift] | None = None):
         self.nodes = {n.name: n for n in model.graph.node}
         self.weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
         self.consumers = consumers
@@ -349,6 +351,7 @@ class Rows:
         self.measure_gains = measure_gains
         self.output_masks = output_masks
         self.guides = dict(settings.guides)
+        self.shifts = shifts   # a shift pass (``rectified.py``): only these consumers, their target shifts summed
 
     def accumulate(self, layout: BlockLayout, first: int, stop: int, batches: Iterator[tuple[np.ndarray, dict, dict]],
                    progress: Callable[[int], None] | None) -> Partial:
@@ -371,10 +374,18 @@ class Rows:
                 log_weights: dict[str, np.ndarray] = {}   # of the positions, per score map
                 for cons in self.consumers:
                     x, y = sources[cons.input], values[cons.output]
+                    shift = None if self.shifts is None else self.shifts.get(cons.node)
+                    if self.shifts is not None and shift is None:   # not shifted: its positions are drawn all the same
+                        positions = _positions(cons, y)
+                        if settings.max_positions is not None and positions > settings.max_positions:
+                            rng.bit_generator.advance(y.shape[0] * positions)
+                        continue
                     landing = landings.get(cons.node)
                     if landing is not None and not measure_gains:
                         y = landing.output_for(_residual_target(values[landing.total], sources[landing.other],
                                                                 self.output_masks[cons.node]))
+                    if shift is not None:
+                        y = shift.stacked(y, values[shift.activation.tensor])
                     guide = self.guides.get(cons.node)
                     if guide is not None and guide not in log_weights:
                         log_weights[guide] = position_log_weights(values[guide])
@@ -383,6 +394,10 @@ class Rows:
                     if not (np.isfinite(X).all() and np.isfinite(Y).all()):
                         raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration "
                                         "data.", note="check the preprocessing (--mean/--std, --raw-pixels)")
+                    if shift is not None:
+                        stats.setdefault(cons.node, ShiftSums(X.shape[-1], shift.coef.shape[0])).add(
+                            X, *shift.shifts(X, Y))
+                        continue
                     if cons.node not in stats:
                         stats[cons.node] = ConsumerStats.for_rows(X, Y, self.fold_samples, self.fold_columns)
                         if landing is not None and measure_gains:

@@ -103,7 +103,7 @@ def _stage_task(context: _StageContext, item) -> tuple[list[Node[dict[str, Consu
         for number, entry in entries.items():
             store.set(number, entry)
         partial = stage_blocks(stage, store, data, context.indices, context.settings, blocks=run)
-        return partial.nodes, {number: store.get(number) for number in store.batches()}
+        return partial.nodes, {number: store.get(number) for number in store.batches()} if stage.advance else {}
 
 
 def _unship(shipped: tuple) -> ShippedData:

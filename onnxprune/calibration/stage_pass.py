@@ -21,6 +21,7 @@ from onnxprune.calibration.collect import (CalibrationSettings, Partial, Rows, c
 from onnxprune.calibration.frontier import FrontierStore
 from onnxprune.calibration.segments import Segment
 from onnxprune.calibration.sources import CalibrationData
+from onnxprune.rectified import TargetShift
 from onnxprune.residual import Landing
 from onnxprune.runtime import create_session
 
@@ -31,7 +32,9 @@ ORIGINAL, PRUNED = "original", "pruned"   # the two networks' keys in the fronti
 class StagePass:
     """What one stage's pass needs: the original ``model`` (the consumers' nodes and weight shapes), the stage's
     ``consumers``, each network's segment and the model that runs it (None when it computes nothing), whether it
-    reads the calibration data, and the residual landings whose targets this stage builds."""
+    reads the calibration data, and the residual landings whose targets this stage builds. A shift pass
+    (``rectified.py``) sums the target ``shifts`` of those consumers instead of their statistics; a pass that
+    does not ``advance`` leaves the store as it found it (another pass of the stage follows)."""
 
     model: onnx.ModelProto
     consumers: list[Consumer]
@@ -40,6 +43,8 @@ class StagePass:
     read_data: bool
     landings: Mapping[str, Landing]
     output_masks: Mapping[str, np.ndarray]
+    shifts: Mapping[str, TargetShift] | None = None
+    advance: bool = True
 
 
 def stage_blocks(stage: StagePass, store: FrontierStore, data: CalibrationData, indices: Sequence[int],
@@ -74,13 +79,14 @@ def stage_blocks(stage: StagePass, store: FrontierStore, data: CalibrationData, 
                     got = session.run(list(segment.outputs), {name: tensors[name] for name in feeds_of[net]})
                     tensors.update(zip(segment.outputs, got))
                 have[net] = tensors
-            store.set(number, {(net, name): have[net][name] for net, segment in stage.segments.items()
-                               for name in segment.keep})
+            if stage.advance:
+                store.set(number, {(net, name): have[net][name] for net, segment in stage.segments.items()
+                                   for name in segment.keep})
             yield idx, have[ORIGINAL], have[PRUNED]
             del have, kept, feed
         if feeds is not None:
             feeds.close()
 
     rows = Rows(stage.model, stage.consumers, settings, len(indices), stage.landings, measure_gains=False,
-                output_masks=stage.output_masks)
+                output_masks=stage.output_masks, shifts=stage.shifts)
     return rows.accumulate(layout, first, stop, run(), progress)

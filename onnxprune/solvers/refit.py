@@ -20,6 +20,7 @@ class Refit:
     coef: np.ndarray
     intercept: np.ndarray
     error: float
+    shift_passes: int = 0   # shift passes that fitted it to what its activation passes (``rectified.py``)
 
 
 def _fortran(H: np.ndarray) -> np.ndarray:

@@ -40,13 +40,15 @@ _BLOCK_ELEMENTS = 2**24
 
 
 def refit_towards(stats: CentredStatistics, columns: np.ndarray, prior: np.ndarray,
-                  folds: tuple[CentredStatistics, CentredStatistics] | None = None) -> tuple[Refit, float]:
-    """Re-fit on ``columns`` shrunk towards ``prior`` (M, |I|); returns the fit and the chosen λ (relative). Below
-    ``backend.SHARED_BLAS_FROM`` columns it runs on one BLAS thread (:func:`backend.blas_threads_for`)."""
+                  folds: tuple[CentredStatistics, CentredStatistics] | None = None,
+                  ridge: float | None = None) -> tuple[Refit, float]:
+    """Re-fit on ``columns`` shrunk towards ``prior`` (M, |I|); returns the fit and the chosen λ (relative):
+    ``ridge`` when given, else validated on ``folds``, else a small one. Below ``backend.SHARED_BLAS_FROM`` columns
+    it runs on one BLAS thread (:func:`backend.blas_threads_for`)."""
     cols = np.asarray(columns, dtype=np.int64)
     W0 = np.asarray(prior, dtype=np.float64)
     with backend.blas_threads_for(len(cols)):
-        rel = _cross_validated(folds, cols, W0) if folds is not None else _SMALL
+        rel = ridge if ridge is not None else _cross_validated(folds, cols, W0) if folds is not None else _SMALL
         kept = stats.restricted(cols)
         W = ridge_solver(kept, W0)(rel * _mean_eigenvalue(kept)) if len(cols) else W0
         intercept = stats.y_mean - W @ kept.x_mean

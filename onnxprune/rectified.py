@@ -1,0 +1,157 @@
+"""Re-fits of what a ReLU or Clip after a layer lets through (README "How it works" 6).
+
+A consumer whose pre-activation (its own output, or the residual sum it writes into) is read by one ReLU, or one
+Clip with constant bounds, needs its output only as far as the activation passes it on: where the original
+pre-activation lies at or below the lower bound, every output at or below it gives the same activation. Plain
+least squares spends the re-fit on reproducing values the activation discards. Each *shift pass* re-runs the
+stage and replaces the targets the original clipped by the re-fitted output ŷ where ŷ stays on the clipped side,
+and by the bound where ŷ crosses it: t' = min(ŷ, lo) below, max(ŷ, hi) above, t elsewhere. The re-fit on t' is
+one majorise–minimise step of Σ_inside (ŷ − t)² + Σ_below (ŷ − lo)₊² + Σ_above (hi − ŷ)₊², so the loss of what the
+activation passes falls with every pass. The Gram matrix does not change; a pass adds only Σ x·(t' − t)ᵀ and the
+target sums to the consumer's statistics, and the re-fit keeps the ridge it validated on the plain targets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.analysis.model import Consumer
+from onnxprune.residual import Landing
+from onnxprune.solvers.statistics import LinearStatistics
+
+
+@dataclass(frozen=True)
+class Activation:
+    """The pre-activation tensor a consumer's target lies in, and the bounds outside which the activation is flat."""
+
+    tensor: str
+    low: float
+    high: float
+
+
+def rectified_consumers(model: onnx.ModelProto, consumers: Sequence[Consumer],
+                        landings: Mapping[str, Landing]) -> dict[str, Activation]:
+    """Consumers whose pre-activation — their output, or the sum of the residual landing in ``landings`` (without
+    a BatchNormalization between) — is not a graph output and is read by one Relu, or one Clip whose bounds are
+    constants, by node name."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    scalars = _scalar_constants(model)
+    found = {}
+    for c in consumers:
+        landing = landings.get(c.node)
+        if landing is not None and landing.scale is not None:
+            continue
+        tensor = landing.total if landing is not None else c.output
+        read = readers.get(tensor, [])
+        if tensor in outputs or len(read) != 1:
+            continue
+        bounds = _flat_outside(read[0], scalars)
+        if bounds is not None:
+            found[c.node] = Activation(tensor, *bounds)
+    return found
+
+
+def _scalar_constants(model: onnx.ModelProto) -> dict[str, float]:
+    """Single-valued initializers and Constant outputs, by tensor name."""
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return {name: float(v.reshape(())) for name, v in values.items() if v.size == 1}
+
+
+def _flat_outside(node: onnx.NodeProto, scalars: Mapping[str, float]) -> tuple[float, float] | None:
+    """(low, high) of a Relu or a Clip with constant bounds, None for other nodes."""
+    if node.op_type == "Relu":
+        return 0.0, np.inf
+    if node.op_type != "Clip":
+        return None
+    bounds = [-np.inf, np.inf]
+    for k, name in enumerate(node.input[1:3]):
+        if name:
+            if name not in scalars:
+                return None
+            bounds[k] = scalars[name]
+    for attr in node.attribute:   # opset < 11
+        if attr.name in ("min", "max"):
+            bounds[attr.name == "max"] = attr.f
+    return (bounds[0], bounds[1]) if bounds[0] < bounds[1] else None
+
+
+@dataclass(frozen=True)
+class TargetShift:
+    """A shift pass's view of one consumer: its activation, the latest re-fit (coef (M, p), intercept (M,)) and
+    whether its target is a landing's (the sum minus the other branch: its bounds move with that branch)."""
+
+    activation: Activation
+    coef: np.ndarray
+    intercept: np.ndarray
+    landing: bool
+
+    def stacked(self, target: np.ndarray, pre_activation: np.ndarray) -> np.ndarray:
+        """The target (N, M, ...) with, on the channel axis, the side of the bounds the original pre-activation
+        lies on (−1 at or below the lower, 1 at or above the upper, else 0) and, for a landing, the target's
+        offset from the pre-activation: rows drawn from it carry them all."""
+        side = (pre_activation >= self.activation.high).astype(target.dtype)
+        side -= pre_activation <= self.activation.low
+        parts = [target, side, target - pre_activation] if self.landing else [target, side]
+        return np.concatenate(parts, axis=1)
+
+    def shifts(self, X: np.ndarray, stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(targets t, shifts t' − t) of rows X (..., p) and the rows of :meth:`stacked`, in float32."""
+        m = self.coef.shape[0]
+        Y, side = stacked[..., :m], stacked[..., m:2 * m]
+        offset = stacked[..., 2 * m:] if self.landing else np.float32(0.0)
+        fitted = X @ self.coef.T.astype(np.float32) + self.intercept.astype(np.float32)
+        D = np.where(side < 0, np.minimum(fitted, self.activation.low + offset) - Y, np.float32(0.0))
+        if np.isfinite(self.activation.high):
+            D += np.where(side > 0, np.maximum(fitted, self.activation.high + offset) - Y, np.float32(0.0))
+        return Y, D.astype(np.float32, copy=False)
+
+
+class ShiftSums:
+    """What a shift pass adds to a consumer's raw sums: Σ x·dᵀ, Σ d and Σ (2t + d)·d over its rows (d = t' − t).
+    Merged and flushed like :class:`~onnxprune.calibration.collect.ConsumerStats` in the pass's block tree."""
+
+    def __init__(self, n_features: int, n_targets: int):
+        self.cross = np.zeros((n_features, n_targets))
+        self.shift = np.zeros(n_targets)
+        self.square = 0.0
+
+    def add(self, X: np.ndarray, Y: np.ndarray, D: np.ndarray) -> None:
+        """Rows X (..., p), targets Y and shifts D (..., M)."""
+        X, Y, D = X.reshape(-1, X.shape[-1]), Y.reshape(-1, Y.shape[-1]), D.reshape(-1, D.shape[-1])
+        self.cross += X.T @ D
+        self.shift += D.sum(axis=0, dtype=np.float64)
+        self.square += float(np.einsum("ij,ij->", 2.0 * Y + D, D, dtype=np.float64))
+
+    def merge(self, other: "ShiftSums") -> "ShiftSums":
+        """Add a later run of blocks' sums in place; returns self."""
+        self.cross += other.cross
+        self.shift += other.shift
+        self.square += other.square
+        return self
+
+    def flush(self) -> "ShiftSums":
+        """Nothing is buffered: self."""
+        return self
+
+    def park(self) -> None:
+        """Nothing to park: the sums are as small as the consumer's weights."""
+
+    def shifted(self, sums: LinearStatistics, use_up: bool = False) -> LinearStatistics:
+        """The raw ``sums`` (dense, as a pass leaves them) with the targets shifted: changed in place with
+        ``use_up``, else a copy."""
+        out = sums if use_up else LinearStatistics.from_arrays(sums.to_arrays())
+        out.cross_ += self.cross
+        out.sum_y_ += self.shift
+        out.sum_sq_y_ += self.square
+        return out
