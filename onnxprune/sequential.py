@@ -12,7 +12,8 @@ segment of the original and of the pruned network (``calibration/segments.py``),
 stages left per batch (``calibration/frontier.py``). The pruned network upstream of a stage is final when the
 stage runs (every consumer it holds belongs to an earlier stage and is re-fitted), so its segment is cut from
 the model with the re-fits so far installed. The first pass can keep what the first stage needs
-(:func:`first_pass_keep`); that stage then runs nothing of the original network.
+(:func:`first_pass_keep`); that stage then runs nothing of the original network. A stage with layers that a ReLU
+or Clip follows runs its segments again in shift passes (``rectified.py``), the last of which moves the frontier on.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from onnxprune.calibration.segments import Segment, TensorGraph, schedule, segme
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.calibration.stage_pass import ORIGINAL, PRUNED, StagePass, stage_blocks
 from onnxprune.depth import vanished
-from onnxprune.executor import LocalExecutor
+from onnxprune.executor import Executor, LocalExecutor
 from onnxprune.graph.io import model_inputs
 from onnxprune.graph.probe import element_types
 from onnxprune.plan import PrunePlan, SolverSettings, consumer_weight_matrix
@@ -117,7 +118,8 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     ``passes`` runs each stage's pass as tasks of an executor (``calibration/parallel.py``; the same sums).
     ``store`` keeps the frontier between stages (default: a store with the default budget, closed at the end);
     ``seeded``: it already holds what :func:`first_pass_keep` named for a first pass that computed these tensors.
-    The store is left empty.
+    The store is left empty. ``solver.activation_passes`` shift passes re-fit the layers a ReLU or Clip follows to
+    what it lets through (their re-fits carry ``shift_passes``).
     """
     landings = landings or {}
     gone = vanished(analysis, plan.kept)   # removed branches: no layer of theirs is re-fitted
@@ -144,6 +146,13 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     refits: dict[str, Refit] = {c: plan.refits[c] for c in gone if c in plan.refits}   # their errors, for the report
     own = store is None
     store = FrontierStore() if own else store
+    executor = LocalExecutor() if passes is None else passes.executor
+
+    def run(step: StagePass) -> dict:
+        """The sums of one pass of a stage (its statistics, or a shift pass's target shifts)."""
+        return (stage_blocks(step, store, data, indices, settings) if passes is None else
+                passes.stage(step, store, data, indices, settings)).total()
+
     try:
         for k, (stage, final) in enumerate(zip(plan_stages.stages, plan_stages.finals)):
             networks = {ORIGINAL: model, PRUNED: current}
@@ -155,13 +164,7 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
             rectified = rectified_consumers(model, stage, final) if solver.activation_passes else {}
             step = StagePass(model, list(stage), cut, models, read_data=k == 0 and seeded is None, landings=final,
                              output_masks=masks, advance=not rectified)
-
-            def run(step: StagePass) -> dict:
-                return (stage_blocks(step, store, data, indices, settings) if passes is None else
-                        passes.stage(step, store, data, indices, settings)).total()
-
             stats = run(step)
-            executor = LocalExecutor() if passes is None else passes.executor
             jobs = []
             for c in stage:
                 kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
@@ -211,7 +214,7 @@ def _shifted_refit_task(delta: float | None, job: tuple[LinearStatistics, int, n
 
 def _shift_passes(run: Callable[[StagePass], dict], step: StagePass, rectified: Mapping[str, Activation],
                   jobs: Sequence[tuple], fits: Mapping[str, tuple[Refit, float | None]], solver: SolverSettings,
-                  executor) -> dict[str, Refit]:
+                  executor: Executor) -> dict[str, Refit]:
     """``solver.activation_passes`` shift passes of one stage (``rectified.py``), the last one advancing the
     frontier; returns the rectified consumers' final re-fits. Consumers whose statistics are factored (few rows)
     keep their plain re-fit."""
