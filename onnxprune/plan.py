@@ -122,8 +122,8 @@ class AllocationSettings:
 
     @property
     def removes_branches(self) -> bool:
-        """Whether the allocation may remove whole residual branches: ``depth``, else whether a latency budget holds."""
-        return self.latency is not None if self.depth is None else self.depth
+        """Whether the allocation may remove whole residual branches: ``depth``, by default (None) yes."""
+        return self.depth is not False
 
     def removable(self, model: onnx.ModelProto, analysis: Analysis) -> set[int]:
         """The groups whose whole branch the allocation may remove (none unless :attr:`removes_branches`)."""

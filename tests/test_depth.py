@@ -119,13 +119,13 @@ def test_allocation_removes_a_branch_whole_when_that_costs_least():
 
 
 def test_compress_removes_branches_and_reports_them(tmp_path):
-    """MobileNetV2 at 15 % of its multiply-adds with --depth removes both inverted residuals (also layer by layer);
-    against a multiply-add target alone the default keeps every branch. The squared residual gain (by default only
+    """MobileNetV2 at 15 % of its multiply-adds with --depth (the default) removes both inverted residuals (also
+    layer by layer); --no-depth keeps every branch. The squared residual gain (by default only
     for rectified sums; these are linear) prices the branches low enough that both go."""
     model, data = ZOO / "mobilenet_v2.ts.onnx", ZOO / "mobilenet_v2.npz"
     runner = CliRunner()
     reports = {}
-    for flags in (("--depth",), (), ("--depth", "--independent")):
+    for flags in (("--depth",), ("--no-depth",), ("--independent",)):
         out, report = tmp_path / f"out{len(reports)}.onnx", tmp_path / f"r{len(reports)}.json"
         result = runner.invoke(cli, ["compress", str(model), "--data", str(data), "--target-flops", "0.15",
                                      "--residual-power", "2", "-o", str(out), "--report", str(report), *flags])
@@ -133,23 +133,24 @@ def test_compress_removes_branches_and_reports_them(tmp_path):
         reports[flags] = (json.loads(report.read_text()), result.output, onnx.load(str(out)))
         onnx.checker.check_model(reports[flags][2], full_check=True)
     feed = _feed("mobilenet_v2")
-    for flags in (("--depth",), ("--depth", "--independent")):
+    for flags in (("--depth",), ("--independent",)):
         removed, output, pruned = reports[flags]
         assert len(removed["removed_blocks"]) == 2 and "removed 2 residual branch(es) whole" in output
         assert all(b["layers"] and b["channels"] > 0 for b in removed["removed_blocks"])
         assert not {n for b in removed["removed_blocks"] for n in b["layers"]} & {n.name for n in pruned.graph.node}
         assert all(np.isfinite(o).all() for o in run_model(pruned, feed))
-    kept, output, _ = reports[()]
+    kept, output, _ = reports[("--no-depth",)]
     assert kept["removed_blocks"] == [] and "residual branch" not in output
     assert min(g["after"] for g in kept["groups"]) >= 1
 
 
-def test_branches_are_removed_by_default_only_against_a_latency_budget():
+def test_branches_may_go_by_default_and_no_depth_keeps_them():
     model, analysis = _load("resnet_basic")
     budget = LatencyBudget(0.5, LatencyTable("cpu", 1, 1.0, {}))
-    assert not AllocationSettings().removes_branches and not AllocationSettings().removable(model, analysis)
+    assert AllocationSettings().removable(model, analysis) == removable_groups(model, analysis)
     assert AllocationSettings(latency=budget).removable(model, analysis) == removable_groups(model, analysis)
     assert AllocationSettings(depth=True).removes_branches
+    assert not AllocationSettings(depth=False).removable(model, analysis)
     assert not AllocationSettings(depth=False, latency=budget).removes_branches
 
 
