@@ -17,10 +17,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.analysis.model import Consumer
-from onnxprune.residual import Landing
+from onnxprune.residual import Landing, flat_bounds, scalar_constants, tensor_readers
 from onnxprune.solvers.statistics import LinearStatistics
 
 
@@ -38,12 +37,9 @@ def rectified_consumers(model: onnx.ModelProto, consumers: Sequence[Consumer],
     """Consumers whose pre-activation — their output, or the sum of the residual landing in ``landings`` (without
     a BatchNormalization between) — is not a graph output and is read by one Relu, or one Clip whose bounds are
     constants, by node name."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = tensor_readers(model)
     outputs = {o.name for o in model.graph.output}
-    scalars = _scalar_constants(model)
+    scalars = scalar_constants(model)
     found = {}
     for c in consumers:
         landing = landings.get(c.node)
@@ -53,43 +49,16 @@ def rectified_consumers(model: onnx.ModelProto, consumers: Sequence[Consumer],
         read = readers.get(tensor, [])
         if tensor in outputs or len(read) != 1:
             continue
-        bounds = _flat_outside(read[0], scalars)
-        if bounds is not None:
+        bounds = flat_bounds(read[0], scalars)
+        if bounds is not None and bounds[0] < bounds[1]:   # both constant (not NaN), not a point
             found[c.node] = Activation(tensor, *bounds)
     return found
 
 
-def _scalar_constants(model: onnx.ModelProto) -> dict[str, float]:
-    """Single-valued initializers and Constant outputs, by tensor name."""
-    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return {name: float(v.reshape(())) for name, v in values.items() if v.size == 1}
-
-
-def _flat_outside(node: onnx.NodeProto, scalars: Mapping[str, float]) -> tuple[float, float] | None:
-    """(low, high) of a Relu or a Clip with constant bounds, None for other nodes."""
-    if node.op_type == "Relu":
-        return 0.0, np.inf
-    if node.op_type != "Clip":
-        return None
-    bounds = [-np.inf, np.inf]
-    for k, name in enumerate(node.input[1:3]):
-        if name:
-            if name not in scalars:
-                return None
-            bounds[k] = scalars[name]
-    for attr in node.attribute:   # opset < 11
-        if attr.name in ("min", "max"):
-            bounds[attr.name == "max"] = attr.f
-    return (bounds[0], bounds[1]) if bounds[0] < bounds[1] else None
-
-
 @dataclass(frozen=True)
 class TargetShift:
-    """A shift pass's view of one consumer: its activation, the latest re-fit (coef (M, p), intercept (M,)) and
-    whether its target is a landing's (the sum minus the other branch: its bounds move with that branch)."""
+    """A shift pass's view of one consumer: its activation, the latest re-fit (coef (M, p), intercept (M,); float32
+    gives float32 shifts) and whether its target is a landing's (the sum minus the other branch: its bounds move with that branch)."""
 
     activation: Activation
     coef: np.ndarray
@@ -106,11 +75,11 @@ class TargetShift:
         return np.concatenate(parts, axis=1)
 
     def shifts(self, X: np.ndarray, stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(targets t, shifts t' − t) of rows X (..., p) and the rows of :meth:`stacked`, in float32."""
+        """(targets t, shifts t' − t, float32) of rows X (..., p) and the rows of :meth:`stacked`."""
         m = self.coef.shape[0]
         Y, side = stacked[..., :m], stacked[..., m:2 * m]
         offset = stacked[..., 2 * m:] if self.landing else np.float32(0.0)
-        fitted = X @ self.coef.T.astype(np.float32) + self.intercept.astype(np.float32)
+        fitted = X @ self.coef.T + self.intercept
         D = np.where(side < 0, np.minimum(fitted, self.activation.low + offset) - Y, np.float32(0.0))
         if np.isfinite(self.activation.high):
             D += np.where(side > 0, np.maximum(fitted, self.activation.high + offset) - Y, np.float32(0.0))

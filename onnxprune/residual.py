@@ -107,20 +107,42 @@ def _batch_norm_affine(node: onnx.NodeProto, constants: Mapping[str, onnx.Tensor
     return scale, beta - scale * mean
 
 
+def scalar_constants(model: onnx.ModelProto, constant_nodes: bool = True) -> dict[str, float]:
+    """Single-valued initializers (and, with ``constant_nodes``, Constant outputs) by tensor name."""
+    values = {i.name: i for i in model.graph.initializer if int(np.prod(i.dims)) == 1}
+    if constant_nodes:
+        values.update((n.output[0], n.attribute[0].t) for n in model.graph.node
+                      if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"
+                      and int(np.prod(n.attribute[0].t.dims)) == 1)
+    return {name: float(numpy_helper.to_array(t).reshape(())) for name, t in values.items()}
+
+
+def flat_bounds(node: onnx.NodeProto, scalars: Mapping[str, float]) -> tuple[float, float] | None:
+    """(low, high) outside which a Relu or a Clip is flat (a Clip's bounds from ``scalars``, or attributes below
+    opset 11; NaN for a bound computed at run time); None for other nodes."""
+    if node.op_type == "Relu":
+        return 0.0, np.inf
+    if node.op_type != "Clip":
+        return None
+    bounds = [-np.inf, np.inf]
+    for k, name in enumerate(node.input[1:3]):
+        if name:
+            bounds[k] = scalars.get(name, np.nan)
+    for attr in node.attribute:   # opset < 11
+        if attr.name in ("min", "max"):
+            bounds[attr.name == "max"] = attr.f
+    return bounds[0], bounds[1]
+
+
 def rectified_sums(model: onnx.ModelProto, landings: Mapping[str, Landing]) -> set[str]:
-    """The consumers of ``landings`` whose residual sum only a ReLU reads (Relu, or Clip from 0 up)."""
+    """The consumers of ``landings`` whose residual sum only a ReLU reads (Relu, or Clip from 0 up, its bound an
+    initializer or an attribute)."""
     readers = tensor_readers(model)
-    constants = {i.name: i for i in model.graph.initializer}
+    scalars = scalar_constants(model, constant_nodes=False)
 
     def rectifies(node: onnx.NodeProto) -> bool:
-        if node.op_type == "Relu":
-            return True
-        if node.op_type != "Clip":
-            return False
-        if len(node.input) < 2 or not node.input[1]:   # opset < 11: the bound is an attribute
-            return any(a.name == "min" and a.f >= 0.0 for a in node.attribute)
-        low = constants.get(node.input[1])
-        return low is not None and float(numpy_helper.to_array(low)) >= 0.0
+        bounds = flat_bounds(node, scalars)
+        return bounds is not None and bounds[0] >= 0.0
 
     return {node for node, landing in landings.items()
             if (readers.get(landing.total) and all(rectifies(r) for r in readers[landing.total]))}

@@ -147,6 +147,10 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     own = store is None
     store = FrontierStore() if own else store
     executor = LocalExecutor() if passes is None else passes.executor
+    # each consumer's landing is final in its own stage: one look at the graph serves every stage
+    activations = rectified_consumers(model, [c for stage in plan_stages.stages for c in stage],
+                                      {n: r for final in plan_stages.finals for n, r in final.items()}
+                                      ) if solver.activation_passes else {}
 
     def run(step: StagePass) -> dict:
         """The sums of one pass of a stage (its statistics, or a shift pass's target shifts)."""
@@ -161,7 +165,7 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
             models = {net: None if cut[net].seeded or not cut[net].outputs else
                       segment_model(networks[net], cut[net], types, graphs[net]) for net in networks}
             masks = {c.node: analysis.mask(c.output, plan.kept) for c in stage if c.node in final}
-            rectified = rectified_consumers(model, stage, final) if solver.activation_passes else {}
+            rectified = {c.node: activations[c.node] for c in stage if c.node in activations}
             step = StagePass(model, list(stage), cut, models, read_data=k == 0 and seeded is None, landings=final,
                              output_masks=masks, advance=not rectified)
             stats = run(step)
@@ -223,8 +227,8 @@ def _shift_passes(run: Callable[[StagePass], dict], step: StagePass, rectified: 
     latest = {node: fits[node][0] for node in plain}
     for k in range(solver.activation_passes):
         last = k + 1 == solver.activation_passes or not plain   # none to shift: one pass to advance the frontier
-        shifts = {node: TargetShift(rectified[node], fit.coef, fit.intercept, node in step.landings)
-                  for node, fit in latest.items()}
+        shifts = {node: TargetShift(rectified[node], fit.coef.astype(np.float32), fit.intercept.astype(np.float32),
+                                    node in step.landings) for node, fit in latest.items()}
         sums = run(dataclasses.replace(step, shifts=shifts, advance=last))
         if not plain:
             break

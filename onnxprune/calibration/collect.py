@@ -164,10 +164,12 @@ def choose_batch(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) 
     return max(1, min(DEFAULT_BATCH, BATCH_BYTES // max(per_sample, 1)))
 
 
-def _positions(consumer: Consumer, y: np.ndarray) -> int:
-    """Regression rows per sample of a consumer whose output is ``y`` (before subsampling)."""
+def _draws(consumer: Consumer, y: np.ndarray, max_positions: int | None) -> int:
+    """Random draws per sample that :func:`consumer_rows` takes for a consumer whose output is ``y``: one per
+    position (regression row before subsampling) where there are more than ``max_positions``, else none."""
     channels = y.shape[1] if consumer.op in ("Conv", "ConvTranspose") else y.shape[-1]
-    return y.size // max(y.shape[0] * channels, 1)
+    positions = y.size // max(y.shape[0] * channels, 1)
+    return positions if max_positions is not None and positions > max_positions else 0
 
 
 def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np.ndarray, weight_shape: tuple[int, ...],
@@ -365,10 +367,9 @@ class Rows:
             stats: dict[str, ConsumerStats] = {}
             for _ in layout.batch_numbers(block, block + 1):
                 idx, values, sources = next(batches)
-                if offset and settings.max_positions is not None:  # skip the draws of the samples before the run
-                    draws = sum(p for c in self.consumers
-                                if (p := _positions(c, values[c.output])) > settings.max_positions)
-                    rng.bit_generator.advance(offset * draws)
+                if offset:  # skip the draws of the samples before the run
+                    rng.bit_generator.advance(offset * sum(_draws(c, values[c.output], settings.max_positions)
+                                                           for c in self.consumers))
                 offset = 0
                 odd = np.asarray(idx) % 2 == 1
                 log_weights: dict[str, np.ndarray] = {}   # of the positions, per score map
@@ -376,9 +377,7 @@ class Rows:
                     x, y = sources[cons.input], values[cons.output]
                     shift = None if self.shifts is None else self.shifts.get(cons.node)
                     if self.shifts is not None and shift is None:   # not shifted: its positions are drawn all the same
-                        positions = _positions(cons, y)
-                        if settings.max_positions is not None and positions > settings.max_positions:
-                            rng.bit_generator.advance(y.shape[0] * positions)
+                        rng.bit_generator.advance(y.shape[0] * _draws(cons, y, settings.max_positions))
                         continue
                     landing = landings.get(cons.node)
                     if landing is not None and not measure_gains:
