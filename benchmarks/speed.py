@@ -41,7 +41,10 @@ TARGETS = {"flops 0.5": ["--target-flops", "0.5"],
            "latency 0.5 --no-depth": ["--target-latency", "0.5", "--no-depth"],
            "latency 0.5 --latency-batch 64": ["--target-latency", "0.5", "--latency-batch", "64"],
            "latency 0.5 --latency-batch 64 --no-depth": ["--target-latency", "0.5", "--latency-batch", "64",
-                                                         "--no-depth"]}
+                                                         "--no-depth"],
+           "flops 0.5 --no-shortcut-convs": ["--target-flops", "0.5", "--no-shortcut-convs"],
+           "latency 0.5 --latency-batch 64 --no-shortcut-convs": ["--target-latency", "0.5", "--latency-batch", "64",
+                                                                  "--no-shortcut-convs"]}
 DEFAULT_TARGETS = "flops 0.5,flops 0.5 --round-to 1,latency 0.5"
 
 

@@ -40,11 +40,12 @@ from onnxprune.latency import (ROUNDS, LatencyCheck, LatencyCost, LatencyTarget,
                                measure_latency, uniform_mask)
 from onnxprune.metrics import ModelCounts, block_flops, count_model
 from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, RankedGroup, SolverSettings, Target,
-                            check_method, check_target, minimum_fraction, near_output_default, output_means,
-                            rank_groups, ranking_identity, solve)
+                            check_method, check_target, latency_default, minimum_fraction, near_output_default,
+                            output_means, rank_groups, ranking_identity, solve)
 from onnxprune.report import PruneReport
 from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
+from onnxprune.rewrite.layout import added_cost, shortcut_convs
 from onnxprune.sensitivity import SAMPLES, calibrate_curves, output_gains
 from onnxprune.sequential import consumer_stages, first_pass_keep, refit_errors, sequential_refit
 from onnxprune.search import search_budget
@@ -96,6 +97,9 @@ class CompressOptions:
     backend: Backend = field(default_factory=Backend)
     # epochs of tuning the pruned weights toward the original's outputs after the rewrite (--distil; distil.py)
     distil: DistilSettings = field(default_factory=DistilSettings)
+    # channel-padding shortcuts written as 1x1 convolutions (rewrite/layout.py); None: with the CPU provider and a
+    # FLOPs, latency or fidelity target (see backend_layout)
+    shortcut_convs: bool | None = None
 
     @property
     def error_correcting(self) -> bool:
@@ -301,6 +305,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         judge = choose_judge(model, options.fidelity, shapes, input_shapes)
         outputs = judge if options.fidelity == "auto" else choose_judge(model, "auto", shapes, input_shapes)
         options = replace(options, solver=near_output_default(options.solver, outputs.kind))
+        if options.latency is not None:
+            options = replace(options, solver=latency_default(options.solver))
     with _stage(log, "analyse"):
         analysis = find_groups(model, shapes)
         excluded = exclude_nodes(analysis, options.exclude)
@@ -321,13 +327,28 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                      options.target is not None and options.target.kind == "flops"))
     allocation = options.allocation if skip else backend_counts(options.allocation, options.calibration.provider,
                                                                 for_speed, notes)
+    layout = None      # with shortcut convolutions: the rewrite the pruned model (and every timed copy) gets
+    replaced: list[str] = []
+    if not skip and backend_layout(options.shortcut_convs, options.calibration.provider, for_speed):
+        rewritten, replaced = shortcut_convs(model, input_shapes)
+        if replaced:
+            extra = added_cost(counts, rewritten, input_shapes)
+            allocation = replace(allocation, reserved=tuple(extra.items()))
+
+            def layout(m: onnx.ModelProto) -> onnx.ModelProto:
+                return shortcut_convs(m, input_shapes)[0]
+
+            notes.append(f"{len(replaced)} channel-padding shortcut(s) (strided Slice and zero Pad) written as 1x1 "
+                         "convolutions with 0/1 weights, the same values, which onnxruntime's CPU provider keeps in "
+                         f"its blocked layout with the residual stream: {extra['flops'] / 1e6:.2f}M multiply-adds, "
+                         "counted and kept within the target; --no-shortcut-convs keeps them as they are")
     timed_on = None   # with --target-latency: the provider it is profiled and checked on
     if options.latency is not None and not skip:
         timed_on = resolve_providers([options.calibration.provider])[0]
         with _stage(log, "profile latency"), progress("profiling latency", copies() * ROUNDS) as bar:
             table = measure_latency(model, analysis, timing_feeds(model, loaded, options.latency), timed_on,
                                     threads=options.latency.threads, runs=options.latency.runs,
-                                    rounded=allocation.rounded, progress=bar.update)
+                                    rounded=allocation.rounded, progress=bar.update, rewrite=layout)
         allocation = replace(allocation, latency=LatencyBudget(options.latency.fraction, table))
     if (options.target is not None or options.latency is not None) and not skip:
         check_target(model, analysis, options.target, counts, allocation)
@@ -414,6 +435,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                 pruned, outcome = distil(model, pruned, data, calib_idx, hold_idx, options.distil,
                                          provider=options.calibration.provider, progress=bar.update)
         pruned = restore_float16(pruned, reference)
+        if layout is not None:
+            pruned = layout(pruned)
         distilled[id(pruned)] = outcome   # also None: a later model may take the id of a candidate freed since
         with _stage(log, "verify"):
             check_pruned(original, pruned)
@@ -489,6 +512,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         memory={"peak_mib": max(log.peak_mib.values(), default=None), "peak_rss_mib": dict(log.peak_mib),
                 "frontier": store.report()},
     )
+    report.shortcut_convs = replaced
     shifted = sorted(n for n, fit in plan.refits.items() if fit.shift_passes)
     if shifted:
         report.activation_refit = {"passes": options.solver.activation_passes, "layers": shifted}
@@ -510,6 +534,15 @@ def _in_blocks(allocation: AllocationSettings, provider: str, before: ModelCount
     if provider != "cpu" or not allocation.allow_below or (allocation.round_to or 1) < 2:
         return None
     return allocation.round_to, block_flops(before, allocation.round_to), block_flops(after, allocation.round_to)
+
+
+def backend_layout(wanted: bool | None, provider: str, for_speed: bool) -> bool:
+    """Whether channel-padding shortcuts become 1x1 convolutions (``rewrite/layout.py``): as ``wanted``, or by
+    default (None) where the counts are the CPU's too (:func:`backend_counts`): on the CPU provider of a machine
+    whose convolutions run in channel blocks, for a run that cuts multiply-adds or latency."""
+    if wanted is not None:
+        return wanted
+    return provider == "cpu" and for_speed and cpu_channel_block() > 1
 
 
 def backend_counts(allocation: AllocationSettings, provider: str, for_speed: bool,

@@ -23,7 +23,8 @@ class CostModel:
         if kind not in ("flops", "params"):
             raise ValueError(f"unknown cost kind {kind!r}")
         self.kind = kind
-        self.before = float(counts.flops if kind == "flops" else counts.params)
+        self.before = float(counts.flops if kind == "flops" else counts.params)   # the original's: budgets' unit
+        self.base = self.before   # the cost with every channel kept (below ``before`` where a rewrite saves some)
         nodes = {n.name: n for n in model.graph.node}
         sizes = {i.name: tuple(i.dims) for i in model.graph.initializer}
         axes: dict[str, dict[int, SliceInitializer]] = {}
@@ -67,7 +68,7 @@ class CostModel:
 
     def cost(self) -> float:
         """Current cost (with the classes removed so far)."""
-        return self.before - self._sliced_total + self._sum_terms()
+        return self.base - self._sliced_total + self._sum_terms()
 
     def saving(self, classes: int | Sequence[int]) -> float:
         """How much the cost drops if ``classes`` (one class id or several) are removed now."""

@@ -85,6 +85,9 @@ class LatencyTable:
     total: float                       # all kernels of the original, ms per run
     layers: Mapping[str, LayerCurve]   # Conv/Gemm/MatMul node -> its time under thinning
     overhead: float = 0.0              # ms per run of session.run outside the kernels (no pruning removes it)
+    # ms per run (wall clock) of the original as given, where the table was profiled on copies rewritten for the
+    # provider (``rewrite`` of :func:`measure_latency`): the latency that fractions are of; None: total + overhead
+    baseline: Optional[float] = None
 
     def time(self, node: str, shares: Sequence[float]) -> float:
         """Predicted ms of ``node`` with ``shares`` (0–1) of its weight's sliced axes kept (0 for unknown nodes)."""
@@ -96,6 +99,7 @@ class LatencyTable:
             return {"share": c[0].round(4).tolist(), "factor": c[1].round(4).tolist()}
         return {"provider": self.provider, "batch": self.batch, "total_ms": round(self.total, 4),
                 "overhead_ms": round(self.overhead, 4),
+                **({"baseline_ms": round(self.baseline, 4)} if self.baseline is not None else {}),
                 "layers": {n: {"ms": round(c.ms, 4), "axes": {str(a): pair(v) for a, v in c.axes.items()},
                                "joint": pair(c.joint) if c.joint is not None else None}
                            for n, c in self.layers.items()}}
@@ -156,8 +160,13 @@ def measure_latency(model: onnx.ModelProto, analysis: Analysis, feeds: Mapping[s
                     provider: ProviderSpec, *, threads: Optional[int] = None, runs: int = 20,
                     rounded: Optional[Rounding] = None, rounds: int = ROUNDS,
                     fractions: Sequence[float] = FRACTIONS,
-                    progress: Optional[Callable[[int], None]] = None) -> LatencyTable:
+                    progress: Optional[Callable[[int], None]] = None,
+                    rewrite: Optional[Callable[[onnx.ModelProto], onnx.ModelProto]] = None) -> LatencyTable:
     """Profile thinned copies of ``model`` on ``provider`` with ``feeds``; the latency table.
+
+    With ``rewrite`` (the layout rewrite the pruned model will have, ``onnxprune/rewrite/layout.py``) every copy,
+    the unthinned one included, is profiled rewritten, and the original as given is timed beside it for the
+    ``baseline`` that latency fractions are of.
 
     The prunable groups are split in two colours (:func:`two_colours`) and each colour is thinned alone to
     each share of ``fractions`` (counts rounded by ``rounded``, as the allocation will round them), so a
@@ -172,6 +181,8 @@ def measure_latency(model: onnx.ModelProto, analysis: Analysis, feeds: Mapping[s
     for side in two_colours(analysis, flops):
         masks += [uniform_mask(analysis, share, rounded, side) for share in sorted(set(fractions) - {1.0}, reverse=True)]
     variants = [model if kept.all() else apply_plan(model, analysis, PrunePlan(kept, {}, [])) for kept in masks]
+    if rewrite is not None:
+        variants = [rewrite(v) for v in variants]
     # rounds of all copies in turn, so that a burst of load on the machine skews one round, not one copy
     times: list[list[KernelTimes]] = [[] for _ in variants]
     for _ in range(rounds):
@@ -202,9 +213,12 @@ def measure_latency(model: onnx.ModelProto, analysis: Analysis, feeds: Mapping[s
     for node, ms in full.items():
         axes, joint = samples.get(node, ({}, []))
         layers[node] = LayerCurve(ms, {a: _curve(p) for a, p in axes.items()}, _curve(joint) if joint else None)
-    wall = float(np.median(run_times([model], feeds, provider, threads=threads, runs=runs, rounds=rounds)[0]))
+    walls = run_times([variants[0], model] if rewrite is not None else [model], feeds, provider, threads=threads,
+                      runs=runs, rounds=rounds)
+    wall = float(np.median(walls[0]))
     return LatencyTable(provider.requested, int(next(iter(feeds.values())).shape[0]) if feeds else 1, total, layers,
-                        overhead=max(wall - total, 0.0))
+                        overhead=max(wall - total, 0.0),
+                        baseline=float(np.median(walls[1])) if rewrite is not None else None)
 
 
 def run_times(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
@@ -265,7 +279,8 @@ class LatencyCost(CostModel):
     def __init__(self, model: onnx.ModelProto, analysis: Analysis, counts: ModelCounts, table: LatencyTable):
         self.table = table
         super().__init__(model, analysis, counts, "flops")
-        self.kind, self.before = "latency", table.total + table.overhead
+        self.kind, self.base = "latency", table.total + table.overhead
+        self.before = table.baseline if table.baseline is not None else self.base
 
     def _value(self, t: int, dims: Sequence[float]) -> float:
         return self.table.time(self.term_nodes[t], self.shares(t, dims))

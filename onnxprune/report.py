@@ -38,6 +38,7 @@ class PruneReport:
     memory: dict | None = None
     # layers re-fitted to what their ReLU/Clip lets through and the shift passes per stage (``rectified.py``)
     activation_refit: dict | None = None
+    shortcut_convs: list[str] = field(default_factory=list)   # Pads written as 1x1 convolutions (rewrite/layout.py)
 
     @property
     def removed(self) -> list[GroupOutcome]:
@@ -77,6 +78,7 @@ class PruneReport:
             "executor": self.executor,
             "memory": self.memory,
             "activation_refit": self.activation_refit,
+            "shortcut_convs": self.shortcut_convs,
         }
 
 

@@ -152,12 +152,16 @@ def _measured_shapes(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...
     return {n: tuple(v.shape) for n, v in zip(names, values)}
 
 
-def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers (and Constant nodes' values) as numpy arrays, keyed by tensor name."""
-    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+def initializer_arrays(model: onnx.ModelProto, max_size: int | None = None) -> dict[str, np.ndarray]:
+    """Initializers (and Constant nodes' values) as numpy arrays, keyed by tensor name; with ``max_size``, only
+    those of at most that many elements (the small constants, not the weights)."""
+    def small(t: onnx.TensorProto) -> bool:
+        return max_size is None or int(np.prod(t.dims)) <= max_size
+
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if small(i)}
     for node in model.graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
-                if attr.name == "value":
+                if attr.name == "value" and small(attr.t):
                     out[node.output[0]] = numpy_helper.to_array(attr.t)
     return out
