@@ -192,3 +192,16 @@ def test_compress_writes_the_shortcut_as_a_conv_within_the_target(resnet_a_files
     else:
         assert facts["shortcut_convs"] == [] and len(pads) == 1
     assert np.isfinite(run_model(pruned, _feed())[0]).all()
+
+
+def test_op_type_times_see_the_shortcut_go():
+    """onnxruntime's kernels by op type: the model as given runs its Slices and Pad, the rewritten one does not."""
+    from onnxprune.bench.profile import op_type_times
+    from onnxprune.bench.providers import resolve_providers
+
+    provider = resolve_providers(["cpu"])[0]
+    model = _resnet_a()
+    given = op_type_times(model, _feed(4), provider, runs=3, warmup=1)
+    rewritten = op_type_times(shortcut_convs(model)[0], _feed(4), provider, runs=3, warmup=1)
+    assert given["Pad"] > 0 and given["Slice"] > 0 and "Pad" not in rewritten and "Slice" not in rewritten
+    assert all(v >= 0 for v in [*given.values(), *rewritten.values()]) and rewritten.get("Conv", 0) > 0

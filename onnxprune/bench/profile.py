@@ -78,6 +78,18 @@ def profile_session(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], pro
     return events, reorders
 
 
+def op_type_times(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
+                  threads: Optional[int] = None, runs: int = 20, warmup: int = 5) -> dict[str, float]:
+    """Kernel milliseconds per run by the op type onnxruntime ran (after its fusions and layout rewrite, e.g.
+    ``ReorderOutput``), each kernel's mean over ``runs`` calls after ``warmup`` untimed ones."""
+    events, _ = profile_session(model, feeds, provider, threads=threads, calls=warmup + runs)
+    times: dict[str, float] = {}
+    for e in _timed_kernels(events, runs):
+        op = e.get("args", {}).get("op_name", "?")
+        times[op] = times.get(op, 0.0) + e["dur"] / 1000.0 / runs
+    return times
+
+
 def _timed_kernels(events: list[dict], runs: int) -> list[dict]:
     """Kernel events of the last ``runs`` runs (the warm-up runs come first)."""
     starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")

@@ -5,7 +5,7 @@ block's residual Add and ReLU fuse into the convolution that writes the sum, onl
 can run blocked. The option-A shortcut of the CIFAR ResNets (every other row and column by strided Slices, then
 zero channels by Pad) cannot: from the first such shortcut on, the stream leaves the blocked layout, and every
 later block reorders its input in and its output out and adds and rectifies apart from the convolution
-(ResNet-56 at batch 64: 3.6 of 74 ms of kernel time, `benchmarks/results/speed_layout.md`).
+(ResNet-56 at batch 64: 3.9 of 74 ms of kernel time, `benchmarks/results/op_times.md`).
 
 :func:`shortcut_convs` writes such a shortcut as one 1×1 convolution with the Slices' strides and a 0/1 weight
 that places input channel i at output channel i + (the zeros padded before it): the same values (each output is
@@ -55,7 +55,8 @@ def shortcut_convs(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[i
                                           kernel_shape=[1, 1], strides=list(strides))
         gone.update(n.output[0] for n in chain[1:])
         freed.update(t for n in chain for t in n.input[1:] if t)
-    nodes = [made.get(n.output[0], n) if n.op_type == "Pad" else n for n in graph.node if n.output[0] not in gone]
+    nodes = [made.get(n.output[0], n) if n.op_type == "Pad" else n for n in graph.node
+             if not (n.output and n.output[0] in gone)]
     del graph.node[:]
     graph.node.extend(nodes)
     _drop_unread(out, freed)
