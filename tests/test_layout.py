@@ -128,6 +128,21 @@ def test_a_slice_from_another_row_ends_the_chain():
     np.testing.assert_array_equal(run_model(model, feed)[0], run_model(rewritten, feed)[0])
 
 
+def test_an_ir3_model_loses_the_amounts_from_its_inputs_too():
+    """IR version 3 lists every initializer as a graph input: the Pad's and Slices' amounts leave both, the new
+    weight enters both."""
+    model = _resnet_a()
+    model.ir_version = 3
+    model.graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+                             for i in model.graph.initializer)
+    rewritten, replaced = shortcut_convs(model)
+    assert replaced == ["shortcut_pad"]
+    inputs, inits = {i.name for i in rewritten.graph.input}, {i.name for i in rewritten.graph.initializer}
+    assert "pads" not in inputs | inits and "two" not in inputs | inits and inputs - inits == {"x"}
+    assert inits <= inputs   # the new weight listed too
+    _close(model, rewritten)
+
+
 def test_a_slice_read_elsewhere_stays():
     model = _resnet_a(shared_slice=True)
     rewritten, replaced = shortcut_convs(model)

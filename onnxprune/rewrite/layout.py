@@ -50,6 +50,8 @@ def shortcut_convs(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[i
         values = np.zeros((before + channels + after, channels, 1, 1), helper.tensor_dtype_to_np_dtype(elem_type))
         values[before + np.arange(channels), np.arange(channels)] = 1
         graph.initializer.append(numpy_helper.from_array(values, weight))
+        if out.ir_version < 4:   # which lists every initializer as a graph input
+            graph.input.append(helper.make_tensor_value_info(weight, elem_type, list(values.shape)))
         made[pad.output[0]] = helper.make_node("Conv", [source, weight], [pad.output[0]],
                                           name=_fresh(f"{pad.name or pad.output[0]}/layout_conv", taken),
                                           kernel_shape=[1, 1], strides=list(strides))
@@ -178,15 +180,16 @@ def _fresh(name: str, taken: set[str]) -> str:
 
 
 def _drop_unread(model: onnx.ModelProto, freed: set[str]) -> None:
-    """Remove the initializers and Constant nodes among ``freed`` that nothing reads any more."""
+    """Remove the initializers and Constant nodes among ``freed`` that nothing reads any more (an initializer also
+    listed as a graph input, as IR versions below 4 list every one, leaves the inputs too)."""
     graph = model.graph
     read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
     unread = freed - read
-    nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in unread)]
-    inits = [i for i in graph.initializer if i.name not in unread]
-    if len(nodes) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(nodes)
-    if len(inits) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(inits)
+    inits = {i.name for i in graph.initializer} & unread
+    for field, keep in ((graph.node, lambda n: not (n.op_type == "Constant" and n.output[0] in unread)),
+                        (graph.initializer, lambda i: i.name not in unread),
+                        (graph.input, lambda v: v.name not in inits)):
+        kept = [item for item in field if keep(item)]
+        if len(kept) != len(field):
+            del field[:]
+            field.extend(kept)
