@@ -72,8 +72,7 @@ def latency_default(settings: SolverSettings) -> SolverSettings:
     ResNet-56 at ``--target-latency 0.5 --latency-batch 64`` (README's CIFAR calibration, seeds 0 / 1): top-1
     78.55 / 78.82 % against 77.79–78.20 / 78.11 % at power 2; ResNet-20 73.80 % against 73.88 %; sums without a
     ReLU after them (EfficientNet-Lite0, YOLOv8, PP-OCR) keep power 1."""
-    return settings if settings.residual_power is not None else replace(settings,
-                                                                         rectified_power=LATENCY_RECTIFIED_POWER)
+    return replace(settings, rectified_power=LATENCY_RECTIFIED_POWER)   # a given --residual-power still rules
 
 
 def near_output_default(settings: SolverSettings, output_kind: str) -> SolverSettings:

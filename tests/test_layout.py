@@ -34,13 +34,14 @@ def _resnet_a(shared_slice: bool = False, batch: int | str = "N") -> onnx.ModelP
                                              .astype(np.float32), name))
         return name
 
+    shapes = {"w0": (8, 3, 3, 3), "w1": (8, 8, 3, 3), "w2": (8, 8, 3, 3), "w3": (16, 8, 3, 3), "w4": (16, 16, 3, 3),
+              "w5": (16, 16, 3, 3), "w6": (16, 16, 3, 3), "fc": (10, 16)}
+
     def conv(x: str, w: str, y: str, stride: int = 1) -> onnx.NodeProto:
-        return helper.make_node("Conv", [x, w, weight(w + "_b", (dict(w1=8, w2=8, w3=16, w4=16, w5=16, w6=16,
-                                                                       w0=8)[w],))], [y], w.replace("w", "conv"),
+        return helper.make_node("Conv", [x, w, weight(w + "_b", shapes[w][:1])], [y], w.replace("w", "conv"),
                                 kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride, stride])
 
-    for name, shape in [("w0", (8, 3, 3, 3)), ("w1", (8, 8, 3, 3)), ("w2", (8, 8, 3, 3)), ("w3", (16, 8, 3, 3)),
-                        ("w4", (16, 16, 3, 3)), ("w5", (16, 16, 3, 3)), ("w6", (16, 16, 3, 3)), ("fc", (10, 16))]:
+    for name, shape in shapes.items():
         weight(name, shape)
     inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
               [("s0", [0]), ("end", [END]), ("ax2", [2]), ("ax3", [3]), ("two", [2]), ("pads", [0, 4, 0, 0, 0, 4, 0, 0])]]

@@ -15,7 +15,7 @@ budgets of a target keep room for (:func:`added_cost`).
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import onnx
@@ -28,6 +28,20 @@ from onnxprune.residual import tensor_producers, tensor_readers
 
 _CONV_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 _TO_THE_END = 2**31 - 1   # a Slice end at least this large runs to the end of an axis of unknown size
+
+
+class _Shortcut(NamedTuple):
+    """A channel-padding shortcut: its Pad, the chain of that Pad and the Slices before it, the chain's input, the
+    Slices' strides (rows, columns), the zero channels before and after the input's, and its element type."""
+
+    pad: onnx.NodeProto
+    chain: list[onnx.NodeProto]
+    source: str
+    strides: tuple[int, int]
+    before: int
+    channels: int
+    after: int
+    elem_type: int
 
 
 def shortcut_convs(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
@@ -62,7 +76,7 @@ def shortcut_convs(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[i
     del graph.node[:]
     graph.node.extend(nodes)
     _drop_unread(out, freed)
-    return out, [f[0].name for f in found]
+    return out, [f.pad.name for f in found]
 
 
 def added_cost(counts: ModelCounts, rewritten: onnx.ModelProto,
@@ -73,9 +87,8 @@ def added_cost(counts: ModelCounts, rewritten: onnx.ModelProto,
     return {"flops": float(max(after.flops - counts.flops, 0)), "params": float(max(after.params - counts.params, 0))}
 
 
-def _shortcuts(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> list[tuple]:
-    """(Pad, its chain of Pad and Slices, the chain's input, strides (h, w), zero channels before, input
-    channels, zero channels after, element type) of every shortcut :func:`shortcut_convs` rewrites."""
+def _shortcuts(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> list[_Shortcut]:
+    """Every shortcut :func:`shortcut_convs` rewrites."""
     opset = opset_of(model)
     pads = [n for n in model.graph.node if n.op_type == "Pad" and n.domain in ("", "ai.onnx")]
     if not pads:
@@ -108,7 +121,8 @@ def _shortcuts(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]
         shape = dims(tensor)
         if len(shape) != 4 or shape[1] <= 0 or types[tensor].elem_type not in _CONV_TYPES:
             continue
-        found.append((pad, chain, tensor, tuple(strides), amounts[0], shape[1], amounts[1], types[tensor].elem_type))
+        found.append(_Shortcut(pad, chain, tensor, (strides[0], strides[1]), amounts[0], shape[1], amounts[1],
+                               types[tensor].elem_type))
     return found
 
 
