@@ -459,6 +459,33 @@ def test_ranking_with_faint_columns_equals_the_full_lambda_steps(monkeypatch):
     assert np.array_equal(decreasing(fast.w), decreasing(full.w))
 
 
+def test_float32_steps_leave_channels_below_their_floor_out_without_changing_the_ranking(monkeypatch):
+    """A float32 Λ-step (576 columns) treats scales below 1e-12 as 0: those channels' rows of Λ are exactly 0 and
+    no entry is subnormal (BLAS runs those 10× slower). The dying channels pass through that range during the fit,
+    and the weights of the channels that live and the whole order are those of the float64 floor (1e-60)."""
+    from onnxprune.solvers import entropic
+
+    d, k = 64, 9
+    problem = _dying_problem(d, k, 6, seed=2)
+    term = entropic._prepare(problem, d, rho=1.0, eps_lambda=None)[0]
+    w = np.r_[np.full(d // 2, 1.0), np.full(d - d // 2, 1e-20)]
+    lam_t = entropic._lambda_step(term, w / w.sum())
+    assert lam_t.dtype == np.float32
+    assert not lam_t[term.channels >= d // 2].any()
+    assert np.abs(lam_t[lam_t != 0]).min() >= np.finfo(np.float32).tiny
+
+    step, scales = entropic._lambda_step, []
+    monkeypatch.setattr(entropic, "_lambda_step", lambda t, w: scales.append(w.copy()) or step(t, w))
+    floored = fit_entropic(problem, d, max_iter=25, tol=1e-13, extrapolate=0.5)
+    assert any(((s >= 1e-60) & (s < 1e-12)).any() for s in scales)
+    monkeypatch.setattr(entropic, "_S_MIN", {np.dtype(np.float32): 1e-60, np.dtype(np.float64): 1e-60})
+    unfloored = fit_entropic(problem, d, max_iter=25, tol=1e-13, extrapolate=0.5)
+    live = unfloored.w > 1e-9 * unfloored.w.max()
+    assert live.sum() == d // 2
+    np.testing.assert_allclose(floored.w[live], unfloored.w[live], rtol=1e-5)
+    assert np.array_equal(decreasing(floored.w), decreasing(unfloored.w))
+
+
 def test_head_with_many_outputs_carries_lambda_as_its_outer_product(monkeypatch):
     """A consumer with ≥ 4× more outputs than columns (a CTC or class head) runs its Λ-steps on ΛᵀΛ (p × p);
     weights, loss and the Λ formed at the end equal the explicit (p × M) Λ-steps'."""

@@ -25,7 +25,10 @@ from .ties import decreasing
 
 W_STEPS = ("both", "lambda", "w")
 _LOG_W_MIN = np.log(1e-300)
-_S_MIN = 1e-60
+# scales below which a channel leaves the Λ-step (s = 0), per the step's float type: far below round-off in L, and in
+# float32 (from ``_SINGLE_FROM`` columns) high enough that no product of two scaled entries is subnormal, which
+# LAPACK and BLAS handle 10× slower (VGG-16's 4 608-column rankings 18 → 10 s, every top-k set the same)
+_S_MIN = {np.dtype(np.float64): 1e-60, np.dtype(np.float32): 1e-12}
 _EPS = np.finfo(np.float64).eps
 _SINGLE_FROM = 512  # columns from which a dense consumer's Λ-step runs in float32
 _FAINT = 1e-9  # trace of S_b G_bb S_b, relative to ε_Λ, below which columns b leave the Λ-step's factorisation
@@ -287,20 +290,21 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
 
     In the weighted loss consumer j's Λ-terms are α_j[−2tr(ΛSC) + tr(ΛSGSΛᵀ) + ε_Λ,j‖Λ‖²]: the
     weight α_j multiplies the whole bracket and cancels from the normal equations, so the step is
-    the unweighted S-form ridge solve with ε_Λ,j (doc §4). Scales below 1e-60 are treated as 0:
-    that changes L by far less than round-off and keeps subnormal numbers (10× slower LAPACK)
-    out of the factorisation. The columns of channels at s = 0 (most of the pruned ones after a few rounds) leave
+    the unweighted S-form ridge solve with ε_Λ,j (doc §4). Scales below 1e-60 (1e-12 in a float32 step, ``_S_MIN``)
+    are treated as 0: that changes L by far less than round-off and keeps subnormal numbers (10× slower LAPACK and
+    BLAS) out of the factorisation and the coupling. The columns of channels at s = 0 (most of the pruned ones after a few rounds) leave
     the system: their rows of S G S + ε_Λ I are ε_Λ alone, so the others are solved as a smaller system with the
     same values. Columns the solve has all but dropped leave the factorisation too (:func:`_faint`); a consumer
     with many more outputs than columns returns ΛᵀΛ instead of Λ (:func:`_outer_step`). Factored statistics take
     the sample-space form (:func:`lowrank.lambda_step`; ΛᵀΛ by :func:`lowrank.outer_step` where FᵀF is held).
     """
-    s = np.where(w >= _S_MIN, w, 0.0)[term.channels]
-    if term.stats.factored and term.gram is not None:
-        dtype = _step_dtype(s.size)
+    factored = term.stats.factored
+    dtype = np.dtype(np.float64 if factored and term.gram is None else _step_dtype(term.channels.size))
+    s = np.where(w >= _S_MIN[dtype], w, 0.0)[term.channels]
+    if factored and term.gram is not None:
         outer, cross, factor = lowrank.outer_step(term.stats.F, term.kernel, s, term.eps_lambda, dtype)
         return _Outer(outer, cross, (factor, s), np.ones(s.size))
-    if term.stats.factored:
+    if factored:
         lam_t, Q = lowrank.lambda_step(term.stats.F, term.stats.B, s, term.eps_lambda)
         term.last_step = (lam_t, s, Q)
         return lam_t
