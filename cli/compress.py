@@ -75,7 +75,8 @@ from onnxprune.runtime import cpu_cores
                    "default error-correcting re-fit (inputs from the pruned network, targets from the original).")
 @click.option("--activation-passes", type=click.IntRange(min=0), default=1, show_default=True, metavar="N",
               help="Error-correcting re-fit: passes per stage that re-fit a layer whose output (or the residual sum "
-                   "it writes into) goes through a ReLU or Clip to what the activation lets through: where the "
+                   "it writes into) goes through a ReLU or Clip (directly, or through per-channel BatchNormalization, "
+                   "Mul and Add nodes) to what the activation lets through: where the "
                    "original is clipped, only outputs that cross the bound count. Each pass re-runs the stage's "
                    "layers over the calibration data; 0 fits the outputs before the activation by plain least "
                    "squares.")

@@ -1,58 +1,97 @@
 """Re-fits of what a ReLU or Clip after a layer lets through (README "How it works" 6).
 
 A consumer whose pre-activation (its own output, or the residual sum it writes into) is read by one ReLU, or one
-Clip with constant bounds, needs its output only as far as the activation passes it on: where the original
-pre-activation lies at or below the lower bound, every output at or below it gives the same activation. Plain
-least squares spends the re-fit on reproducing values the activation discards. Each *shift pass* re-runs the
-stage and replaces the targets the original clipped by the re-fitted output ŷ where ŷ stays on the clipped side,
-and by the bound where ŷ crosses it: t' = min(ŷ, lo) below, max(ŷ, hi) above, t elsewhere. The re-fit on t' is
-one majorise–minimise step of Σ_inside (ŷ − t)² + Σ_below (ŷ − lo)₊² + Σ_above (hi − ŷ)₊², so the loss of what the
-activation passes falls with every pass. The Gram matrix does not change; a pass adds only Σ x·(t' − t)ᵀ and the
+Clip with constant bounds, directly or through per-channel affine maps (a BatchNormalization, a Mul or Add of
+per-channel constants, as paddle2onnx writes them), needs its output only as far as the activation passes it on:
+where the original pre-activation lies at or below the lower bound, every output at or below it gives the same
+activation. Plain least squares spends the re-fit on reproducing values the activation discards. Each *shift pass*
+re-runs the stage and replaces the targets the original clipped by the re-fitted output ŷ where ŷ stays on the
+clipped side, and by the bound where ŷ crosses it: t' = min(ŷ, lo) below, max(ŷ, hi) above, t elsewhere (through
+affine maps a·y + b, the same in what the activation reads, mapped back: t' = (min(aŷ + b, lo) − b)/a). The re-fit
+on t' is one majorise–minimise step of Σ_inside (ŷ − t)² + Σ_below (ŷ − lo)₊² + Σ_above (hi − ŷ)₊², so the loss of
+what the activation passes falls with every pass. The Gram matrix does not change; a pass adds only Σ x·(t' − t)ᵀ and the
 target sums to the consumer's statistics, and the re-fit keeps the ridge it validated on the plain targets.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from onnxprune.analysis.model import Consumer
-from onnxprune.residual import Landing, flat_bounds, scalar_constants, tensor_readers
+from onnxprune.residual import Landing, channel_affine, flat_bounds, scalar_constants, tensor_readers
 from onnxprune.solvers.statistics import LinearStatistics
+
+
+_AFFINE_CHAIN = 4   # per-channel affine nodes looked through between a Conv and its activation
 
 
 @dataclass(frozen=True)
 class Activation:
-    """The pre-activation tensor a consumer's target lies in, and the bounds outside which the activation is flat."""
+    """The tensor a consumer's target lies in, and the bounds outside which the activation is flat; with ``scale``
+    and ``shift`` (per channel) the activation reads scale·tensor + shift (the affine maps between a Conv and it)."""
 
     tensor: str
     low: float
     high: float
+    scale: np.ndarray | None = field(default=None, compare=False)
+    shift: np.ndarray | None = field(default=None, compare=False)
+
+    def pre_activation(self, values: np.ndarray, axis: int) -> np.ndarray:
+        """What the activation reads, from the tensor's ``values`` with their channels on ``axis``."""
+        if self.scale is None:
+            return values
+        shape = [1] * values.ndim
+        shape[axis] = -1
+        return values * self.scale.astype(values.dtype).reshape(shape) + self.shift.astype(values.dtype).reshape(shape)
 
 
 def rectified_consumers(model: onnx.ModelProto, consumers: Sequence[Consumer],
                         landings: Mapping[str, Landing]) -> dict[str, Activation]:
     """Consumers whose pre-activation — their output, or the sum of the residual landing in ``landings`` (without
     a BatchNormalization between) — is not a graph output and is read by one Relu, or one Clip whose bounds are
-    constants, by node name."""
+    constants, by node name. A Conv's output may reach it through up to ``_AFFINE_CHAIN``
+    per-channel affine nodes (:func:`~onnxprune.residual.channel_affine`) that only it reads."""
     readers = tensor_readers(model)
     outputs = {o.name for o in model.graph.output}
     scalars = scalar_constants(model)
+    constants = {i.name: i for i in model.graph.initializer}
     found = {}
     for c in consumers:
         landing = landings.get(c.node)
         if landing is not None and landing.scale is not None:
             continue
         tensor = landing.total if landing is not None else c.output
+        affine = None
+        if landing is None and c.op == "Conv" and c.weight in constants:
+            dims = tuple(constants[c.weight].dims)
+            tensor, affine = _through_affine(tensor, (1, dims[0]) + (1,) * (len(dims) - 2), readers, outputs, constants)
         read = readers.get(tensor, [])
         if tensor in outputs or len(read) != 1:
             continue
         bounds = flat_bounds(read[0], scalars)
         if bounds is not None and bounds[0] < bounds[1]:   # both constant (not NaN), not a point
-            found[c.node] = Activation(tensor, *bounds)
+            found[c.node] = Activation(c.output, *bounds, *affine) if affine else Activation(tensor, *bounds)
     return found
+
+
+def _through_affine(tensor: str, shape: tuple[int, ...], readers: Mapping[str, list], outputs: set[str],
+                    constants: Mapping[str, onnx.TensorProto]) -> tuple[str, tuple[np.ndarray, np.ndarray] | None]:
+    """The tensor the chain of per-channel affine nodes from ``tensor`` (each its only reader) ends in, and the
+    composed (scale, shift), None when there is no such node."""
+    affine = None
+    for _ in range(_AFFINE_CHAIN):
+        read = readers.get(tensor, [])
+        if tensor in outputs or len(read) != 1:
+            break
+        step = channel_affine(read[0], tensor, shape, constants)
+        if step is None:
+            break
+        affine = step if affine is None else (affine[0] * step[0], affine[1] * step[0] + step[1])
+        tensor = read[0].output[0]
+    return tensor, affine
 
 
 @dataclass(frozen=True)
@@ -69,6 +108,7 @@ class TargetShift:
         """The target (N, M, ...) with, on the channel axis, the side of the bounds the original pre-activation
         lies on (−1 at or below the lower, 1 at or above the upper, else 0) and, for a landing, the target's
         offset from the pre-activation: rows drawn from it carry them all."""
+        pre_activation = self.activation.pre_activation(pre_activation, axis=1)
         side = (pre_activation >= self.activation.high).astype(target.dtype)
         side -= pre_activation <= self.activation.low
         parts = [target, side, target - pre_activation] if self.landing else [target, side]
@@ -79,10 +119,14 @@ class TargetShift:
         m = self.coef.shape[0]
         Y, side = stacked[..., :m], stacked[..., m:2 * m]
         offset = stacked[..., 2 * m:] if self.landing else np.float32(0.0)
-        fitted = X @ self.coef.T + self.intercept
-        D = np.where(side < 0, np.minimum(fitted, self.activation.low + offset) - Y, np.float32(0.0))
-        if np.isfinite(self.activation.high):
-            D += np.where(side > 0, np.maximum(fitted, self.activation.high + offset) - Y, np.float32(0.0))
+        act = self.activation
+        fitted = act.pre_activation(X @ self.coef.T + self.intercept, axis=-1)   # where the activation reads
+        moved = np.where(side < 0, np.minimum(fitted, act.low + offset), fitted)
+        if np.isfinite(act.high):
+            moved = np.where(side > 0, np.maximum(fitted, act.high + offset), moved)
+        if act.scale is not None:   # back through the affine maps
+            moved = (moved - act.shift.astype(moved.dtype)) / act.scale.astype(moved.dtype)
+        D = np.where(side != 0, moved - Y, np.float32(0.0))
         return Y, D.astype(np.float32, copy=False)
 
 

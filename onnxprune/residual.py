@@ -92,6 +92,34 @@ def residual_landings(model: onnx.ModelProto, analysis: Analysis, consumers: Seq
     return out
 
 
+def channel_affine(node: onnx.NodeProto, tensor: str, shape: tuple[int, ...],
+                   constants: Mapping[str, onnx.TensorProto]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) (C,) of the per-channel affine map that ``node`` applies to ``tensor`` of ``shape`` (N, C, ...):
+    an inference-mode BatchNormalization, or a Mul or Add of a constant that is one value or one per channel (it
+    broadcasts as (1, C, 1, ...)); None for anything else, or a (nearly) zero scale."""
+    channels = shape[1]
+    if node.op_type == "BatchNormalization" and node.input[0] == tensor:
+        scale, shift = _batch_norm_affine(node, constants)
+        return None if scale is None else (scale, shift)
+    if node.op_type not in ("Mul", "Add") or len(node.input) != 2 or tensor not in node.input:
+        return None
+    other = node.input[1] if node.input[0] == tensor else node.input[0]
+    if other == tensor or other not in constants:
+        return None
+    value = numpy_helper.to_array(constants[other]).astype(np.float64)
+    if value.size == 1:
+        value = np.full(channels, float(value.reshape(())))
+    elif value.ndim > len(shape) or (1,) * (len(shape) - value.ndim) + value.shape != \
+            (1, channels) + (1,) * (len(shape) - 2):
+        return None
+    value = value.reshape(-1)
+    if node.op_type == "Add":
+        return np.ones(channels), value
+    if not np.all(np.isfinite(value)) or np.any(np.abs(value) <= 1e-6 * np.abs(value).max(initial=0.0)):
+        return None
+    return value, np.zeros(channels)
+
+
 def _batch_norm_affine(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto]
                        ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(scale, shift) per channel of an inference-mode BatchNormalization, or (None, None) when its parameters are

@@ -49,6 +49,54 @@ def test_layers_before_a_relu_or_a_constant_clip_qualify():
                      "c2": Activation("s2", 0.0, np.inf)}
 
 
+def test_a_conv_reaches_its_relu_through_per_channel_affine_maps():
+    """Conv → BatchNormalization → Add (per channel) → Mul (one value) → Relu: the Conv qualifies with the composed
+    scale and shift; a constant that does not broadcast per channel, or a map another node also reads, stops it."""
+    w = numpy_helper.from_array(np.ones((3, 2, 1, 1), np.float32), "c.w")
+    gamma, beta = np.array([1.0, -2.0, 0.5]), np.array([0.1, 0.2, 0.3])
+    mean, var = np.array([0.5, -1.0, 2.0]), np.array([4.0, 1.0, 0.25])
+    bias = np.array([1.0, 2.0, 3.0]).reshape(3, 1, 1)
+    inits = [w] + [numpy_helper.from_array(np.asarray(v, np.float32), n) for v, n in
+                   [(gamma, "g"), (beta, "b"), (mean, "m"), (var, "v"), (bias, "bias"), (np.array(2.0), "two"),
+                    (np.ones((1, 1, 1, 3)), "rowwise")]]
+
+    def found(tail: list[onnx.NodeProto]) -> dict:
+        nodes = [helper.make_node("Conv", ["x", "c.w"], ["y"], name="c"),
+                 helper.make_node("BatchNormalization", ["y", "g", "b", "m", "v"], ["n"], epsilon=0.0), *tail]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                                  [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)], inits)
+        consumer = Consumer(node="c", op="Conv", input="x", output="y", weight="c.w", kernel=1)
+        return rectified_consumers(helper.make_model(graph), [consumer], {})
+
+    got = found([helper.make_node("Add", ["n", "bias"], ["a"]), helper.make_node("Mul", ["two", "a"], ["s"]),
+                 helper.make_node("Relu", ["s"], ["r"])])["c"]
+    scale = gamma / np.sqrt(var)
+    assert (got.tensor, got.low, got.high) == ("y", 0.0, np.inf)
+    np.testing.assert_allclose(got.scale, 2.0 * scale, rtol=1e-6)
+    np.testing.assert_allclose(got.shift, 2.0 * (beta - scale * mean + bias.ravel()), rtol=1e-6)
+    assert found([helper.make_node("Add", ["n", "rowwise"], ["a"]), helper.make_node("Relu", ["a"], ["r"])]) == {}
+    assert found([helper.make_node("Add", ["n", "bias"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+                  helper.make_node("Sigmoid", ["n"], ["q"])]) == {}
+
+
+def test_a_shift_through_affine_maps_moves_targets_where_the_activation_reads_them():
+    """With the activation reading a·y + b (a negative scale too), the shifted targets give the ReLU the same
+    values as the original ones, and the shift is the one taken in what the ReLU reads, mapped back."""
+    rng = np.random.default_rng(3)
+    n, p, m = 2000, 6, 3
+    X = rng.normal(size=(n, p)).astype(np.float32)
+    T = (X[:, :m] + 0.3 * np.tanh(X[:, m:]) - 0.2).astype(np.float32)
+    fit = refit(LinearStatistics(p, m).partial_fit(X, T).centred(), np.arange(p), 1e-6)
+    a, b = np.array([2.0, -0.5, 1.5]), np.array([0.3, -0.2, 0.0])
+    shift = TargetShift(Activation("y", 0.0, np.inf, a, b), fit.coef, fit.intercept, landing=False)
+    Y, D = shift.shifts(X, shift.stacked(T[:, :, None], T[:, :, None])[:, :, 0])
+    read, fitted = a * T + b, a * (X.astype(np.float64) @ fit.coef.T + fit.intercept) + b
+    expected = np.where(read <= 0, (np.minimum(fitted, 0.0) - b) / a - T, 0.0)
+    np.testing.assert_allclose(D, expected, atol=1e-5)
+    assert (D != 0).any() and (D[read > 0] == 0).all()
+    np.testing.assert_allclose(np.maximum(a * (T + D) + b, 0.0), np.maximum(read, 0.0), atol=1e-5)
+
+
 def _rectified_loss(fitted, target, low, high):
     inside = (target > low) & (target < high)
     return float(np.sum(np.where(inside, fitted - target, 0.0) ** 2)
