@@ -9,8 +9,8 @@ re-runs the stage and replaces the targets the original clipped by the re-fitted
 clipped side, and by the bound where ŷ crosses it: t' = min(ŷ, lo) below, max(ŷ, hi) above, t elsewhere (through
 affine maps a·y + b, the same in what the activation reads, mapped back: t' = (min(aŷ + b, lo) − b)/a). The re-fit
 on t' is one majorise–minimise step of Σ_inside (ŷ − t)² + Σ_below (ŷ − lo)₊² + Σ_above (hi − ŷ)₊², so the loss of
-what the activation passes falls with every pass. The Gram matrix does not change; a pass adds only Σ x·(t' − t)ᵀ and the
-target sums to the consumer's statistics, and the re-fit keeps the ridge it validated on the plain targets.
+what the activation passes falls with every pass. The Gram matrix does not change; a pass adds only Σ x·(t' − t)ᵀ and
+the target sums to the consumer's statistics, and the re-fit keeps the ridge it validated on the plain targets.
 """
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ def _through_affine(tensor: str, shape: tuple[int, ...], readers: Mapping[str, l
 @dataclass(frozen=True)
 class TargetShift:
     """A shift pass's view of one consumer: its activation, the latest re-fit (coef (M, p), intercept (M,); float32
-    gives float32 shifts) and whether its target is a landing's (the sum minus the other branch: its bounds move with that branch)."""
+    gives float32 shifts) and whether its target is a landing's (the sum minus the other branch: its bounds move with
+    that branch)."""
 
     activation: Activation
     coef: np.ndarray

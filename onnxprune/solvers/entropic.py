@@ -292,11 +292,12 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
     weight α_j multiplies the whole bracket and cancels from the normal equations, so the step is
     the unweighted S-form ridge solve with ε_Λ,j (doc §4). Scales below 1e-60 (1e-12 in a float32 step, ``_S_MIN``)
     are treated as 0: that changes L by far less than round-off and keeps subnormal numbers (10× slower LAPACK and
-    BLAS) out of the factorisation and the coupling. The columns of channels at s = 0 (most of the pruned ones after a few rounds) leave
-    the system: their rows of S G S + ε_Λ I are ε_Λ alone, so the others are solved as a smaller system with the
-    same values. Columns the solve has all but dropped leave the factorisation too (:func:`_faint`); a consumer
-    with many more outputs than columns returns ΛᵀΛ instead of Λ (:func:`_outer_step`). Factored statistics take
-    the sample-space form (:func:`lowrank.lambda_step`; ΛᵀΛ by :func:`lowrank.outer_step` where FᵀF is held).
+    BLAS) out of the factorisation and the coupling. The columns of channels at s = 0 (most of the pruned ones after
+    a few rounds) leave the system: their rows of S G S + ε_Λ I are ε_Λ alone, so the others are solved as a smaller
+    system with the same values. Columns the solve has all but dropped leave the factorisation too (:func:`_faint`);
+    a consumer with many more outputs than columns returns ΛᵀΛ instead of Λ (:func:`_outer_step`). Factored
+    statistics take the sample-space form (:func:`lowrank.lambda_step`; ΛᵀΛ by :func:`lowrank.outer_step` where FᵀF
+    is held).
     """
     factored = term.stats.factored
     dtype = np.dtype(np.float64 if factored and term.gram is None else _step_dtype(term.channels.size))
