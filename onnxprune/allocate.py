@@ -41,11 +41,15 @@ class GroupCurve:
 
 
 class _Allocation:
-    def __init__(self, curves: list[GroupCurve], cost: CostModel | Budgets, n_classes: int):
+    def __init__(self, curves: list[GroupCurve], cost: CostModel | Budgets, n_classes: int,
+                 gone: frozenset[int] = frozenset()):
         self.curves, self.cost = curves, cost
         self.kept = np.ones(n_classes, dtype=bool)
         self.k = [len(c.order) for c in curves]
+        self.gone = gone   # removable groups removed whole from the start, never restored
         cost.reset()
+        for g in sorted(gone):
+            self.remove(g, 0)
 
     def _removal(self, g: int, after: int) -> np.ndarray:
         """The classes group ``g`` loses when it goes down to ``after`` kept."""
@@ -76,6 +80,8 @@ class _Allocation:
     def can_restore(self, g: int) -> bool:
         """Whether group ``g`` has removed classes to restore; a removed branch only where that lowers its error."""
         c, k = self.curves[g], self.k[g]
+        if g in self.gone:
+            return False
         if k == 0 and c.removable:
             return c.curve[min(c.restore_unit(0), len(c.order))] < c.curve[0]
         return k < len(c.order)
@@ -206,6 +212,9 @@ class Budgets:
         self._now = None
 
 
+NEAR_EMPTY = 4   # a removable branch keeping fewer than 1/NEAR_EMPTY of a channel block (--allow-below) goes whole
+
+
 def allocate(curves: list[GroupCurve], cost: CostModel | Budgets, budget: float, n_classes: int,
              tolerance: float = 0.01) -> np.ndarray:
     """Kept-per-class mask whose cost is at most ``budget``, removing least error per unit cost first.
@@ -217,8 +226,22 @@ def allocate(curves: list[GroupCurve], cost: CostModel | Budgets, budget: float,
     lands closer under the budget, so coarse groups do not make the target overshoot; where no such trim lands
     closer, one restoration paid by removals from a single other group that adds no error
     (:meth:`_Allocation.exchange`).
+
+    A removable branch left with fewer than a ``NEAR_EMPTY``-th of its channel block (counts below the block allowed,
+    ``fine_below``: onnxruntime's blocked CPU layout, which computes the branch's first convolution at the whole
+    block anyway) is removed whole and the allocation runs again without it, spending its cost elsewhere: ResNet-56
+    at half its multiply-adds, batch 64 on the CPU, 0.70 → 0.63 of the original's latency, top-1 80.55 → 80.33 %.
     """
-    state = _Allocation(curves, cost, n_classes)
+    kept = _allocate(curves, cost, budget, n_classes, tolerance, frozenset())
+    near_empty = frozenset(g for g, c in enumerate(curves)
+                           if c.removable and 0 < int(kept[c.order].sum()) * NEAR_EMPTY < c.fine_below)
+    return _allocate(curves, cost, budget, n_classes, tolerance, near_empty) if near_empty else kept
+
+
+def _allocate(curves: list[GroupCurve], cost: CostModel | Budgets, budget: float, n_classes: int,
+              tolerance: float, gone: frozenset[int]) -> np.ndarray:
+    """:func:`allocate` with the groups ``gone`` removed whole from the start."""
+    state = _Allocation(curves, cost, n_classes, gone)
     state.trim(budget)
     state.refill(budget)
     for _ in range(4 * sum(len(c.order) for c in curves)):

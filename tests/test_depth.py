@@ -118,6 +118,32 @@ def test_allocation_removes_a_branch_whole_when_that_costs_least():
     assert low < minimum_cost([curve(g, set()) for g in groups], cost, analysis.n_classes)
 
 
+def test_a_branch_left_near_empty_in_the_blocked_layout_goes_whole_and_its_cost_is_spent_elsewhere():
+    """With counts below the channel block allowed (--allow-below, the CPU default) a removable branch that the
+    allocation leaves with fewer than a quarter of its block goes whole, and the allocation runs again without it;
+    without that setting it keeps its two channels."""
+    model, analysis = _load("resnet_basic")
+    cost = CostModel(model, analysis, count_model(model), "flops")
+    groups = [g for g in analysis.groups if g.prunable]
+    removable = removable_groups(model, analysis)
+    branch = next(g for g in groups if g.id in removable and g.size >= 8)
+
+    def curve(g, fine_below):
+        if g is not branch:
+            return GroupCurve(g.classes, np.linspace(1.0, 0.0, g.size + 1), 1)
+        errors = np.zeros(g.size + 1)
+        errors[:2] = 1.0, 0.9   # its first two channels carry it all; the rest cost nothing
+        return GroupCurve(g.classes, errors, 1, step=max(fine_below, 1), fine_below=fine_below, removable=True)
+
+    budget = 0.5 * cost.before
+    exact = allocate([curve(g, 0) for g in groups], cost, budget, analysis.n_classes)
+    blocked = allocate([curve(g, branch.size) for g in groups], cost, budget, analysis.n_classes)
+    assert exact[branch.classes].sum() == 2 and not blocked[branch.classes].any()
+    assert cost.evaluate(blocked) <= budget and cost.evaluate(exact) <= budget
+    others = np.concatenate([g.classes for g in groups if g is not branch])
+    assert blocked[others].sum() > exact[others].sum()
+
+
 def test_compress_removes_branches_and_reports_them(tmp_path):
     """MobileNetV2 at 15 % of its multiply-adds with --depth (the default) removes both inverted residuals (also
     layer by layer); --no-depth keeps every branch. The squared residual gain (by default only
