@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.model import Consumer
-from onnxprune.residual import Landing, channel_affine, flat_bounds, scalar_constants, tensor_readers
+from onnxprune.residual import Landing, channel_affine, flat_bounds, per_channel, scalar_constants, tensor_readers
 from onnxprune.solvers.statistics import LinearStatistics
 
 
@@ -39,13 +39,13 @@ class Activation:
     scale: np.ndarray | None = field(default=None, compare=False)
     shift: np.ndarray | None = field(default=None, compare=False)
 
-    def pre_activation(self, values: np.ndarray, axis: int) -> np.ndarray:
-        """What the activation reads, from the tensor's ``values`` with their channels on ``axis``."""
+    def pre_activation(self, values: np.ndarray, channels_last: bool = False) -> np.ndarray:
+        """What the activation reads, from the tensor's ``values`` (N, C, ...), or rows (..., C) ``channels_last``."""
         if self.scale is None:
             return values
-        shape = [1] * values.ndim
-        shape[axis] = -1
-        return values * self.scale.astype(values.dtype).reshape(shape) + self.shift.astype(values.dtype).reshape(shape)
+        if channels_last:
+            return values * self.scale.astype(values.dtype) + self.shift.astype(values.dtype)
+        return values * per_channel(self.scale, values) + per_channel(self.shift, values)
 
 
 def rectified_consumers(model: onnx.ModelProto, consumers: Sequence[Consumer],
@@ -109,7 +109,7 @@ class TargetShift:
         """The target (N, M, ...) with, on the channel axis, the side of the bounds the original pre-activation
         lies on (−1 at or below the lower, 1 at or above the upper, else 0) and, for a landing, the target's
         offset from the pre-activation: rows drawn from it carry them all."""
-        pre_activation = self.activation.pre_activation(pre_activation, axis=1)
+        pre_activation = self.activation.pre_activation(pre_activation)
         side = (pre_activation >= self.activation.high).astype(target.dtype)
         side -= pre_activation <= self.activation.low
         parts = [target, side, target - pre_activation] if self.landing else [target, side]
@@ -121,7 +121,7 @@ class TargetShift:
         Y, side = stacked[..., :m], stacked[..., m:2 * m]
         offset = stacked[..., 2 * m:] if self.landing else np.float32(0.0)
         act = self.activation
-        fitted = act.pre_activation(X @ self.coef.T + self.intercept, axis=-1)   # where the activation reads
+        fitted = act.pre_activation(X @ self.coef.T + self.intercept, channels_last=True)   # what the activation reads
         moved = np.where(side < 0, np.minimum(fitted, act.low + offset), fitted)
         if np.isfinite(act.high):
             moved = np.where(side > 0, np.maximum(fitted, act.high + offset), moved)

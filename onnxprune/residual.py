@@ -54,15 +54,16 @@ class Landing:
 
     def branch(self, y: np.ndarray) -> np.ndarray:
         """What the consumer's output ``y`` (N, C, ...) adds to the sum."""
-        return y if self.scale is None else y * _per_channel(self.scale, y) + _per_channel(self.shift, y)
+        return y if self.scale is None else y * per_channel(self.scale, y) + per_channel(self.shift, y)
 
     def output_for(self, branch: np.ndarray) -> np.ndarray:
         """The consumer output that adds ``branch`` (N, C, ...) to the sum."""
-        return branch if self.scale is None else (branch - _per_channel(self.shift, branch)) / _per_channel(
+        return branch if self.scale is None else (branch - per_channel(self.shift, branch)) / per_channel(
             self.scale, branch)
 
 
-def _per_channel(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+def per_channel(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Per-channel ``values`` shaped and typed to broadcast over ``like`` (N, C, ...) on its channel axis."""
     return values.astype(like.dtype).reshape((1, -1) + (1,) * (like.ndim - 2))
 
 
