@@ -393,6 +393,34 @@ def test_a_pruning_far_below_the_target_is_loosened_and_the_closest_one_that_mee
     assert any("0.800 -> 0.750 ± 0.005, 0.853 -> 0.790 ± 0.005; kept the one at 0.853" in n for n in doc["notes"])
 
 
+def test_tries_on_both_sides_of_the_target_go_on_past_the_retries_until_one_meets_it_closely():
+    """A ratio that rises steeply with the budget (the PP-OCRv3 detector's shape): far below at 0.5, above at the
+    loosened 0.75 and at the interpolated budget too; the bracketed search goes on and keeps the close one."""
+    from onnxprune.compress import BRACKETED_RETRIES, RETRIES, meet_measured_latency
+
+    def ratio(budget: float) -> float:
+        return 0.16 + 2.8 * max(budget - 0.5, 0.0) if budget < 0.7 else 0.65   # 0.5 near budget 0.621
+
+    budgets = []
+    notes: list[str] = []
+    budget, check, _ = meet_measured_latency(
+        (None, 0.5), 0.5, 0.5, 0.05, lambda b: LatencyCheck(10.0, 10.0 * ratio(b), ratio(b), 0.005),
+        lambda b: budgets.append(b) or (None, b), notes)
+    assert RETRIES < len(budgets) <= BRACKETED_RETRIES
+    assert 0.48 <= check.ratio <= 0.505 and budget == pytest.approx(budgets[-1])
+    assert "kept the one at" in notes[0]
+
+
+def test_a_lone_overshoot_stops_after_the_usual_retries_when_every_try_meets_the_target():
+    from onnxprune.compress import RETRIES, meet_measured_latency
+
+    budgets = []
+    budget, check, _ = meet_measured_latency(
+        (None, 0.5), 0.5, 0.5, 0.05, lambda b: LatencyCheck(10.0, 1.0, 0.1, 0.005),
+        lambda b: budgets.append(b) or (None, b), [])
+    assert len(budgets) <= RETRIES and check.ratio == 0.1
+
+
 def test_timings_too_noisy_to_trust_are_said(tmp_path, monkeypatch):
     import onnxprune.compress as compress_module
 
