@@ -39,7 +39,8 @@ from onnxprune.rectified import Activation, TargetShift, rectified_consumers
 from onnxprune.residual import Landing
 from onnxprune.rewrite import apply_plan, install_refits, weight_specs
 from onnxprune.solvers import Refit, refit
-from onnxprune.solvers.shrinkage import refit_towards
+from onnxprune.solvers.refit import RidgeFactor
+from onnxprune.solvers.shrinkage import refit_towards_factored
 from onnxprune.solvers.statistics import LinearStatistics
 
 if TYPE_CHECKING:
@@ -174,11 +175,12 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
                 kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
                 w0 = consumer_weight_matrix(nodes[c.node], c, w_arrays)[:, kept_cols]
                 # X' holds only the kept columns; a consumer re-fitted again keeps its raw sums
-                jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0, c.node in rectified))
+                jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0, c.node in rectified, not executor.remote))
             fits = dict(zip((c.node for c in stage), executor.map(_refit_task, jobs, context=solver.delta)))
-            done = {node: fit for node, (fit, _) in fits.items()}
+            done = {node: fit for node, (fit, _, _) in fits.items()}
             if rectified:
                 done.update(_shift_passes(run, step, rectified, jobs, fits, solver, executor))
+            del jobs, fits   # their raw sums and factors: freed before the next stage's pass and re-fits
             installed = {c.node: done[c.node] for c in stage}
             if k + 1 < len(plan_stages.stages):   # the later stages' pruned network runs with them
                 install_refits(current, analysis, plan.kept, installed, specs)
@@ -192,39 +194,48 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
     return refits
 
 
-def _refit_task(delta: float | None, job: tuple[ConsumerStats, int, np.ndarray, bool]) -> tuple[Refit, float | None]:
+def _refit_task(delta: float | None, job: tuple[ConsumerStats, int, np.ndarray, bool, bool]
+                ) -> tuple[Refit, float | None, RidgeFactor | None]:
     """One consumer's re-fit on its error-correcting statistics (a task of the stage when an executor runs them):
-    towards its original weights ``w0`` with a validated ridge, or with the fixed ridge ``delta``; returns the fit
-    and the relative ridge it validated (None with ``delta``). ``keep``: the raw sums stay as they are (a shift
-    pass adds to them)."""
-    entry, n_kept, w0, keep = job
+    towards its original weights ``w0`` with a validated ridge, or with the fixed ridge ``delta``; returns the fit,
+    the relative ridge it validated (None with ``delta``) and, for a consumer a shift pass re-fits again (``keep``:
+    its raw sums stay as they are, the pass adds to them) in the driver's process (``local``), what it factored."""
+    entry, n_kept, w0, keep, local = job
     cols = np.arange(n_kept)
     # the sums are not needed again: centred in their own memory, unless they are a task's read-only arguments
     folds = entry.folds(use_up=True) if delta is None else None
     sums = entry.full
     centred = sums.centred_in_place() if sums.writeable and not keep else sums.centred()
     if delta is None:
-        return refit_towards(centred, cols, w0, folds)
-    return refit(centred, cols, delta), None
+        fit, rel, factor = refit_towards_factored(centred, cols, w0, folds)
+        return fit, rel, factor if keep and local else None
+    return refit(centred, cols, delta), None, None
 
 
-def _shifted_refit_task(delta: float | None, job: tuple[LinearStatistics, int, np.ndarray, float | None]) -> Refit:
-    """A re-fit on raw sums whose targets a shift pass moved, with the ridge the plain targets validated."""
-    sums, n_kept, w0, ridge = job
+def _shifted_refit_task(delta: float | None, job: tuple[LinearStatistics, int, np.ndarray, float | None,
+                                                        RidgeFactor | None]) -> tuple[Refit, RidgeFactor | None]:
+    """A re-fit on raw sums whose targets a shift pass moved, with the ridge the plain targets validated (and the
+    factor of the plain re-fit, when at hand: the Gram matrix is the same); returns it and that factor."""
+    sums, n_kept, w0, ridge, factor = job
     cols = np.arange(n_kept)
     centred = sums.centred_in_place() if sums.writeable else sums.centred()
-    return refit(centred, cols, delta) if ridge is None else refit_towards(centred, cols, w0, ridge=ridge)[0]
+    if ridge is None:
+        return refit(centred, cols, delta), None
+    fit, _, factor = refit_towards_factored(centred, cols, w0, ridge=ridge, reuse=factor)
+    return fit, factor
 
 
 def _shift_passes(run: Callable[[StagePass], dict], step: StagePass, rectified: Mapping[str, Activation],
-                  jobs: Sequence[tuple], fits: Mapping[str, tuple[Refit, float | None]], solver: SolverSettings,
-                  executor: Executor) -> dict[str, Refit]:
+                  jobs: Sequence[tuple], fits: Mapping[str, tuple[Refit, float | None, RidgeFactor | None]],
+                  solver: SolverSettings, executor: Executor) -> dict[str, Refit]:
     """``solver.activation_passes`` shift passes of one stage (``rectified.py``), the last one advancing the
     frontier; returns the rectified consumers' final re-fits. Consumers whose statistics are factored (few rows)
-    keep their plain re-fit."""
-    plain = {c.node: (entry.full, n_kept, w0) for c, (entry, n_kept, w0, _) in zip(step.consumers, jobs)
+    keep their plain re-fit. Each re-fit solves with the plain re-fit's factor where it came back (the Gram matrix
+    does not change)."""
+    plain = {c.node: (entry.full, n_kept, w0) for c, (entry, n_kept, w0, *_) in zip(step.consumers, jobs)
              if c.node in rectified and not entry.full.keeps_rows}
     latest = {node: fits[node][0] for node in plain}
+    factors = {node: fits[node][2] for node in plain}
     for k in range(solver.activation_passes):
         last = k + 1 == solver.activation_passes or not plain   # none to shift: one pass to advance the frontier
         shifts = {node: TargetShift(rectified[node], fit.coef.astype(np.float32), fit.intercept.astype(np.float32),
@@ -232,9 +243,11 @@ def _shift_passes(run: Callable[[StagePass], dict], step: StagePass, rectified: 
         sums = run(dataclasses.replace(step, shifts=shifts, advance=last))
         if not plain:
             break
-        tasks = [(sums[node].shifted(raw, use_up=last), n_kept, w0, fits[node][1])
+        tasks = [(sums[node].shifted(raw, use_up=last), n_kept, w0, fits[node][1], factors[node])
                  for node, (raw, n_kept, w0) in plain.items()]
-        latest = dict(zip(plain, executor.map(_shifted_refit_task, tasks, context=solver.delta)))
+        results = dict(zip(plain, executor.map(_shifted_refit_task, tasks, context=solver.delta)))
+        latest = {node: fit for node, (fit, _) in results.items()}
+        factors = {node: factor for node, (_, factor) in results.items()}
     return {node: dataclasses.replace(fit, shift_passes=solver.activation_passes) for node, fit in latest.items()}
 
 

@@ -52,7 +52,7 @@ def reference_refit(model, analysis, plan, consumers, data, indices, settings, l
         for c in stage:
             cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
             w0 = consumer_weight_matrix(nodes[c.node], c, w)[:, cols]
-            refits[c.node] = _refit_task(None, (stats[c.node], int(cols.sum()), w0, False))[0]
+            refits[c.node] = _refit_task(None, (stats[c.node], int(cols.sum()), w0, False, True))[0]
     return refits
 
 

@@ -33,6 +33,28 @@ def test_refit_towards_keeps_original_weights_when_nothing_is_removed():
     assert fit.error < 1e-12
 
 
+def test_a_refit_of_the_same_gram_to_other_targets_reuses_the_factor_to_the_same_bits(monkeypatch):
+    """A shift pass moves the targets, not the Gram matrix: its re-fit solves with the plain re-fit's factor (no
+    Cholesky, no G·W0ᵀ) and gives the bits of a re-fit from scratch."""
+    from onnxprune.solvers import backend
+    from onnxprune.solvers.shrinkage import refit_towards_factored
+
+    rng = np.random.default_rng(3)
+    W0 = rng.standard_normal((4, 20))
+    X = rng.standard_normal((300, 20))
+    plain, moved = (_stats(X, X @ W0.T + rng.standard_normal((300, 4))).centred() for _ in range(2))
+    cols = np.arange(20)
+    fit, rel, factor = refit_towards_factored(plain, cols, W0, ridge=0.3)
+    assert factor is not None and factor.lower.shape == (20, 20)
+    scratch, _ = refit_towards(moved, cols, W0, ridge=rel)
+    factored = []
+    monkeypatch.setattr(backend, "cholesky", lambda *a, **k: factored.append(1))
+    again, _, kept = refit_towards_factored(moved, cols, W0, ridge=rel, reuse=factor)
+    assert not factored and kept is factor
+    assert np.array_equal(again.coef, scratch.coef) and np.array_equal(again.intercept, scratch.intercept)
+    assert again.error == scratch.error and not np.array_equal(again.coef, fit.coef)
+
+
 def test_cross_validation_shrinks_when_rows_are_scarce():
     rng = np.random.default_rng(1)
     p, n = 60, 40                                   # fewer rows than columns

@@ -51,12 +51,18 @@ def cholesky_jittered(make_matrix: Callable[[], np.ndarray]) -> np.ndarray:
 def solve_psd(H: np.ndarray, B: np.ndarray, rebuild: Callable[[], np.ndarray] | None = None) -> np.ndarray:
     """H⁻¹B for symmetric PSD H: Cholesky, or an eigh pseudo-inverse when H is (near) singular. With ``rebuild``
     H is factored in place (a C- or Fortran-ordered buffer), and ``rebuild()`` makes it again for the eigh."""
+    return _solve_psd(H, B, rebuild)[0]
+
+
+def _solve_psd(H: np.ndarray, B: np.ndarray,
+               rebuild: Callable[[], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`solve_psd`, and the Cholesky factor it solved with (None when it took the pseudo-inverse)."""
     n = H.shape[0]
     try:
         L = backend.cholesky(_fortran(H), overwrite=rebuild is not None)
         pivots = np.diag(L)
         if pivots.min() ** 2 > n * _EPS * pivots.max() ** 2:
-            return backend.cho_solve(L, B)
+            return backend.cho_solve(L, B), L
     except np.linalg.LinAlgError:
         pass
     if rebuild is not None:
@@ -64,37 +70,61 @@ def solve_psd(H: np.ndarray, B: np.ndarray, rebuild: Callable[[], np.ndarray] | 
     vals, vecs = scipy.linalg.eigh(H, check_finite=False)
     cutoff = n * _EPS * max(vals.max(initial=0.0), 0.0)
     inv = np.divide(1.0, vals, out=np.zeros_like(vals), where=vals > cutoff)
-    return vecs @ (inv[:, None] * (vecs.T @ B))
+    return vecs @ (inv[:, None] * (vecs.T @ B)), None
 
 
-def ridge_solver(stats: CentredStatistics, prior: np.ndarray | None = None) -> Callable[[float], np.ndarray]:
+@dataclass(frozen=True)
+class RidgeFactor:
+    """What a dense ridge re-fit factored: the lower Cholesky factor of G + λI at the absolute ``ridge`` and
+    G·priorᵀ. A re-fit of the same Gram matrix to other targets (a shift pass's, ``rectified.py``) solves with them
+    instead of factoring and multiplying again, to the same bits."""
+
+    ridge: float
+    lower: np.ndarray
+    gram_prior: np.ndarray | None
+
+
+class RidgeSolver:
     """λ ↦ the W (M, p) minimising E‖y − ȳ − W(x − x̄)‖² + λ‖W − prior‖² (prior 0 when None) over all columns
     of ``stats`` (see :meth:`CentredStatistics.restricted`): W = prior + Δ, Δᵀ = (G + λI)⁻¹(C − G priorᵀ); λ = 0
-    gives minimum-norm least squares. Every λ is factored in the same buffer (no fresh p × p array per λ).
+    gives minimum-norm least squares. Every λ is factored in the same buffer (no fresh p × p array per λ), and
+    :attr:`factor` holds what the last call factored (dense statistics, where the Cholesky served), valid until the
+    next call; ``reuse``, the factor of an earlier solver on the same G and prior, serves its ridge unfactored.
 
     Factored statistics are solved in sample space without G (push-through identity):
     Δᵀ = Fᵀ(F Fᵀ + λI)⁻¹(B − F priorᵀ), a (T, T) system.
     """
-    if stats.factored:
-        F = stats.F
-        gram = F @ F.T
-        target = stats.B if prior is None else stats.B - F @ prior.T
-    else:
-        gram = stats.G
-        target = stats.C if prior is None else stats.C - gram @ prior.T
-    H = np.empty_like(gram)
 
-    def fit(ridge: float) -> np.ndarray:
-        def ridged() -> np.ndarray:
-            np.copyto(H, gram)
-            H.flat[:: H.shape[0] + 1] += ridge
-            return H
+    def __init__(self, stats: CentredStatistics, prior: np.ndarray | None = None, reuse: RidgeFactor | None = None):
+        self.stats, self.prior, self.reuse = stats, prior, reuse
+        self.factor: RidgeFactor | None = None
+        if stats.factored:
+            self._gram = stats.F @ stats.F.T
+            self._target = stats.B if prior is None else stats.B - stats.F @ prior.T
+            self._gram_prior = None
+        else:
+            self._gram = stats.G
+            self._gram_prior = None if prior is None else reuse.gram_prior if reuse is not None else stats.G @ prior.T
+            self._target = stats.C if prior is None else stats.C - self._gram_prior
+        self._buffer: np.ndarray | None = None
 
-        delta = solve_psd(ridged(), target, rebuild=ridged)
-        coef = (F.T @ delta if stats.factored else delta).T
-        return coef if prior is None else prior + coef
+    def __call__(self, ridge: float) -> np.ndarray:
+        if self.reuse is not None and self.reuse.ridge == ridge and not self.stats.factored:
+            delta = backend.cho_solve(self.reuse.lower, self._target)
+        else:
+            H = self._buffer = np.empty_like(self._gram) if self._buffer is None else self._buffer
 
-    return fit
+            def ridged() -> np.ndarray:
+                np.copyto(H, self._gram)
+                H.flat[:: H.shape[0] + 1] += ridge
+                return H
+
+            delta, lower = _solve_psd(ridged(), self._target, rebuild=ridged)
+            self.factor = (RidgeFactor(ridge, lower, self._gram_prior)
+                           if lower is not None and not self.stats.factored else None)
+        coef = (self.stats.F.T @ delta if self.stats.factored else delta).T
+        return coef if self.prior is None else self.prior + coef
+
 
 
 def residual(stats: CentredStatistics, coef: np.ndarray) -> float:
@@ -138,7 +168,7 @@ def refit(stats: CentredStatistics, columns: np.ndarray, delta: float = 1e-6) ->
         return Refit(np.zeros((stats.n_targets, 0)), stats.y_mean.copy(), error)
     kept = stats.restricted(columns)
     with backend.blas_threads_for(columns.size):
-        coef = ridge_solver(kept)(delta * kept.gram_trace() / columns.size)
+        coef = RidgeSolver(kept)(delta * kept.gram_trace() / columns.size)
         intercept = stats.y_mean - coef @ kept.x_mean
         return Refit(coef, intercept, min(relative_error(kept, coef), 1.0))
 

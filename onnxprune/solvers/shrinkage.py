@@ -27,7 +27,7 @@ import numpy as np
 
 from onnxprune.solvers import backend
 from onnxprune.solvers.lowrank import block_hadamard
-from onnxprune.solvers.refit import Refit, relative_error, residual, ridge_solver
+from onnxprune.solvers.refit import Refit, RidgeFactor, RidgeSolver, relative_error, residual
 from onnxprune.solvers.statistics import CentredStatistics, block_sum, conv_layout
 
 _GRID = tuple(float(rel) for rel in np.logspace(-4, 1, 6))
@@ -45,14 +45,25 @@ def refit_towards(stats: CentredStatistics, columns: np.ndarray, prior: np.ndarr
     """Re-fit on ``columns`` shrunk towards ``prior`` (M, |I|); returns the fit and the chosen λ (relative):
     ``ridge`` when given, else validated on ``folds``, else a small one. Below ``backend.SHARED_BLAS_FROM`` columns
     it runs on one BLAS thread (:func:`backend.blas_threads_for`)."""
+    return refit_towards_factored(stats, columns, prior, folds, ridge)[:2]
+
+
+def refit_towards_factored(stats: CentredStatistics, columns: np.ndarray, prior: np.ndarray,
+                           folds: tuple[CentredStatistics, CentredStatistics] | None = None,
+                           ridge: float | None = None,
+                           reuse: RidgeFactor | None = None) -> tuple[Refit, float, RidgeFactor | None]:
+    """:func:`refit_towards`, and the :class:`RidgeFactor` of its fit (None where it factored nothing dense), which
+    a re-fit of the same Gram matrix and prior to other targets takes as ``reuse`` (to the same bits)."""
     cols = np.asarray(columns, dtype=np.int64)
     W0 = np.asarray(prior, dtype=np.float64)
     with backend.blas_threads_for(len(cols)):
         rel = ridge if ridge is not None else _cross_validated(folds, cols, W0) if folds is not None else _SMALL
         kept = stats.restricted(cols)
-        W = ridge_solver(kept, W0)(rel * _mean_eigenvalue(kept)) if len(cols) else W0
+        solver = RidgeSolver(kept, W0, reuse)
+        W = solver(rel * _mean_eigenvalue(kept)) if len(cols) else W0
         intercept = stats.y_mean - W @ kept.x_mean
-        return Refit(coef=W, intercept=intercept, error=relative_error(kept, W)), float(rel)
+        factor = reuse if solver.factor is None and reuse is not None else solver.factor
+        return Refit(coef=W, intercept=intercept, error=relative_error(kept, W)), float(rel), factor
 
 
 def _mean_eigenvalue(stats: CentredStatistics) -> float:
@@ -127,7 +138,7 @@ def _validation_view(stats: CentredStatistics, cols: np.ndarray, targets: np.nda
 def _validation_error(pairs: list[tuple[CentredStatistics, CentredStatistics]],
                       W0: np.ndarray) -> Callable[[float], float]:
     """Relative λ ↦ the validation error summed over both ways of training on one fold and scoring the other."""
-    fits = [(ridge_solver(train, W0), _mean_eigenvalue(train), test, test.x_mean - train.x_mean,
+    fits = [(RidgeSolver(train, W0), _mean_eigenvalue(train), test, test.x_mean - train.x_mean,
              test.y_mean - train.y_mean) for train, test in pairs]
 
     def error(rel: float) -> float:
