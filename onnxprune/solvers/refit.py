@@ -126,7 +126,6 @@ class RidgeSolver:
         return coef if self.prior is None else self.prior + coef
 
 
-
 def residual(stats: CentredStatistics, coef: np.ndarray) -> float:
     """E‖y − ȳ − W(x − x̄)‖² = c0 − 2 tr(W C) + tr(W G Wᵀ) for W = ``coef`` (M, p) over all columns of ``stats``."""
     if stats.factored:
