@@ -96,20 +96,22 @@ class RidgeSolver:
     """
 
     def __init__(self, stats: CentredStatistics, prior: np.ndarray | None = None, reuse: RidgeFactor | None = None):
-        self.stats, self.prior, self.reuse = stats, prior, reuse
+        self.stats, self.prior = stats, prior
+        self.reuse = None if stats.factored else reuse
         self.factor: RidgeFactor | None = None
+        self._gram_prior = None
         if stats.factored:
             self._gram = stats.F @ stats.F.T
             self._target = stats.B if prior is None else stats.B - stats.F @ prior.T
-            self._gram_prior = None
         else:
             self._gram = stats.G
-            self._gram_prior = None if prior is None else reuse.gram_prior if reuse is not None else stats.G @ prior.T
+            if prior is not None:
+                self._gram_prior = reuse.gram_prior if reuse is not None else stats.G @ prior.T
             self._target = stats.C if prior is None else stats.C - self._gram_prior
         self._buffer: np.ndarray | None = None
 
     def __call__(self, ridge: float) -> np.ndarray:
-        if self.reuse is not None and self.reuse.ridge == ridge and not self.stats.factored:
+        if self.reuse is not None and self.reuse.ridge == ridge:
             delta = backend.cho_solve(self.reuse.lower, self._target)
         else:
             H = self._buffer = np.empty_like(self._gram) if self._buffer is None else self._buffer
