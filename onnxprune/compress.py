@@ -654,7 +654,7 @@ def collapse_warning(model: onnx.ModelProto, analysis: Analysis, counts, kept: f
             f"{_headline_text(fidelity)} on the held-out samples {fidelity.headline:.1%}")
     return (f"--target-latency {latency['target']:g} at batch {latency['batch']} kept only {kept:.1%} of the "
             f"multiply-adds ({lost}): at this batch pruning reaches at best {floor:.3f} of the original's latency "
-            f"(session overhead, reorders and element-wise ops stay), and half the channels of every group is "
+            f"(session overhead and what pruning cannot thin stay), and half the channels of every group is "
             f"predicted at {half / latency['original_ms']:.3f}; a target near that keeps more of the model"
             + (", and so may a larger --latency-batch" if latency["batch"] == 1 else ""))
 

@@ -56,10 +56,17 @@ def test_attribute_follows_layout_renames_fusions_and_takes_the_median():
               _event("pool", 20), _event("pool", 20), _event("pool", 20)]
     times = attribute(_fused_model(), events, runs=3)
     assert times.per_node == pytest.approx({"conv": 0.12, "fc": 0.03})
-    assert times.other == pytest.approx(0.03)
+    assert times.per_tensor == pytest.approx({"p": 0.02})   # the pooling, by the tensor it writes
+    assert times.other == pytest.approx(0.01)                # a re-order named after no node or tensor
     assert times.total == pytest.approx(0.18)
-    # a re-order whose tensor a non-compute node reads (here the residual Add) stays in ``other``
-    assert attribute(_fused_model(), events, runs=3, reorders={"ReorderOutput": "r"}) == times
+    # a re-order whose tensor a non-compute node reads (here the residual Add) is priced by that tensor
+    known = attribute(_fused_model(), events, runs=3, reorders={"ReorderOutput": "r"})
+    assert known.per_node == times.per_node and known.other == 0.0
+    assert known.per_tensor == pytest.approx({"p": 0.02, "r": 0.01})
+    # a re-order into the blocked layout is priced by the tensor it reads, even where only compute nodes read it
+    into = [{**e, "args": {"op_name": "ReorderInput"}} if e["name"].startswith("Reorder") else e for e in events]
+    assert attribute(_fused_model(), into, runs=3, reorders={"ReorderOutput": "x"}).per_tensor == \
+        pytest.approx({"p": 0.02, "x": 0.01})
 
 
 def test_kernel_times_of_a_real_session_cover_every_layer():
@@ -120,10 +127,11 @@ def test_a_reorder_for_a_convolution_reading_less_than_a_block_is_part_of_its_co
     assert "h" in reorders.values()   # conv1's output leaves the blocked layout for conv2
     kernels = _timed_kernels(events, 3)
     plain, priced = attribute(model, kernels, 3), attribute(model, kernels, 3, reorders)
-    moved = plain.other - priced.other
+    moved = priced.per_node["conv2"] - plain.per_node["conv2"]
     assert moved > 0 and priced.total == pytest.approx(plain.total)
-    assert priced.per_node["conv2"] == pytest.approx(plain.per_node["conv2"] + moved)
     assert priced.per_node["conv1"] == pytest.approx(plain.per_node["conv1"])
+    rest = (plain.other + sum(plain.per_tensor.values()), priced.other + sum(priced.per_tensor.values()))
+    assert rest[1] == pytest.approx(rest[0] - moved)
 
 
 def test_uniform_mask_keeps_a_share_of_every_prunable_group_rounded_as_the_allocation_rounds():
@@ -164,10 +172,14 @@ def test_latency_table_factors_run_to_one_and_never_fall_with_more_channels():
     assert {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")} <= set(table.layers)
     curves = [c for layer in table.layers.values() for c in [*layer.axes.values(), layer.joint] if c is not None]
     assert curves  # the lenet's middle layers lose input or output channels in the thinned copies
+    # the pooling of the pruned channels: priced by the tensors it writes, which the analysis follows
+    assert table.tensors and set(table.tensors) <= set(analysis.layouts)
+    curves += [c for layer in table.tensors.values() for c in layer.axes.values()]
     for shares, factors in curves:
         assert shares[-1] == 1.0 and factors[-1] == 1.0 and shares[0] > 0
         assert np.all(np.diff(shares) > 0) and np.all(np.diff(factors) >= 0)
-    assert json.loads(json.dumps(table.to_dict()))["batch"] == 4
+    doc = json.loads(json.dumps(table.to_dict()))
+    assert doc["batch"] == 4 and set(doc["tensors"]) == set(table.tensors)
 
 
 def test_two_colours_put_a_layers_input_and_output_groups_apart():
@@ -215,6 +227,24 @@ def test_latency_cost_prices_each_layer_at_its_share_of_multiply_adds():
     expected = 1.0 + sum(layers[flops.term_nodes[t]] * np.prod(d) / np.prod(o)
                          for t, ((_, d), o) in enumerate(zip(flops.terms, flops._orig)))
     assert cost.evaluate(kept) == pytest.approx(expected)
+
+
+def test_latency_cost_prices_a_tensor_at_the_share_of_its_channels_kept():
+    model, analysis, _ = _lenet()
+    counts = count_model(model)
+    group = next(g for g in analysis.groups if g.prunable and g.size % 2 == 0)
+    tensor = next(t for t in analysis.layouts if sorted(set(analysis.classes_of(t).tolist())) == sorted(group.classes))
+    curve = LayerCurve(2.0, {0: (np.array([0.5, 1.0]), np.array([0.6, 1.0]))})
+    # a tensor the analysis does not follow keeps its time
+    table = LatencyTable("cpu", 1, 3.5, {}, tensors={tensor: curve, "elsewhere": LayerCurve(0.5, {})})
+    cost = LatencyCost(model, analysis, counts, table)
+    assert cost.cost() == pytest.approx(3.5)
+    kept = np.ones(analysis.n_classes, dtype=bool)
+    kept[group.classes[: group.size // 2]] = False
+    assert cost.evaluate(kept) == pytest.approx(3.5 - 2.0 + 2.0 * 0.6)   # half its channels: 0.6 of its time
+    assert cost.restore_cost(group.classes[0]) > 0   # incrementally too
+    kept[group.classes] = False
+    assert cost.evaluate(kept) == pytest.approx(1.5)   # no channel left: the kernels that wrote it are gone
 
 
 class _FakeGroup:

@@ -6,8 +6,10 @@ Each kernel is attributed to the Conv/ConvTranspose/Gemm/MatMul it computes: by 
 back from the tensor it writes through element-wise ops (a fused Relu or residual Add) to a node of that
 kind whose weight has the kernel's weight shape. A re-order out of the blocked layout whose output only
 convolutions read (they read fewer input channels than one block, from the plain layout) is part of their cost:
-it exists because of their channel count, so it is attributed to them. Kernels of anything else (other
-re-orders, pooling, slicing) are summed as ``other``.
+it exists because of their channel count, so it is attributed to them. Every other kernel that writes a tensor of
+the model (element-wise ops, resizing, pooling, the other re-orders, each by the tensor it writes or, into the
+blocked layout, reads) is summed per tensor, so that its time can follow that tensor's channels; what is left
+(kernels onnxruntime made of several nodes, or named after none) is ``other``.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import functools
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -36,14 +38,16 @@ _FUSABLE = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "Add"
 @dataclass(frozen=True)
 class KernelTimes:
     """Milliseconds per run (each kernel's median over the runs): ``per_node`` for each Conv/ConvTranspose/Gemm/MatMul node name,
-    ``other`` for every other kernel, ``total`` for all kernels together."""
+    ``per_tensor`` for the other kernels by the model tensor they write (or, a re-order into the blocked layout,
+    read), ``other`` for the rest, ``total`` for all kernels together."""
 
     per_node: dict[str, float]
     other: float
+    per_tensor: dict[str, float] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
-        return float(sum(self.per_node.values()) + self.other)
+        return float(sum(self.per_node.values()) + sum(self.per_tensor.values()) + self.other)
 
 
 def kernel_times(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
@@ -56,8 +60,8 @@ def kernel_times(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provid
 def profile_session(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
                     threads: Optional[int] = None, calls: int = 1) -> tuple[list[dict], dict[str, str]]:
     """onnxruntime's profiler events (its JSON) of ``calls`` calls of ``session.run(feeds)`` on ``provider``, and the
-    re-orders out of the blocked layout in the graph it ran: node name -> the model's tensor it writes (empty where
-    the provider does not use that layout)."""
+    re-orders of the blocked layout in the graph it ran: node name -> the model's tensor it writes (out of the
+    layout) or reads (into it); empty where the provider does not use that layout."""
     with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
 
@@ -73,8 +77,9 @@ def profile_session(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], pro
             session.run(None, dict(feeds))
         events = json.loads(Path(session.end_profiling()).read_text())
         ran = onnx.load(str(optimized), load_external_data=False) if optimized.exists() else None
-    reorders = {} if ran is None else {n.name: n.output[0] for n in ran.graph.node
-                                        if n.op_type == "ReorderOutput" and n.domain.endswith("nchwc")}
+    reorders = {} if ran is None else {n.name: n.output[0] if n.op_type == "ReorderOutput" else n.input[0]
+                                        for n in ran.graph.node
+                                        if n.op_type in ("ReorderOutput", "ReorderInput") and n.domain.endswith("nchwc")}
     return events, reorders
 
 
@@ -99,17 +104,18 @@ def _timed_kernels(events: list[dict], runs: int) -> list[dict]:
 
 def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int,
               reorders: Optional[Mapping[str, str]] = None) -> KernelTimes:
-    """Time per run of profiled kernel events (onnxruntime's JSON, ``dur`` in µs) per compute node.
+    """Time per run of profiled kernel events (onnxruntime's JSON, ``dur`` in µs) per compute node and per tensor.
 
     A kernel's time is the median of its runs (times the calls per run), so one slow run does not count.
-    ``reorders`` (from :func:`profile_session`): re-order node -> the tensor it writes; one that only compute
-    nodes read (not a graph output) is split evenly among them."""
+    ``reorders`` (from :func:`profile_session`): re-order node -> the tensor it writes or reads; a re-order out of
+    the blocked layout that only compute nodes read (not a graph output) is split evenly among them."""
     nodes = {n.name: n for n in model.graph.node}
     producer = {out: n for n in model.graph.node for out in n.output}
     readers = tensor_readers(model)
     outputs = {o.name for o in model.graph.output}   # a re-order to a graph output is needed anyway
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
     per_node = {n.name: 0.0 for n in model.graph.node if n.op_type in COMPUTE_OPS}
+    per_tensor: dict[str, float] = {}
     other = 0.0
     durations: dict[str, list[float]] = {}
     first: dict[str, dict] = {}
@@ -118,18 +124,31 @@ def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int,
         first.setdefault(e["name"], e)
     for name, ms in durations.items():
         per_run = float(np.median(ms)) * len(ms) / max(runs, 1)
-        written = (reorders or {}).get(name.removesuffix("_kernel_time"))
-        reading = readers.get(written, []) if written and written not in outputs else []
+        tensor = (reorders or {}).get(name.removesuffix("_kernel_time"))
+        out_of_layout = tensor is not None and first[name].get("args", {}).get("op_name") != "ReorderInput"
+        reading = readers.get(tensor, []) if out_of_layout and tensor not in outputs else []
         if reading and all(r.op_type in COMPUTE_OPS for r in reading):
             for r in reading:
                 per_node[r.name] += per_run / len(reading)
             continue
         node = _source(first[name], nodes, producer, weights)
-        if node is None:
-            other += per_run
-        else:
+        tensor = tensor if tensor is not None else _written(first[name], nodes, producer) if node is None else None
+        if node is not None:
             per_node[node] += per_run
-    return KernelTimes(per_node, other)
+        elif tensor is not None:
+            per_tensor[tensor] = per_tensor.get(tensor, 0.0) + per_run
+        else:
+            other += per_run
+    return KernelTimes(per_node, other, per_tensor)
+
+
+def _written(event: dict, nodes: Mapping[str, onnx.NodeProto], producer: Mapping[str, onnx.NodeProto]) -> Optional[str]:
+    """The model tensor a kernel that is no compute node's writes: its node's first output, or the tensor it is
+    named after (the blocked layout's ``<tensor>_nchwc``); None for a kernel named after neither."""
+    name = event["name"].removesuffix("_kernel_time").removesuffix("_nchwc")
+    if name in nodes:
+        return nodes[name].output[0] if nodes[name].output else None
+    return name if name in producer else None
 
 
 def _source(event: dict, nodes: Mapping[str, onnx.NodeProto], producer: Mapping[str, onnx.NodeProto],
