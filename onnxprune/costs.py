@@ -32,7 +32,7 @@ class CostModel:
             if isinstance(e, SliceInitializer):
                 axes.setdefault(nodes[e.node].input[e.input_index], {}).setdefault(e.axis, e)
         self.terms: list[tuple[float, list[float]]] = []
-        self.term_nodes: list[str] = []   # the node of each flops term (the initializer's name for params)
+        self.term_nodes: list[str] = []   # each term's owner: its node (flops), initializer (params) or tensor
         self.touches: dict[int, list[tuple[int, int, float]]] = {}
         if kind == "params":
             items = [(float(np.prod(sizes[name])), name, name) for name in axes if name in sizes]
@@ -40,18 +40,24 @@ class CostModel:
             items = [(float(counts.per_node[n.name][1]), n.input[1], n.name) for n in model.graph.node
                      if n.op_type in COST_OPS and n.name in counts.per_node and len(n.input) > 1 and n.input[1] in axes]
         for value, init, owner in items:
-            if value <= 0:
-                continue
-            dims = []
-            for axis, edit in sorted(axes[init].items()):
-                classes = analysis.classes_of(edit.tensor)
-                per_class = np.bincount(classes, minlength=analysis.n_classes) * edit.repeat
-                t, a = len(self.terms), len(dims)
-                for c in np.flatnonzero(per_class).tolist():
-                    self.touches.setdefault(c, []).append((t, a, float(per_class[c])))
-                dims.append(float(per_class.sum()))
-            self.terms.append((value / float(np.prod(dims)), dims))
-            self.term_nodes.append(owner)
+            if value > 0:
+                self._add_term(value, [np.bincount(analysis.classes_of(edit.tensor), minlength=analysis.n_classes)
+                                       * edit.repeat for _, edit in sorted(axes[init].items())], owner)
+        self._settle()
+
+    def _add_term(self, value: float, per_class_axes: Sequence[np.ndarray], owner: str) -> None:
+        """A term worth ``value`` with every class kept, over axes of the given sizes per class (each the count of
+        that class's positions on the axis); ``owner`` names it. :meth:`_settle` once the terms are all added."""
+        t, dims = len(self.terms), []
+        for a, per_class in enumerate(per_class_axes):
+            for c in np.flatnonzero(per_class).tolist():
+                self.touches.setdefault(c, []).append((t, a, float(per_class[c])))
+            dims.append(float(per_class.sum()))
+        self.terms.append((value / float(np.prod(dims)), dims))
+        self.term_nodes.append(owner)
+
+    def _settle(self) -> None:
+        """Record the terms' sizes with every class kept, from which removals count."""
         self._orig = [list(d) for _, d in self.terms]
         self._sliced_total = self._sum_terms()
 

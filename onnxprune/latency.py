@@ -199,14 +199,14 @@ def measure_latency(model: onnx.ModelProto, analysis: Analysis, feeds: Mapping[s
                 progress(1)
     total = float(np.median([t.total for t in times[0]]))
     full = {n: float(np.median([t.per_node[n] for t in times[0]])) for n in times[0][0].per_node}
-    thinned = {n: float(np.median([t.per_tensor.get(n, 0.0) for t in times[0]])) for n in times[0][0].per_tensor
-               if n in analysis.layouts}
+    tensor_ms = {n: float(np.median([t.per_tensor.get(n, 0.0) for t in times[0]])) for n in times[0][0].per_tensor
+                 if n in analysis.layouts}
     samples: dict[str, tuple[dict[int, list], list]] = {}
     tensor_samples: dict[str, list] = {}
     for kept, measured in zip(masks[1:], times[1:]):
         if not measured:
             continue
-        for tensor, ms in thinned.items():
+        for tensor, ms in tensor_ms.items():
             share = float(analysis.mask(tensor, kept).mean())
             if ms > 0 and share < 1.0 - 1e-9:
                 factor = float(np.median([m.per_tensor.get(tensor, 0.0) for m in measured])) / ms
@@ -233,7 +233,7 @@ def measure_latency(model: onnx.ModelProto, analysis: Analysis, feeds: Mapping[s
     return LatencyTable(provider.requested, int(next(iter(feeds.values())).shape[0]) if feeds else 1, total, layers,
                         overhead=max(wall - total, 0.0),
                         baseline=float(np.median(walls[1])) if rewrite is not None else None,
-                        tensors={n: LayerCurve(thinned[n], {0: _curve(p)}) for n, p in tensor_samples.items()})
+                        tensors={n: LayerCurve(tensor_ms[n], {0: _curve(p)}) for n, p in tensor_samples.items()})
 
 
 def run_times(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray], provider: ProviderSpec, *,
@@ -299,17 +299,11 @@ class LatencyCost(CostModel):
         self.kind, self.base = "latency", table.total + table.overhead
         self.before = table.baseline if table.baseline is not None else self.base
         for tensor, curve in table.tensors.items():
-            if tensor not in analysis.layouts:
-                continue
-            per_class = np.bincount(analysis.classes_of(tensor), minlength=analysis.n_classes)
-            t = len(self.terms)
-            for c in np.flatnonzero(per_class).tolist():
-                self.touches.setdefault(c, []).append((t, 0, float(per_class[c])))
-            self.terms.append((1.0, [float(per_class.sum())]))
-            self.term_nodes.append(tensor)
-            self._tensor_terms[t] = curve
-        self._orig = [list(d) for _, d in self.terms]
-        self._sliced_total = self._sum_terms()
+            if tensor in analysis.layouts:
+                self._tensor_terms[len(self.terms)] = curve
+                self._add_term(curve.ms, [np.bincount(analysis.classes_of(tensor), minlength=analysis.n_classes)],
+                               tensor)
+        self._settle()
 
     def _value(self, t: int, dims: Sequence[float]) -> float:
         curve = self._tensor_terms.get(t)

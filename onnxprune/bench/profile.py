@@ -132,13 +132,14 @@ def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int,
                 per_node[r.name] += per_run / len(reading)
             continue
         node = _source(first[name], nodes, producer, weights)
-        tensor = tensor if tensor is not None else _written(first[name], nodes, producer) if node is None else None
         if node is not None:
             per_node[node] += per_run
-        elif tensor is not None:
-            per_tensor[tensor] = per_tensor.get(tensor, 0.0) + per_run
-        else:
+            continue
+        tensor = tensor if tensor is not None else _written(first[name], nodes, producer)
+        if tensor is None:
             other += per_run
+        else:
+            per_tensor[tensor] = per_tensor.get(tensor, 0.0) + per_run
     return KernelTimes(per_node, other, per_tensor)
 
 
