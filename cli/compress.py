@@ -41,11 +41,12 @@ from onnxprune.runtime import cpu_cores
               help="Keep at most this fraction of the original's latency on --provider (0 < F <= 1, e.g. 0.6), "
                    "alone or besides --target-flops/--target-params (both then hold). Latency is predicted from "
                    "per-layer kernel times that onnxruntime's profiler measures on thinned copies of the model (the "
-                   "original and 8 copies, 3 rounds of --latency-runs runs each; seconds), so channels are cut where "
-                   "they cost time on that backend, not only multiply-adds. The pruned graph is then timed against "
-                   "the original (wall clock, interleaved rounds) and pruned again (at most twice, four times once a "
-                   "try met F and another missed it) when it misses F by more than the timing noise, or meets it by "
-                   "more than the noise and 0.02; the summary shows predicted and measured.")
+                   "original and 8 copies, 3 rounds of --latency-runs runs each; seconds), convolutions by their "
+                   "channels in and out, element-wise ops and re-orders by the channels of their tensor, so channels "
+                   "are cut where they cost time on that backend, not only multiply-adds. The pruned graph is then "
+                   "timed against the original (wall clock, interleaved rounds) and pruned again (at most twice, four "
+                   "times once a try met F and another missed it) when it misses F by more than the timing noise, or "
+                   "meets it by more than the noise and 0.02; the summary shows predicted and measured.")
 @click.option("--latency-batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Batch size (samples per run) at which --target-latency is measured and met.")
 @click.option("--latency-runs", type=click.IntRange(min=1), default=10, show_default=True, metavar="N",
