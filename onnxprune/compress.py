@@ -36,6 +36,7 @@ from onnxprune.graph.io import check_output_path, load_model, model_inputs, save
 from onnxprune.graph.normalise import normalise, static_shapes
 from onnxprune.graph.precision import refuse_quantised, restore_float16, to_float32
 from onnxprune.graph.probe import onnx_to_numpy_dtype
+from onnxprune.graph.subnormal import count_subnormals, flush_subnormals
 from onnxprune.latency import (ROUNDS, LatencyCheck, LatencyCost, LatencyTarget, check_latency, copies,
                                measure_latency, uniform_mask)
 from onnxprune.metrics import ModelCounts, block_flops, count_model
@@ -100,6 +101,8 @@ class CompressOptions:
     # channel-padding shortcuts written as 1x1 convolutions (rewrite/layout.py); None: with the CPU provider and a
     # FLOPs, latency or fidelity target (see backend_layout)
     shortcut_convs: bool | None = None
+    # subnormal float32 weights set to zero in the pruned model (graph/subnormal.py; --keep-subnormals: False)
+    flush_subnormals: bool = True
 
     @property
     def error_correcting(self) -> bool:
@@ -344,13 +347,22 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                          "convolutions with 0/1 weights, the same values, which onnxruntime's CPU provider keeps in "
                          f"its blocked layout with the residual stream: {extra['flops'] / 1e6:.2f}M multiply-adds, "
                          "counted and kept within the target; --no-shortcut-convs keeps them as they are")
+    flush = options.flush_subnormals and not skip and count_subnormals(model) > 0
+
+    def for_provider(m: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+        """What the pruned model (and every timed copy) becomes after the rewrite: its shortcut convolutions and
+        its subnormal weights set to zero, where those apply; and how many weights were set to zero."""
+        m = layout(m) if layout is not None else m
+        return flush_subnormals(m) if flush else (m, 0)
+
     timed_on = None   # with --target-latency: the provider it is profiled and checked on
     if options.latency is not None and not skip:
         timed_on = resolve_providers([options.calibration.provider])[0]
         with _stage(log, "profile latency"), progress("profiling latency", copies() * ROUNDS) as bar:
             table = measure_latency(model, analysis, timing_feeds(model, loaded, options.latency), timed_on,
                                     threads=options.latency.threads, runs=options.latency.runs,
-                                    rounded=allocation.rounded, progress=bar.update, rewrite=layout)
+                                    rounded=allocation.rounded, progress=bar.update,
+                                    rewrite=(lambda m: for_provider(m)[0]) if layout or flush else None)
         allocation = replace(allocation, latency=LatencyBudget(options.latency.fraction, table))
     if (options.target is not None or options.latency is not None) and not skip:
         check_target(model, analysis, options.target, counts, allocation)
@@ -406,6 +418,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                          seed=options.calibration.seed)
 
     distilled: dict[int, DistilOutcome | None] = {}   # id of each pruned model made -> what its distillation did
+    flushed: dict[int, int] = {}   # id of each pruned model made -> its subnormal weights set to zero
 
     def prune(target: Target | None, tuned: bool = True) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
         """Allocate for ``target``, re-fit, rewrite (and distil, if ``tuned``) and measure the held-out fidelity."""
@@ -436,10 +449,9 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             with _stage(log, "distil"), progress("distilling", options.distil.epochs * len(calib_idx)) as bar:
                 pruned, outcome = distil(model, pruned, data, calib_idx, hold_idx, options.distil,
                                          provider=options.calibration.provider, progress=bar.update)
-        pruned = restore_float16(pruned, reference)
-        if layout is not None:
-            pruned = layout(pruned)
+        pruned, zeroed = for_provider(restore_float16(pruned, reference))
         distilled[id(pruned)] = outcome   # also None: a later model may take the id of a candidate freed since
+        flushed[id(pruned)] = zeroed
         with _stage(log, "verify"):
             check_pruned(original, pruned)
             fidelity = measure_fidelity(original, pruned, held, hold_idx, batch_size=options.calibration.batch_size,
@@ -479,6 +491,9 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                      f"{fraction:.3f} of the original ({_headline_text(fidelity)} measured on the held-out samples)")
     if distilled.get(id(pruned)) is not None:   # a --target-fidelity search distils every candidate: the kept one's
         notes.append(distilled[id(pruned)].describe())
+    if flushed.get(id(pruned)):
+        notes.append(f"{flushed[id(pruned)]} subnormal weight(s) (below 1.2e-38) set to zero: the same outputs, and "
+                     "onnxruntime's CPU kernels run them many times slower; --keep-subnormals keeps them")
     if error_correct and not plan.kept.all():
         notes.append(f"error-correcting re-fit in {len(consumer_stages(model, stats_consumers))} stages")
     after = count_model(pruned, input_shapes)
@@ -515,6 +530,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                 "frontier": store.report()},
     )
     report.shortcut_convs = replaced
+    report.subnormals_flushed = flushed.get(id(pruned), 0)
     shifted = sorted(n for n, fit in plan.refits.items() if fit.shift_passes)
     if shifted:
         report.activation_refit = {"passes": options.solver.activation_passes, "layers": shifted}

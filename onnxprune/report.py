@@ -39,6 +39,7 @@ class PruneReport:
     # layers re-fitted to what their ReLU/Clip lets through and the shift passes per stage (``rectified.py``)
     activation_refit: dict | None = None
     shortcut_convs: list[str] = field(default_factory=list)   # Pads written as 1x1 convolutions (rewrite/layout.py)
+    subnormals_flushed: int = 0   # subnormal float32 weights set to zero in the output (graph/subnormal.py)
 
     @property
     def removed(self) -> list[GroupOutcome]:
@@ -79,6 +80,7 @@ class PruneReport:
             "memory": self.memory,
             "activation_refit": self.activation_refit,
             "shortcut_convs": self.shortcut_convs,
+            "subnormals_flushed": self.subnormals_flushed,
         }
 
 
