@@ -347,13 +347,12 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                          "convolutions with 0/1 weights, the same values, which onnxruntime's CPU provider keeps in "
                          f"its blocked layout with the residual stream: {extra['flops'] / 1e6:.2f}M multiply-adds, "
                          "counted and kept within the target; --no-shortcut-convs keeps them as they are")
-    flush = options.flush_subnormals and not skip and count_subnormals(model) > 0
 
     def for_provider(m: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         """What the pruned model (and every timed copy) becomes after the rewrite: its shortcut convolutions and
         its subnormal weights set to zero, where those apply; and how many weights were set to zero."""
         m = layout(m) if layout is not None else m
-        return flush_subnormals(m) if flush else (m, 0)
+        return flush_subnormals(m) if options.flush_subnormals else (m, 0)
 
     timed_on = None   # with --target-latency: the provider it is profiled and checked on
     if options.latency is not None and not skip:
@@ -362,7 +361,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             table = measure_latency(model, analysis, timing_feeds(model, loaded, options.latency), timed_on,
                                     threads=options.latency.threads, runs=options.latency.runs,
                                     rounded=allocation.rounded, progress=bar.update,
-                                    rewrite=(lambda m: for_provider(m)[0]) if layout or flush else None)
+                                    rewrite=(lambda m: for_provider(m)[0]) if layout is not None or (
+                                        options.flush_subnormals and count_subnormals(model)) else None)
         allocation = replace(allocation, latency=LatencyBudget(options.latency.fraction, table))
     if (options.target is not None or options.latency is not None) and not skip:
         check_target(model, analysis, options.target, counts, allocation)
