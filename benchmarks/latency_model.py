@@ -6,10 +6,10 @@ one it predicts without its per-tensor terms (element-wise ops, resizing, poolin
 on the original, as before 2026-12-07), and the pruned graph timed against the original
 (:func:`onnxprune.latency.check_latency`: wall clock, interleaved rounds; ± half the spread of the rounds' ratios).
 
-    python benchmarks/latency_model.py MODEL[=DATA.npz] [...] [--batch 1] [--runs 10] [--out FILE]
+    python benchmarks/latency_model.py MODEL=DATA.npz [...] [--batch 1] [--runs 10] [--out FILE]
 
-The samples are the first ``--batch`` of the .npz's first array, else seeded random inputs of the model's static
-shape. Writes ``benchmarks/results/latency_model.md`` by default. Run it with nothing else running.
+The samples are the first ``--batch`` of the .npz's first array (for the model's one input). Writes
+``benchmarks/results/latency_model.md`` by default. Run it with nothing else running.
 """
 from __future__ import annotations
 
@@ -26,22 +26,17 @@ RESULTS = ROOT / "benchmarks" / "results" / "latency_model.md"
 SHARES = (0.75, 0.5, 0.25)
 
 
-def _feeds(model, data: Path | None, batch: int) -> dict[str, np.ndarray]:
-    """The first ``batch`` samples of ``data`` for the model's one input, else seeded random ones."""
+def _feeds(model, data: Path, batch: int) -> dict[str, np.ndarray]:
+    """The first ``batch`` samples of ``data`` for the model's one input."""
     from onnxprune.graph.io import model_inputs
 
-    inputs = model_inputs(model)
-    if data is not None:
-        with np.load(data) as arrays:
-            return {inputs[0].name: arrays[arrays.files[0]][:batch].astype(np.float32)}
-    rng = np.random.default_rng(0)
-    return {i.name: rng.standard_normal((batch, *[d.dim_value for d in i.type.tensor_type.shape.dim][1:]))
-            .astype(np.float32) for i in inputs}
+    with np.load(data) as arrays:
+        return {model_inputs(model)[0].name: arrays[arrays.files[0]][:batch].astype(np.float32)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="MODEL.onnx, or MODEL.onnx=DATA.npz to time on its first samples")
+    ap.add_argument("models", nargs="+", help="MODEL.onnx=DATA.npz: a model and the samples it is timed on")
     ap.add_argument("--batch", type=int, default=1, help="samples per run")
     ap.add_argument("--runs", type=int, default=10, help="profiled runs per copy and round; timed runs per round")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the table is written")
@@ -60,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for spec in args.models:
         path, _, data = spec.partition("=")
+        if not data:
+            ap.error(f"{spec}: give the samples as MODEL.onnx=DATA.npz")
         model = to_float32(normalise(load_model(Path(path))))
-        feeds = _feeds(model, Path(data) if data else None, args.batch)
+        feeds = _feeds(model, Path(data), args.batch)
         shapes = {name: value.shape for name, value in feeds.items()}
         analysis = find_groups(model, static_shapes(model, shapes))
         table = measure_latency(model, analysis, feeds, cpu, runs=args.runs)

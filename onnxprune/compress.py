@@ -417,8 +417,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
         held = open_data(data_path, input_specs(original), image_options=options.image, num_samples=options.num_samples,
                          seed=options.calibration.seed)
 
-    distilled: dict[int, DistilOutcome | None] = {}   # id of each pruned model made -> what its distillation did
-    flushed: dict[int, int] = {}   # id of each pruned model made -> its subnormal weights set to zero
+    # id of each pruned model made -> what its distillation did, and how many subnormal weights it set to zero
+    made: dict[int, tuple[DistilOutcome | None, int]] = {}
 
     def prune(target: Target | None, tuned: bool = True) -> tuple[PrunePlan, onnx.ModelProto, Fidelity | None]:
         """Allocate for ``target``, re-fit, rewrite (and distil, if ``tuned``) and measure the held-out fidelity."""
@@ -450,8 +450,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                 pruned, outcome = distil(model, pruned, data, calib_idx, hold_idx, options.distil,
                                          provider=options.calibration.provider, progress=bar.update)
         pruned, zeroed = for_provider(restore_float16(pruned, reference))
-        distilled[id(pruned)] = outcome   # also None: a later model may take the id of a candidate freed since
-        flushed[id(pruned)] = zeroed
+        made[id(pruned)] = (outcome, zeroed)   # also (None, 0): a later model may take a freed candidate's id
         with _stage(log, "verify"):
             check_pruned(original, pruned)
             fidelity = measure_fidelity(original, pruned, held, hold_idx, batch_size=options.calibration.batch_size,
@@ -489,10 +488,11 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
             floor)
         notes.append(f"--target-fidelity {options.target_fidelity:g}: searched the FLOPs budget down to "
                      f"{fraction:.3f} of the original ({_headline_text(fidelity)} measured on the held-out samples)")
-    if distilled.get(id(pruned)) is not None:   # a --target-fidelity search distils every candidate: the kept one's
-        notes.append(distilled[id(pruned)].describe())
-    if flushed.get(id(pruned)):
-        notes.append(f"{flushed[id(pruned)]} subnormal weight(s) (below 1.2e-38) set to zero: the same outputs, and "
+    outcome, zeroed = made.get(id(pruned), (None, 0))
+    if outcome is not None:   # a --target-fidelity search distils every candidate: the kept one's
+        notes.append(outcome.describe())
+    if zeroed:
+        notes.append(f"{zeroed} subnormal weight(s) (below 1.2e-38) set to zero: the same outputs, and "
                      "onnxruntime's CPU kernels run them many times slower; --keep-subnormals keeps them")
     if error_correct and not plan.kept.all():
         notes.append(f"error-correcting re-fit in {len(consumer_stages(model, stats_consumers))} stages")
@@ -530,7 +530,7 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                 "frontier": store.report()},
     )
     report.shortcut_convs = replaced
-    report.subnormals_flushed = flushed.get(id(pruned), 0)
+    report.subnormals_flushed = zeroed
     shifted = sorted(n for n, fit in plan.refits.items() if fit.shift_passes)
     if shifted:
         report.activation_refit = {"passes": options.solver.activation_passes, "layers": shifted}

@@ -43,11 +43,13 @@ class CostModel:
             if value > 0:
                 self._add_term(value, [np.bincount(analysis.classes_of(edit.tensor), minlength=analysis.n_classes)
                                        * edit.repeat for _, edit in sorted(axes[init].items())], owner)
-        self._settle()
+        self._add_more_terms(analysis)
+        self._orig = [list(d) for _, d in self.terms]   # the sizes with every class kept, from which removals count
+        self._sliced_total = self._sum_terms()
 
     def _add_term(self, value: float, per_class_axes: Sequence[np.ndarray], owner: str) -> None:
         """A term worth ``value`` with every class kept, over axes of the given sizes per class (each the count of
-        that class's positions on the axis); ``owner`` names it. :meth:`_settle` once the terms are all added."""
+        that class's positions on the axis); ``owner`` names it."""
         t, dims = len(self.terms), []
         for a, per_class in enumerate(per_class_axes):
             for c in np.flatnonzero(per_class).tolist():
@@ -56,10 +58,8 @@ class CostModel:
         self.terms.append((value / float(np.prod(dims)), dims))
         self.term_nodes.append(owner)
 
-    def _settle(self) -> None:
-        """Record the terms' sizes with every class kept, from which removals count."""
-        self._orig = [list(d) for _, d in self.terms]
-        self._sliced_total = self._sum_terms()
+    def _add_more_terms(self, analysis: Analysis) -> None:
+        """Terms a cost kind adds to the multiply-add or parameter ones (none here)."""
 
     def _value(self, t: int, dims: Sequence[float]) -> float:
         """Term ``t``'s cost at the kept sizes ``dims``."""

@@ -298,12 +298,14 @@ class LatencyCost(CostModel):
         super().__init__(model, analysis, counts, "flops")
         self.kind, self.base = "latency", table.total + table.overhead
         self.before = table.baseline if table.baseline is not None else self.base
-        for tensor, curve in table.tensors.items():
+
+    def _add_more_terms(self, analysis: Analysis) -> None:
+        """One term per tensor of the table's ``tensors`` that the analysis follows, over its channels."""
+        for tensor, curve in self.table.tensors.items():
             if tensor in analysis.layouts:
                 self._tensor_terms[len(self.terms)] = curve
                 self._add_term(curve.ms, [np.bincount(analysis.classes_of(tensor), minlength=analysis.n_classes)],
                                tensor)
-        self._settle()
 
     def _value(self, t: int, dims: Sequence[float]) -> float:
         curve = self._tensor_terms.get(t)

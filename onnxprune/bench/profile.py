@@ -146,16 +146,22 @@ def attribute(model: onnx.ModelProto, kernels: list[dict], runs: int,
 def _written(event: dict, nodes: Mapping[str, onnx.NodeProto], producer: Mapping[str, onnx.NodeProto]) -> Optional[str]:
     """The model tensor a kernel that is no compute node's writes: its node's first output, or the tensor it is
     named after (the blocked layout's ``<tensor>_nchwc``); None for a kernel named after neither."""
-    name = event["name"].removesuffix("_kernel_time").removesuffix("_nchwc")
+    name = _named_after(event)
     if name in nodes:
         return nodes[name].output[0] if nodes[name].output else None
     return name if name in producer else None
 
 
+def _named_after(event: dict) -> str:
+    """What a kernel event is named after: a node, a tensor (the CPU's blocked layout: ``<tensor>_nchwc``) or a
+    fusion (``<node>/<suffix>``)."""
+    return event["name"].removesuffix("_kernel_time").removesuffix("_nchwc")
+
+
 def _source(event: dict, nodes: Mapping[str, onnx.NodeProto], producer: Mapping[str, onnx.NodeProto],
             weights: Mapping[str, tuple]) -> Optional[str]:
     """The compute node a kernel event belongs to, or None."""
-    name = event["name"].removesuffix("_kernel_time").removesuffix("_nchwc")  # the CPU's blocked layout
+    name = _named_after(event)
     for cut in [len(name)] + [i for i in range(len(name) - 1, 0, -1) if name[i] == "/"]:
         prefix = name[:cut]  # a node's name, or its name before a fusion's "/MatMulAddFusion"-like suffix
         if prefix in nodes:

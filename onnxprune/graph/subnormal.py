@@ -19,25 +19,31 @@ def _subnormal(values: np.ndarray) -> np.ndarray:
     return (values != 0) & (np.abs(values) < TINY)
 
 
+def _float32_values(model: onnx.ModelProto):
+    """(index, values) of each float32 initializer."""
+    return ((k, numpy_helper.to_array(i)) for k, i in enumerate(model.graph.initializer)
+            if i.data_type == TensorProto.FLOAT)
+
+
 def count_subnormals(model: onnx.ModelProto) -> int:
     """How many values of the model's float32 initializers are subnormal."""
-    return sum(int(np.count_nonzero(_subnormal(numpy_helper.to_array(i))))
-               for i in model.graph.initializer if i.data_type == TensorProto.FLOAT)
+    return sum(int(np.count_nonzero(_subnormal(values))) for _, values in _float32_values(model))
 
 
 def flush_subnormals(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """``model`` with every subnormal value of its float32 initializers set to zero (a copy; ``model`` itself when it
     has none), and how many were set."""
-    if not count_subnormals(model):
-        return model, 0
-    flushed, count = onnx.ModelProto(), 0
-    flushed.CopyFrom(model)
-    for init in flushed.graph.initializer:
-        if init.data_type != TensorProto.FLOAT:
-            continue
-        values = numpy_helper.to_array(init)
+    changed, count = {}, 0
+    for k, values in _float32_values(model):
         tiny = _subnormal(values)
         if tiny.any():
             count += int(np.count_nonzero(tiny))
-            init.CopyFrom(numpy_helper.from_array(np.where(tiny, np.float32(0.0), values), init.name))
+            changed[k] = np.where(tiny, np.float32(0.0), values)
+    if not changed:
+        return model, 0
+    flushed = onnx.ModelProto()
+    flushed.CopyFrom(model)
+    for k, values in changed.items():
+        init = flushed.graph.initializer[k]
+        init.CopyFrom(numpy_helper.from_array(values, init.name))
     return flushed, count
