@@ -406,13 +406,14 @@ def _ridge_factor(gram: np.ndarray, s: np.ndarray, term: _Term, rows: np.ndarray
 # --------------------------------------------------------------------------- w-steps
 
 
-def _rtsafe(fun: Callable, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_iter: int = 100) -> np.ndarray:
+def _rtsafe(fun: Callable, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_iter: int = 100,
+            ends: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Element-wise root of an increasing function on [lo, hi]: Newton kept safe by bisection.
 
-    ``fun(x)`` returns (f, f'). Where f has no sign change on [lo, hi] the root is clipped to an end.
+    ``fun(x)`` returns (f, f'); ``ends`` are f(lo) and f(hi) when the caller has them. Where f has no sign change on
+    [lo, hi] the root is clipped to an end.
     """
-    f_lo, _ = fun(lo)
-    f_hi, _ = fun(hi)
+    f_lo, f_hi = ends if ends is not None else (fun(lo)[0], fun(hi)[0])
     lo, hi = np.where(f_hi <= 0, hi, lo), np.where(f_lo >= 0, lo, hi)
     x = np.clip(x, lo, hi)
     dx_old = hi - lo
@@ -451,27 +452,37 @@ def _weights_given_ridge(a: np.ndarray, eps_w: float, start: np.ndarray | None =
     log6a = log_a + np.log(6.0 / eps_w)
     lower, upper = np.full(n, _LOG_W_MIN), np.zeros(n)
 
-    def channel(u_: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
+    def stationarity(u_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The channels' stationarity at log w = u_ without μ, and its derivative."""
         e = np.exp(log_a - 3.0 * u_)
-        return -2.0 * e + eps_w * (1.0 + u_) + mu, 6.0 * e + eps_w
+        return -2.0 * e + eps_w * (1.0 + u_), 6.0 * e + eps_w
+
+    def channel(u_: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
+        f, df = stationarity(u_)
+        return f + mu, df
 
     def logs(mu: float) -> np.ndarray:
         c = 1.0 + mu / eps_w
-        return _rtsafe(lambda x: channel(x, mu), lower, upper, scipy.special.wrightomega(log6a + 3.0 * c) / 3.0 - c)
+        return _rtsafe(lambda x: channel(x, mu), lower, upper, scipy.special.wrightomega(log6a + 3.0 * c) / 3.0 - c,
+                       ends=(ends[0] + mu, ends[1] + mu))
 
     def excess(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u_ = logs(float(mu[0]))
         w = np.exp(u_)
-        return np.array([1.0 - w.sum()]), np.array([np.sum(w / channel(u_, float(mu[0]))[1])])
+        return np.array([1.0 - w.sum()]), np.array([np.sum(w / stationarity(u_)[1])])
 
     mu_lo = 2.0 * a.max() - eps_w
     mu_hi = 2.0 * a.max() * n**3 + eps_w * (np.log(n) - 1.0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ends = stationarity(lower)[0], stationarity(upper)[0]   # at the ends of each channel's bracket: μ shifts them
         if start is None:
             mu0 = 0.5 * (mu_lo + mu_hi)
         else:
             mu0 = float(np.median(-channel(np.log(np.clip(start, np.exp(_LOG_W_MIN), 1.0)), 0.0)[0]))
-        mu = _rtsafe(excess, np.array([mu_lo]), np.array([mu_hi]), np.array([mu0]))
+        # Σw ≥ 1 at μ_lo (the largest a_d's channel alone asks w = 1) and ≤ 1 at μ_hi (every channel asks at most
+        # 1/n): the excess changes sign between them, and the search needs no solve at either end
+        mu = _rtsafe(excess, np.array([mu_lo]), np.array([mu_hi]), np.array([mu0]),
+                     ends=(np.array([-1.0]), np.array([1.0])))
         w = np.exp(logs(float(mu[0])))
     return w / w.sum()
 
@@ -515,8 +526,9 @@ def _eg_step(
     """
     with np.errstate(divide="ignore"):
         log_w = np.log(w)
+    zeros = not w.all()   # channels at w = 0 (log w = −inf) stay there: their terms need 0 log 0 = 0
     Aw = A @ w
-    f = _objective_given(w, log_w, Aw, beta, eps_w)
+    f = _objective_given(w, log_w, Aw, beta, eps_w, zeros)
     diag_max = float(A.diagonal().max())
     eta0 = 0.5 / diag_max if diag_max > 0 else 1.0 / max(eps_w, 1.0)
     for _ in range(max_inner):
@@ -530,7 +542,7 @@ def _eg_step(
             candidate /= total
             log_candidate = z - np.log(total)
             A_candidate = A @ candidate
-            f_candidate = _objective_given(candidate, log_candidate, A_candidate, beta, eps_w)
+            f_candidate = _objective_given(candidate, log_candidate, A_candidate, beta, eps_w, zeros)
             if f_candidate <= f:
                 break
             eta *= 0.5
@@ -543,9 +555,12 @@ def _eg_step(
     return w
 
 
-def _objective_given(w: np.ndarray, log_w: np.ndarray, Aw: np.ndarray, beta: np.ndarray, eps_w: float) -> float:
-    """:func:`_w_objective` from log w and Aw, which the exponentiated gradient has at hand (0 log 0 = 0)."""
-    return float(w @ Aw - 2.0 * beta @ w) + eps_w * float(w @ np.where(w > 0, log_w, 0.0))
+def _objective_given(w: np.ndarray, log_w: np.ndarray, Aw: np.ndarray, beta: np.ndarray, eps_w: float,
+                     zeros: bool = True) -> float:
+    """:func:`_w_objective` from log w and Aw, which the exponentiated gradient has at hand (0 log 0 = 0; without
+    ``zeros`` no log w is −inf, and a w that underflowed to 0 adds 0 times a finite log)."""
+    entropy = w @ np.where(w > 0, log_w, 0.0) if zeros else w @ log_w
+    return float(w @ Aw - 2.0 * (beta @ w)) + eps_w * float(entropy)
 
 
 # --------------------------------------------------------------------------- driver
