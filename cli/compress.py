@@ -133,7 +133,8 @@ from onnxprune.runtime import cpu_cores
                    "1. --round-to 1 keeps exact counts.")
 @click.option("--allow-below", is_flag=True,
               help="With --round-to N, also allow any count below N (onnxruntime's CPU kernels read fewer than N "
-                   "input channels without padding); part of the cpu default.")
+                   "input channels without padding), except in a group a depthwise convolution reads (it leaves the "
+                   "blocked layout below N); part of the cpu default.")
 @exclude_option
 @image_options
 @sampling_options

@@ -41,8 +41,8 @@ from onnxprune.latency import (ROUNDS, LatencyCheck, LatencyCost, LatencyTarget,
                                measure_latency, uniform_mask)
 from onnxprune.metrics import ModelCounts, block_flops, count_model
 from onnxprune.plan import (AllocationSettings, LatencyBudget, PrunePlan, RankedGroup, SolverSettings, Target,
-                            check_method, check_target, latency_default, minimum_fraction, near_output_default,
-                            output_means, rank_groups, ranking_identity, solve)
+                            check_method, check_target, grouped_conv_groups, latency_default, minimum_fraction,
+                            near_output_default, output_means, rank_groups, ranking_identity, solve)
 from onnxprune.report import PruneReport
 from onnxprune.residual import residual_landings
 from onnxprune.rewrite import apply_plan
@@ -332,6 +332,8 @@ def _compress(model_path: str | os.PathLike, data_path: str | os.PathLike, optio
                      options.target is not None and options.target.kind == "flops"))
     allocation = options.allocation if skip else backend_counts(options.allocation, options.calibration.provider,
                                                                 for_speed, notes)
+    if allocation.allow_below:
+        allocation = replace(allocation, whole_blocks=grouped_conv_groups(model, analysis))
     layout = None      # with shortcut convolutions: the rewrite the pruned model (and every timed copy) gets
     replaced: list[str] = []
     if not skip and backend_layout(options.shortcut_convs, options.calibration.provider, for_speed):
@@ -567,15 +569,16 @@ def backend_counts(allocation: AllocationSettings, provider: str, for_speed: boo
                    notes: list[str]) -> AllocationSettings:
     """Resolve ``round_to=None`` (the default): on the CPU provider, for a run that cuts multiply-adds or latency
     (``for_speed``: --target-flops, --target-latency, --target-fidelity), the counts onnxruntime's NCHWc convolutions
-    run fastest (multiples of the CPU's channel block, or fewer than one block, which they read without padding;
-    other counts are padded or fall back to slower kernels); exact counts otherwise. Says so in ``notes``."""
+    run fastest (multiples of the CPU's channel block, or fewer than one block, which they read without padding,
+    except before a depthwise convolution (:func:`plan.grouped_conv_groups`); other counts are padded or fall back
+    to slower kernels); exact counts otherwise. Says so in ``notes``."""
     if allocation.round_to is not None:
         return allocation
     if provider != "cpu" or not for_speed or (block := cpu_channel_block()) == 1:
         return replace(allocation, round_to=1)
     notes.append(f"counts for onnxruntime's CPU convolutions: kept counts are multiples of {block} or fewer than "
-                 f"{block} (the NCHWc channel block on this CPU; other counts are padded to it or fall back to slower "
-                 "kernels); --round-to 1 keeps exact counts")
+                 f"{block}, except before a depthwise convolution (the NCHWc channel block on this CPU; other counts are "
+                 "padded to it or fall back to slower kernels); --round-to 1 keeps exact counts")
     return replace(allocation, round_to=block, allow_below=True)
 
 

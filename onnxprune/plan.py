@@ -10,6 +10,7 @@ import onnx
 from onnxprune import __version__
 from onnxprune.allocate import Budgets, GroupCurve, allocate, minimum_cost
 from onnxprune.analysis.groups import consumer_columns
+from onnxprune.analysis.propagate import attr
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
 from onnxprune.costs import CostModel
 from onnxprune.depth import removable_groups
@@ -109,6 +110,7 @@ class AllocationSettings:
     min_keep: float = 0.0
     round_to: int | None = None         # None: compress picks from the provider (compress.backend_counts); else 1
     allow_below: bool = False           # with round_to N, any count below N is allowed too
+    whole_blocks: frozenset[int] = frozenset()   # ids of groups that keep multiples of N even so (grouped_conv_groups)
     latency: LatencyBudget | None = None
     depth: bool | None = None
     reserved: tuple[tuple[str, float], ...] = ()
@@ -122,10 +124,17 @@ class AllocationSettings:
         step = self.round_to or 1
         return step if step > 1 and group.size % step == 0 else 1
 
-    def rounded(self, group: ChannelGroup, count: int) -> int:
-        """``count`` rounded up to what the group may keep (a multiple of its step, or any count below it)."""
+    def below(self, group: ChannelGroup) -> int:
+        """Up to how many kept channels the group may keep any count (``allow_below``): its step, or 0 for a group
+        of ``whole_blocks``."""
         step = self.unit(group)
-        if self.allow_below and count < step:
+        return step if self.allow_below and step > 1 and group.id not in self.whole_blocks else 0
+
+    def rounded(self, group: ChannelGroup, count: int) -> int:
+        """``count`` rounded up to what the group may keep (a multiple of its step, or any count below it where
+        :meth:`below` allows)."""
+        step = self.unit(group)
+        if count < self.below(group):
             return count
         return min(-(-count // step) * step, group.size)
 
@@ -133,10 +142,9 @@ class AllocationSettings:
               removable: Collection[int] = ()) -> GroupCurve:
         """The group's allocation curve under these constraints (``order`` in local indices); ``removable``:
         the ids of the groups whose whole branch may go (:func:`onnxprune.depth.removable_groups`)."""
-        step = self.unit(group)
         floor = group.fewest(self.min_keep)
-        return GroupCurve(group.classes[order], errors, self.rounded(group, floor), step,
-                          step if self.allow_below and step > 1 else 0, bool(removable) and group.id in removable)
+        return GroupCurve(group.classes[order], errors, self.rounded(group, floor), self.unit(group),
+                          self.below(group), bool(removable) and group.id in removable)
 
     @property
     def removes_branches(self) -> bool:
@@ -246,6 +254,14 @@ def refit_kept(model: onnx.ModelProto, analysis: Analysis, stats: Mapping[str, C
     ``stats``; ``weights`` are the model's initializer arrays when a caller re-fits many times."""
     refits, errors = _refit_groups(ranked, kept, analysis, _context(model, stats, settings, weights))
     return PrunePlan(kept, refits if settings.refit else {}, [_outcome(g, kept, errors.get(g.id)) for g in analysis.groups])
+
+
+def grouped_conv_groups(model: onnx.ModelProto, analysis: Analysis) -> frozenset[int]:
+    """Ids of the groups whose channels a grouped (depthwise) convolution reads: onnxruntime runs one in its blocked
+    CPU layout only over whole channel blocks, so fewer channels than one block leave that layout (a 32-channel
+    group cut to 13 before a depthwise convolution: EfficientNet-Lite0's stem)."""
+    grouped = {n.name for n in model.graph.node if n.op_type == "Conv" and int(attr(n, "group", 1)) > 1}
+    return frozenset(g.id for g in analysis.groups if grouped.intersection(g.members))
 
 
 def check_method(settings: SolverSettings, budget: bool) -> None:

@@ -6,10 +6,11 @@ import json
 import onnx
 import pytest
 
+from onnxprune.analysis.groups import find_groups
 from onnxprune.bench.profile import cpu_channel_block
 from onnxprune.compress import backend_counts
 from onnxprune.errors import UsageError
-from onnxprune.plan import AllocationSettings
+from onnxprune.plan import AllocationSettings, grouped_conv_groups
 
 from conftest import SAMPLES, run_cli
 
@@ -21,7 +22,7 @@ def test_the_default_rounds_to_the_cpu_block_only_on_the_cpu_and_for_speed(monke
     notes: list[str] = []
     fast = backend_counts(AllocationSettings(), "cpu", True, notes)
     assert (fast.round_to, fast.allow_below) == (16, True)
-    assert "multiples of 16 or fewer than 16" in notes[0] and "--round-to 1" in notes[0]
+    assert "multiples of 16 or fewer than 16, except before a depthwise" in notes[0] and "--round-to 1" in notes[0]
     quiet: list[str] = []
     assert backend_counts(AllocationSettings(), "cpu", False, quiet).round_to == 1
     assert backend_counts(AllocationSettings(), "cuda", True, quiet).round_to == 1
@@ -54,3 +55,22 @@ def test_compress_on_the_cpu_keeps_block_counts_by_default_and_exact_ones_with_r
     cut = [g for g in default["groups"] if g["after"] < g["before"]]
     assert cut and all(g["after"] % 8 == 0 or g["after"] < 8 for g in cut if g["before"] % 8 == 0)
     assert any(g["after"] % 8 and g["after"] >= 8 for g in exact["groups"] if g["before"] % 8 == 0)
+
+
+def test_a_group_a_depthwise_convolution_reads_keeps_whole_blocks(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CPU_BLOCK", "8")
+    model_path = SAMPLES / "zoo" / "mobilenet_v2.ts.onnx"
+    model = onnx.load(str(model_path))
+    analysis = find_groups(model, None)
+    depthwise = grouped_conv_groups(model, analysis)
+    names = {analysis.groups[i].name for i in depthwise}
+    assert len(depthwise) == 3 and all(analysis.groups[i].size > 8 for i in depthwise)   # the expansions
+    out, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
+    result = run_cli(["compress", model_path, "--data", model_path.with_name("mobilenet_v2.npz"), "--num-samples", "32",
+                      "--target-flops", "0.5", "-o", out, "--report", report])
+    assert result.exit_code == 0, result.output
+    groups = json.loads(report.read_text())["groups"]
+    read_by_depthwise = [g for g in groups if g["name"] in names]
+    assert read_by_depthwise and all(g["after"] % 8 == 0 for g in read_by_depthwise)
+    assert any(g["after"] < g["before"] for g in read_by_depthwise)
+    assert any(g["after"] % 8 for g in groups if g["name"] not in names)   # the others may go below a block

@@ -162,6 +162,11 @@ def test_allow_below_steps_by_the_multiple_then_one_channel_at_a_time():
     assert [curve.restore_unit(k) for k in (1, 3, 4, 8)] == [1, 1, 4, 4]
     plain = AllocationSettings(round_to=4).curve(_FakeGroup(12), np.arange(12), np.linspace(1.0, 0.0, 13))
     assert plain.min_keep == 4 and plain.after_removals(12, 2) == 4
+    # a group a depthwise convolution reads keeps whole blocks, below one block too
+    whole = AllocationSettings(round_to=4, allow_below=True, whole_blocks=frozenset({0}))
+    curve = whole.curve(_FakeGroup(12), np.arange(12), np.linspace(1.0, 0.0, 13))
+    assert curve.min_keep == 4 and curve.after_removals(12, 1) == 8 and curve.after_removals(12, 2) == 4
+    assert [whole.rounded(_FakeGroup(12), k) for k in (1, 3, 5)] == [4, 4, 8]
 
 
 def test_latency_table_factors_run_to_one_and_never_fall_with_more_channels():
@@ -253,7 +258,7 @@ class _FakeGroup:
     fewest = ChannelGroup.fewest
 
     def __init__(self, size: int):
-        self.size, self.classes, self.frozen = size, np.arange(size), np.zeros(size, dtype=bool)
+        self.id, self.size, self.classes, self.frozen = 0, size, np.arange(size), np.zeros(size, dtype=bool)
 
 
 class _Staircase:
