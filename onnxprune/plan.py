@@ -10,8 +10,8 @@ import onnx
 from onnxprune import __version__
 from onnxprune.allocate import Budgets, GroupCurve, allocate, minimum_cost
 from onnxprune.analysis.groups import consumer_columns
-from onnxprune.analysis.propagate import attr
 from onnxprune.analysis.model import Analysis, ChannelGroup, Consumer
+from onnxprune.analysis.propagate import attr
 from onnxprune.costs import CostModel
 from onnxprune.depth import removable_groups
 from onnxprune.errors import UsageError

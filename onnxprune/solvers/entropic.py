@@ -410,8 +410,8 @@ def _rtsafe(fun: Callable, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_it
             ends: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Element-wise root of an increasing function on [lo, hi]: Newton kept safe by bisection.
 
-    ``fun(x)`` returns (f, f'); ``ends`` are f(lo) and f(hi) when the caller has them. Where f has no sign change on
-    [lo, hi] the root is clipped to an end.
+    ``fun(x)`` returns (f, f'); ``ends`` are f(lo) and f(hi), or values of their signs, when the caller knows them
+    (only the signs are read). Where f has no sign change on [lo, hi] the root is clipped to an end.
     """
     f_lo, f_hi = ends if ends is not None else (fun(lo)[0], fun(hi)[0])
     lo, hi = np.where(f_hi <= 0, hi, lo), np.where(f_lo >= 0, lo, hi)
@@ -556,7 +556,7 @@ def _eg_step(
 
 
 def _objective_given(w: np.ndarray, log_w: np.ndarray, Aw: np.ndarray, beta: np.ndarray, eps_w: float,
-                     zeros: bool = True) -> float:
+                     zeros: bool) -> float:
     """:func:`_w_objective` from log w and Aw, which the exponentiated gradient has at hand (0 log 0 = 0; without
     ``zeros`` no log w is −inf, and a w that underflowed to 0 adds 0 times a finite log)."""
     entropy = w @ np.where(w > 0, log_w, 0.0) if zeros else w @ log_w
