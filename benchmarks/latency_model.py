@@ -8,7 +8,7 @@ on the original, as before 2026-12-07), and the pruned graph timed against the o
 
     python benchmarks/latency_model.py MODEL=DATA.npz [...] [--batch 1] [--runs 10] [--out FILE]
 
-The samples are the first ``--batch`` of the .npz's first array (for the model's one input). Writes
+The samples are the first ``--batch`` of DATA, read as compress reads calibration data. Writes
 ``benchmarks/results/latency_model.md`` by default. Run it with nothing else running.
 """
 from __future__ import annotations
@@ -27,11 +27,13 @@ SHARES = (0.75, 0.5, 0.25)
 
 
 def _feeds(model, data: Path, batch: int) -> dict[str, np.ndarray]:
-    """The first ``batch`` samples of ``data`` for the model's one input."""
-    from onnxprune.graph.io import model_inputs
+    """The first ``batch`` samples of ``data`` as the model's feeds, read as compress reads calibration data."""
+    from onnxprune.bench.inputs import feeds_for_batch, input_specs as bench_input_specs
+    from onnxprune.calibration.sources import open_data
+    from onnxprune.compress import input_specs
 
-    with np.load(data) as arrays:
-        return {model_inputs(model)[0].name: arrays[arrays.files[0]][:batch].astype(np.float32)}
+    samples = open_data(data, input_specs(model)).load(list(range(batch)))
+    return feeds_for_batch(samples, bench_input_specs(model), batch)
 
 
 def main(argv: list[str] | None = None) -> int:
