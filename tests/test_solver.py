@@ -441,6 +441,59 @@ def test_faint_columns_leave_the_lambda_step_without_changing_it():
     np.testing.assert_allclose(entropic._lambda_step(term, w), exact, rtol=1e-8, atol=1e-12 * np.abs(exact).max())
 
 
+@pytest.mark.parametrize("channels, n, alive", [
+    (np.repeat(np.arange(6), 4), 6, None),             # a Conv's layout
+    (np.repeat(np.arange(6), 4), 6, [0, 2, 5]),        # … with channels at s = 0
+    (np.repeat(np.arange(3, 7), 9), 8, None),          # a 3×3 Conv reading part of a group (after a Split)
+    (np.repeat(np.arange(3, 7), 9), 8, [4, 6]),
+    (np.array([5, 2, 7, 1, 0]), 8, None),              # a column per channel, out of order (a Concat's parts)
+    (np.array([5, 2, 7, 1, 0, 3, 4, 6]), 8, [0, 1, 2, 5, 6, 7]),
+    (np.array([0, 1, 2, 3, 1, 2, 4, 5]), 6, None),     # channels read twice, apart
+    (np.array([0, 1, 2, 3, 1, 2, 4, 5]), 6, [1, 2, 5]),
+])
+def test_coupling_block_sums_any_column_to_channel_map(channels, n, alive):
+    """Eᵀ(G ∘ ΛᵀΛ)E from the lower triangle of ΛᵀΛ equals the product formed whole, whichever channel owns each
+    column, with or without the channels at s = 0 left out of the Λ-step."""
+    from onnxprune.solvers import entropic
+
+    rng = np.random.default_rng(len(channels))
+    p = channels.size
+    X = rng.standard_normal((3 * p + 10, p))
+    stats = CentredStatistics(G=X.T @ X, C=rng.standard_normal((p, 5)), c0=10.0, x_mean=np.zeros(p),
+                              y_mean=np.zeros(5), n_samples=X.shape[0])
+    term = entropic._prepare([ConsumerProblem(stats, channels)], n, rho=1.0, eps_lambda=None)[0]
+    lt = rng.standard_normal((p, 5))
+    if alive is not None:
+        active = np.flatnonzero(np.isin(channels, alive))
+        lt[np.setdiff1d(np.arange(p), active)] = 0.0
+        term.active = (active, stats.G[np.ix_(active, active)])
+    E = np.zeros((p, n))
+    E[np.arange(p), channels] = 1.0
+    np.testing.assert_allclose(entropic._hadamard_block_sum(lt, term, n), E.T @ (stats.G * (lt @ lt.T)) @ E,
+                               rtol=1e-12, atol=1e-12 * np.abs(stats.G).max())
+
+
+def test_lambda_step_reuses_or_narrows_the_last_active_gram():
+    """The Gram matrix on the active columns is the last Λ-step's when they are the same, gathered from it when they
+    are fewer, and its values are G's either way."""
+    from onnxprune.solvers import entropic
+
+    d, k = 8, 3
+    problem = _dying_problem(d, k, 4, seed=3)
+    term = entropic._prepare(problem, d, rho=1.0, eps_lambda=None)[0]
+    G = problem[0].stats.G
+    for alive in ([0, 1, 2, 4, 6], [0, 1, 2, 4, 6], [1, 4, 6], [0, 5]):
+        w = np.zeros(d)
+        w[alive] = 1.0 / len(alive)
+        before = term.active
+        entropic._lambda_step(term, w)
+        active, gram = term.active
+        np.testing.assert_array_equal(active, np.flatnonzero(np.isin(term.channels, alive)))
+        np.testing.assert_array_equal(gram, G[np.ix_(active, active)])
+        if before is not None and np.array_equal(before[0], active):
+            assert gram is before[1]
+
+
 def test_ranking_with_faint_columns_equals_the_full_lambda_steps(monkeypatch):
     """The whole fit with faint columns out of the factorisation gives the full Λ-steps' weights and order (the
     dying channels' weights, 1e-26 of the others and tied there, only to a few per cent)."""

@@ -76,6 +76,7 @@ class _Term:
     gram: np.ndarray | None = None      # G and C as the dense Λ-step uses them (float32 if wide); FᵀF if held
     cross: np.ndarray | None = None
     layout: int = 0                     # k when channel d owns columns [dk, dk + k) (a Conv's layout), else 0
+    runs: int = 0                       # k when every channel it reads owns k consecutive columns, else 0
     active: tuple[np.ndarray, np.ndarray] | None = None  # columns of the latest Λ-step and their G, when not all
     last_step: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     kernel: np.ndarray | None = None    # C Cᵀ with _OUTER_FROM × more outputs than columns; BBᵀ if held
@@ -187,10 +188,21 @@ def _prepare(
         dtype = _step_dtype(p)
         gram, cross = stats.G.astype(dtype, copy=False), stats.C.astype(dtype, copy=False)
         layout = conv_layout(channels, n_channels)
-        work = np.empty_like(gram)  # the Λ-step's scaled Gram matrix, and ΛᵀΛ outside the Conv layout
+        work = np.empty_like(gram)  # the Λ-step's scaled Gram matrix
         kernel = (stats.C @ stats.C.T).astype(dtype) if stats.n_targets >= _OUTER_FROM * p else None
-        terms.append(_Term(stats, channels, alpha, float(eps), work, gram, cross, layout=layout, kernel=kernel))
+        terms.append(_Term(stats, channels, alpha, float(eps), work, gram, cross, layout=layout,
+                           runs=_channel_runs(channels), kernel=kernel))
     return terms
+
+
+def _channel_runs(channels: np.ndarray) -> int:
+    """k when every channel owns k consecutive columns and no other column (a Conv's unfolded input, also over part
+    of a group's channels), else 0."""
+    k = int(np.argmax(channels != channels[0])) or channels.size
+    heads = channels[::k]
+    if channels.size % k or not np.array_equal(np.repeat(heads, k), channels):
+        return 0
+    return k if np.unique(heads).size == heads.size else 0
 
 
 def _initial_w(w_init: np.ndarray | None, n_channels: int) -> np.ndarray:
@@ -227,30 +239,32 @@ def _loss(
 def _hadamard_block_sum(lt: np.ndarray, term: _Term, n_channels: int) -> np.ndarray:
     """Eᵀ(G ∘ ΛᵀΛ)E of a dense consumer.
 
-    With a Conv's column layout (k consecutive columns per channel) only the lower triangle of ΛᵀΛ is
-    formed (syrk, half the multiply-adds): its block sums L give the whole as L + Lᵀ − diag(the
-    diagonal blocks' diagonals), since every block below the diagonal lies wholly in that triangle. Rows of Λ that
-    the Λ-step left at 0 (channels at s = 0) drop out first, except with a column per channel while most are active.
+    Only the lower triangle of ΛᵀΛ is formed (syrk, half the multiply-adds): with L the sums of G ∘ that triangle
+    per pair of channels, the whole is L + Lᵀ − diag(each channel's sum of its diagonal), whichever channel owns
+    each column (G ∘ ΛᵀΛ is symmetric, and only its diagonal lies in both triangles). Rows of Λ that the Λ-step left
+    at 0 (channels at s = 0) drop out first, except with a column per channel while most are active. Where every
+    channel owns k consecutive columns (``term.runs``: a Conv's unfolded input, also over part of a group) the sums
+    take a reshape, else a sort and ``reduceat``.
     """
-    if not term.layout:
-        P = np.matmul(lt, lt.T, out=term.work)
-        P *= term.gram
-        return block_sum(P, term.channels, n_channels)
     active, gram = term.active if term.active is not None else (None, term.gram)
-    if active is not None and term.layout == 1 and 3 * active.size >= 2 * term.channels.size:
+    if active is not None and term.runs == 1 and 3 * active.size >= 2 * term.channels.size:
         active, gram = None, term.gram   # their zero rows cost less than scattering the product into D × D
+    channels = term.channels
     if active is not None:  # the Λ-step left out the channels at s = 0: their rows of Λ are 0
-        lt = lt[active]
+        lt, channels = lt[active], channels[active]
     syrk = scipy.linalg.get_blas_funcs("syrk", (lt,))
     lower = syrk(1.0, lt.T, trans=1).T  # the upper triangle in Fortran order is the lower one in C order
     lower *= gram
-    present = term.channels[::term.layout] if active is None else term.channels[active][::term.layout]
-    local = np.repeat(np.arange(present.size), term.layout)
-    block = block_sum(lower, local, present.size, term.layout)
+    if term.runs:
+        present = channels[::term.runs]
+        local = np.repeat(np.arange(present.size), term.runs)
+    else:
+        present, local = np.unique(channels, return_inverse=True)
+    block = block_sum(lower, local, present.size, term.runs)
     diagonal = np.bincount(local, weights=np.diagonal(lower), minlength=present.size)
     whole = block + block.T
     whole.flat[:: present.size + 1] -= diagonal
-    if active is None:
+    if np.array_equal(present, np.arange(n_channels)):
         return whole
     A = np.zeros((n_channels, n_channels))
     A[np.ix_(present, present)] = whole
@@ -315,7 +329,7 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
         gram, cross = term.gram, term.cross
         term.active = None
     else:  # rows and columns of s = 0 hold ε_Λ I alone: their Λ rows are 0, the others solve on their own
-        gram, cross, s = submatrix(term.gram, active, active), term.cross[active], s[active]
+        gram, cross, s = _active_gram(term, active), term.cross[active], s[active]
         term.active = (active, gram)   # for the coupling of this Λ
     if term.kernel is not None:
         return _outer_step(term, gram, s, active)
@@ -335,6 +349,20 @@ def _lambda_step(term: _Term, w: np.ndarray) -> np.ndarray:
     lam_t = np.zeros(term.cross.shape, dtype=rhs.dtype)
     lam_t[active] = rhs
     return lam_t
+
+
+def _active_gram(term: _Term, active: np.ndarray) -> np.ndarray:
+    """G on the ``active`` columns: the latest Λ-step's when they are the same columns (once channels die, most
+    rounds keep them), gathered from it when they are a subset of its columns (fewer bytes to read), else from G."""
+    if term.active is None:
+        return submatrix(term.gram, active, active)
+    before, gram = term.active
+    if np.array_equal(before, active):
+        return gram
+    local = np.minimum(np.searchsorted(before, active), before.size - 1)
+    if before.size and np.array_equal(before[local], active):
+        return submatrix(gram, local, local)
+    return submatrix(term.gram, active, active)
 
 
 def _step_dtype(p: int) -> type:
