@@ -93,3 +93,24 @@ def test_congruence_gives_the_lower_triangle_of_two_triangular_solves():
     L = cholesky(A.T @ A, lower=True)
     expected = solve_triangular(L, solve_triangular(L, B.T @ B, lower=True).T, lower=True)
     np.testing.assert_allclose(np.tril(_congruence_lower(L, B.T @ B)), np.tril(expected), rtol=1e-10, atol=1e-12)
+
+
+def test_wide_fold_curve_in_float32_follows_the_float64_one(monkeypatch):
+    """From ``SINGLE_FROM`` columns the folds' factorisations and solves run in float32 (sums in float64): the curve
+    stays within float32 round-off of the float64 one."""
+    from onnxprune.solvers import fold_curve
+
+    rng = np.random.default_rng(4)
+    n, channels, k, m = 4000, 200, 3, 5
+    X = rng.standard_normal((n, channels * k)) @ (np.eye(channels * k) + 0.05 * rng.standard_normal((channels * k,) * 2))
+    Y = X[:, :40] @ rng.standard_normal((40, m)) + rng.standard_normal((n, m))
+    odd = np.arange(n) % 2 == 1
+    channel_of_column, order = np.repeat(np.arange(channels), k), rng.permutation(channels)
+    full, folds = _centred(X, Y), (_centred(X[~odd], Y[~odd]), _centred(X[odd], Y[odd]))
+    raw = error_curve(full, channel_of_column, order)
+    assert channels * k >= fold_curve.SINGLE_FROM
+    single = fold_error_curve(folds, channel_of_column, order, raw, full.c0)
+    monkeypatch.setattr(fold_curve, "SINGLE_FROM", channels * k + 1)
+    double = fold_error_curve(folds, channel_of_column, order, raw, full.c0)
+    assert not np.array_equal(single, double)
+    np.testing.assert_allclose(single, double, rtol=1e-5, atol=1e-7)

@@ -220,10 +220,11 @@ def error_curve(
     return np.clip((stats.c0 - explained[n_cols]) / stats.c0, 0.0, 1.0)
 
 
-def prefix_factor(stats: CentredStatistics, perm: np.ndarray, ridge: float) -> np.ndarray:
-    """Lower Cholesky factor of G + ``ridge``·I with rows and columns in the order ``perm``: its leading blocks
-    factor every prefix of ``perm``."""
-    H = np.empty((perm.size, perm.size))
+def prefix_factor(stats: CentredStatistics, perm: np.ndarray, ridge: float,
+                  dtype: np.dtype = np.float64) -> np.ndarray:
+    """Lower Cholesky factor of G + ``ridge``·I with rows and columns in the order ``perm`` (in ``dtype``): its leading
+    blocks factor every prefix of ``perm``."""
+    H = np.empty((perm.size, perm.size), dtype=dtype)
 
     def permuted() -> np.ndarray:
         statistics.submatrix(stats.G, perm, perm, out=H)
