@@ -254,14 +254,21 @@ def _hadamard_block_sum(lt: np.ndarray, term: _Term, n_channels: int) -> np.ndar
         lt, channels = lt[active], channels[active]
     syrk = scipy.linalg.get_blas_funcs("syrk", (lt,))
     lower = syrk(1.0, lt.T, trans=1).T  # the upper triangle in Fortran order is the lower one in C order
-    lower *= gram
-    if term.runs:
+    if term.runs > 1:   # G ∘ the triangle summed over each channel's rows in one pass, then over its columns
         present = channels[::term.runs]
-        local = np.repeat(np.arange(present.size), term.runs)
+        n, k = present.size, term.runs
+        local = np.repeat(np.arange(n), k)
+        rows = np.einsum("akp,akp->ap", lower.reshape(n, k, -1), gram.reshape(n, k, -1))
+        block = rows.reshape(n, n, k).sum(axis=2, dtype=np.float64)
+        diagonal = np.bincount(local, weights=np.diagonal(lower) * np.diagonal(gram), minlength=n)
     else:
-        present, local = np.unique(channels, return_inverse=True)
-    block = block_sum(lower, local, present.size, term.runs)
-    diagonal = np.bincount(local, weights=np.diagonal(lower), minlength=present.size)
+        lower *= gram
+        if term.runs:
+            present, local = channels, np.arange(channels.size)
+        else:
+            present, local = np.unique(channels, return_inverse=True)
+        block = block_sum(lower, local, present.size, term.runs)
+        diagonal = np.bincount(local, weights=np.diagonal(lower), minlength=present.size)
     whole = block + block.T
     whole.flat[:: present.size + 1] -= diagonal
     if np.array_equal(present, np.arange(n_channels)):
