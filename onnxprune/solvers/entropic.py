@@ -20,7 +20,7 @@ import scipy.special
 
 from . import backend, lowrank, statistics
 from .refit import Refit, cholesky_jittered, columns_of, refit
-from .statistics import CentredStatistics, block_sum, conv_layout, submatrix
+from .statistics import CentredStatistics, block_sum, channel_runs, conv_layout, submatrix
 from .ties import decreasing
 
 W_STEPS = ("both", "lambda", "w")
@@ -191,18 +191,8 @@ def _prepare(
         work = np.empty_like(gram)  # the Λ-step's scaled Gram matrix
         kernel = (stats.C @ stats.C.T).astype(dtype) if stats.n_targets >= _OUTER_FROM * p else None
         terms.append(_Term(stats, channels, alpha, float(eps), work, gram, cross, layout=layout,
-                           runs=_channel_runs(channels), kernel=kernel))
+                           runs=channel_runs(channels), kernel=kernel))
     return terms
-
-
-def _channel_runs(channels: np.ndarray) -> int:
-    """k when every channel owns k consecutive columns and no other column (a Conv's unfolded input, also over part
-    of a group's channels), else 0."""
-    k = int(np.argmax(channels != channels[0])) or channels.size
-    heads = channels[::k]
-    if channels.size % k or not np.array_equal(np.repeat(heads, k), channels):
-        return 0
-    return k if np.unique(heads).size == heads.size else 0
 
 
 def _initial_w(w_init: np.ndarray | None, n_channels: int) -> np.ndarray:

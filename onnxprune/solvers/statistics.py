@@ -154,11 +154,22 @@ def submatrix(M: np.ndarray, rows: np.ndarray, columns: np.ndarray, out: np.ndar
     return out
 
 
+def channel_runs(channels: np.ndarray) -> int:
+    """k when every channel owns k consecutive columns and no other column (a Conv's unfolded input, also over part
+    of a group's channels or in another order), else 0."""
+    if not channels.size:
+        return 0
+    k = int(np.argmax(channels != channels[0])) or channels.size
+    heads = channels[::k]
+    if channels.size % k or not np.array_equal(np.repeat(heads, k), channels):
+        return 0
+    return k if np.unique(heads).size == heads.size else 0
+
+
 def conv_layout(channels: np.ndarray, n_channels: int) -> int:
     """k when channel d owns exactly the columns [dk, dk + k) (a Conv's unfolded input), else 0."""
-    p = channels.size
-    k = p // n_channels
-    return k if k * n_channels == p and np.array_equal(channels, np.repeat(np.arange(n_channels), k)) else 0
+    k = channel_runs(channels)
+    return k if k and np.array_equal(channels[::k], np.arange(n_channels)) else 0
 
 
 def block_sum(P: np.ndarray, channels: np.ndarray, n_channels: int, layout: int = 0) -> np.ndarray:
