@@ -67,6 +67,33 @@ def test_torch_keeps_the_work_in_this_process():
     assert backend.active() == Backend()
 
 
+def test_factor_and_solves_read_only_the_lower_triangle():
+    """Without ``clean`` the factor keeps A's strict upper triangle and solves as the clean one does; C-ordered
+    right-hand sides (solved from the right as their Fortran-ordered transpose), Fortran-ordered ones and vectors all
+    give A⁻¹B, in float64 and float32, and in place when asked."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 40))
+    A, B = X.T @ X / 300 + 0.1 * np.eye(40), rng.standard_normal((40, 7))
+    clean = backend.cholesky(A.copy())
+    raw = backend.cholesky(np.asfortranarray(A), clean=False)
+    np.testing.assert_array_equal(np.tril(raw), clean)
+    np.testing.assert_array_equal(np.triu(raw, 1), np.triu(A, 1))
+    expected = np.linalg.solve(A, B)
+    for dtype, rtol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+        factor = raw.astype(dtype)
+        for rhs, want in ((B, expected), (np.asfortranarray(B), expected), (B[:, 2].copy(), expected[:, 2])):
+            solved = backend.cho_solve(factor, rhs.astype(dtype))
+            assert solved.dtype == dtype and solved.shape == want.shape
+            np.testing.assert_allclose(solved, want, rtol=rtol, atol=rtol)
+    rhs = B.copy()
+    solved = backend.cho_solve(raw, rhs, overwrite=True)
+    assert np.shares_memory(solved, rhs)
+    np.testing.assert_allclose(solved, expected, rtol=1e-10)
+    before = B.copy()
+    np.testing.assert_array_equal(backend.cho_solve(raw, B), solved)
+    np.testing.assert_array_equal(B, before)   # untouched without ``overwrite``
+
+
 def test_primitives_agree_with_numpy():
     _needs_torch()
     rng = np.random.default_rng(0)

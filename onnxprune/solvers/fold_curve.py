@@ -11,13 +11,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from onnxprune.solvers.refit import prefix_columns, prefix_factor
+from onnxprune.solvers.refit import curve_dtype, prefix_columns, prefix_factor
 from onnxprune.solvers.statistics import CentredStatistics, submatrix
 
 CURVE_FOLD_COLUMNS = 2048   # the widest consumer whose error curve comes from its folds (memory and time: ~5 p³)
-# columns from which the folds' factorisations, solves and congruence run in float32 (their sums in float64): the
-# YOLOv8n layout detector's curves 2.9 → 2.3 s on one core, every curve within 3e-7 of float64's
-SINGLE_FROM = 512
 
 
 def _fold_errors(train: CentredStatistics, test: CentredStatistics, perm: np.ndarray, n_cols: np.ndarray,
@@ -29,8 +26,9 @@ def _fold_errors(train: CentredStatistics, test: CentredStatistics, perm: np.nda
     Z = L⁻¹C_train the prefix re-fit is W_kᵀ = L_k⁻ᵀZ_k, and its test error c0 − 2tr(W_k C) + tr(W_k G W_kᵀ) (test
     statistics, plus the shift between the two folds' means) takes cumulative sums over Z ∘ L⁻¹C_test and the lower
     triangles of ZZᵀ ∘ L⁻¹G_test L⁻ᵀ: one factorisation and one congruence (:func:`_congruence_lower`) for all
-    prefixes, in float32 from ``SINGLE_FROM`` columns."""
-    dtype = np.dtype(np.float32 if perm.size >= SINGLE_FROM else np.float64)
+    prefixes, in float32 from ``refit.CURVE_SINGLE_FROM`` columns (the layout detector's fold curves 2.9 → 2.3 s on one
+    core, every curve within 3e-7 of float64's)."""
+    dtype = curve_dtype(perm.size)
     L = prefix_factor(train, perm, delta * train.gram_trace() / train.n_features, dtype)
 
     def solve(B: np.ndarray) -> np.ndarray:
