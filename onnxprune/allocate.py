@@ -47,6 +47,7 @@ class _Allocation:
         self.kept = np.ones(n_classes, dtype=bool)
         self.k = [len(c.order) for c in curves]
         self.gone = gone   # removable groups removed whole from the start, never restored
+        self._terms: list[set[int]] | None = None   # each group's cost terms (:meth:`trim`), once needed
         cost.reset()
         for g in sorted(gone):
             self.remove(g, 0)
@@ -107,13 +108,33 @@ class _Allocation:
             self.k[g] += 1
 
     def trim(self, budget: float, exclude: int | None = None) -> bool:
-        """Remove least-error-per-cost classes until under budget; False if that is impossible."""
+        """Remove least-error-per-cost classes until under budget; False if that is impossible.
+
+        A removal changes only the scores of its own group and of the groups that share a cost term with it (a layer
+        that reads or writes both): only those are scored again (the YOLOv8n layout detector's 107 removals score
+        4 601 groups otherwise, 0.35 s of its solve stage). Under several budgets at once (:class:`Budgets`) a
+        saving also depends on which budgets are still exceeded, and every removal scores every group."""
+        local = isinstance(self.cost, CostModel)
+        if local and self._terms is None:
+            self._terms = [self.cost.terms_of(c.order.tolist()) for c in self.curves]
+        scores: dict[int, tuple[float, int]] = {}
         while self.cost.cost() > budget:
-            scores = [(np.inf, 0) if g == exclude else self.removal_score(g) for g in range(len(self.curves))]
-            if not scores or not np.isfinite(min(scores)[0]):
+            for g in range(len(self.curves)):
+                if g not in scores:
+                    scores[g] = (np.inf, 0) if g == exclude else self.removal_score(g)
+            current = [scores[g] for g in range(len(self.curves))]
+            if not current or not np.isfinite(min(current)[0]):
                 return False
-            g = first_smallest([score for score, _ in scores])
-            self.remove(g, scores[g][1])
+            g = first_smallest([score for score, _ in current])
+            after = scores[g][1]
+            changed = self.cost.terms_of(self._removal(g, after).tolist()) if local else None
+            self.remove(g, after)
+            if changed is None:
+                scores.clear()
+            else:
+                for h, terms in enumerate(self._terms):
+                    if h == g or not terms.isdisjoint(changed):
+                        scores.pop(h, None)
         return True
 
     def refill(self, budget: float) -> None:

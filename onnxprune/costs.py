@@ -84,6 +84,11 @@ class CostModel:
         """How much the cost rises if the removed ``classes`` are restored now."""
         return self._delta(classes, +1.0)
 
+    def terms_of(self, classes: Sequence[int]) -> set[int]:
+        """The terms whose cost removing or restoring any of ``classes`` changes (the layers and tensors that read or
+        write them): a saving or restoration cost of other classes changes only when one of its terms does."""
+        return {t for cls in classes for t, _, _ in self.touches.get(cls, ())}
+
     def remove(self, cls: int) -> None:
         self._apply(cls, -1.0)
 

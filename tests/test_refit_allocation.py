@@ -244,3 +244,40 @@ def test_the_exchange_step_lands_closer_to_the_budget_without_adding_error(monke
         compared += 1
         closer += spent[0] > spent[1]
     assert compared > 800 and closer   # the exchange lands closer in some instances, never at more error
+
+
+class _Opaque:
+    """A cost model behind an interface that is not a ``CostModel``: the greedy then scores every group after each
+    removal, as it does under several budgets."""
+
+    def __init__(self, cost):
+        self._cost = cost
+
+    def __getattr__(self, name):
+        return getattr(self._cost, name)
+
+
+@pytest.mark.parametrize("name", ["resnet_bottleneck", "yolo", "densenet"])
+def test_rescoring_only_the_groups_a_removal_touches_allocates_the_same(name):
+    """After a removal the greedy scores again only the groups that share a cost term with it: the same kept
+    classes as scoring every group every time, at any budget, with coarse steps and removable branches."""
+    model = normalise(load_model(SAMPLES / "zoo" / f"{name}.ts.onnx"))
+    analysis = find_groups(model)
+    counts = count_model(model)
+    groups = [g for g in analysis.groups if g.prunable]
+    rng = np.random.default_rng(1)
+    for kind in ("flops", "params"):
+        for trial in range(6):
+            curves = []
+            for g in groups:
+                drops = np.sort(rng.exponential(1.0, g.size))[::-1] * rng.choice([0.1, 1.0, 10.0])
+                curve = np.append(np.cumsum(drops[::-1])[::-1], 0.0)
+                step = int(rng.choice([1, 4])) if g.size >= 8 else 1
+                curves.append(GroupCurve(rng.permutation(g.classes), curve, 1, step=step,
+                                         fine_below=int(rng.choice([0, 4])), removable=bool(trial % 2 and rng.random() < 0.3)))
+            cost = CostModel(model, analysis, counts, kind)
+            budget = float(rng.uniform(0.3, 0.9)) * cost.before
+            local = allocate(curves, cost, budget, analysis.n_classes)
+            everywhere = allocate(curves, _Opaque(CostModel(model, analysis, counts, kind)), budget, analysis.n_classes)
+            np.testing.assert_array_equal(local, everywhere)
+            assert not local.all()
