@@ -273,8 +273,9 @@ def test_rescoring_only_the_groups_a_removal_touches_allocates_the_same(name):
                 drops = np.sort(rng.exponential(1.0, g.size))[::-1] * rng.choice([0.1, 1.0, 10.0])
                 curve = np.append(np.cumsum(drops[::-1])[::-1], 0.0)
                 step = int(rng.choice([1, 4])) if g.size >= 8 else 1
+                removable = bool(trial % 2 and rng.random() < 0.3)
                 curves.append(GroupCurve(rng.permutation(g.classes), curve, 1, step=step,
-                                         fine_below=int(rng.choice([0, 4])), removable=bool(trial % 2 and rng.random() < 0.3)))
+                                         fine_below=int(rng.choice([0, 4])), removable=removable))
             cost = CostModel(model, analysis, counts, kind)
             budget = float(rng.uniform(0.3, 0.9)) * cost.before
             local = allocate(curves, cost, budget, analysis.n_classes)

@@ -440,7 +440,7 @@ def _rtsafe(fun: Callable, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_it
     """
     f_lo, f_hi = ends if ends is not None else (fun(lo)[0], fun(hi)[0])
     lo, hi = np.where(f_hi <= 0, hi, lo), np.where(f_lo >= 0, lo, hi)
-    x = np.clip(x, lo, hi)
+    x = _clip(x, lo, hi)
     dx_old = hi - lo
     for _ in range(max_iter):
         f, df = fun(x)
@@ -450,13 +450,18 @@ def _rtsafe(fun: Callable, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_it
         xtol = 4.0 * _EPS * (1.0 + np.abs(x))
         finite = np.isfinite(f) & np.isfinite(df)  # an overflowing f' makes the Newton step falsely 0
         converged = (finite & (np.abs(step) <= xtol)) | (hi - lo <= xtol)
+        if converged.all():   # every element takes its Newton step (the searches' usual last round)
+            return _clip(newton, lo, hi)
         fast = finite & (newton > lo) & (newton < hi) & (np.abs(2.0 * f) <= np.abs(dx_old * df))
-        use_newton = converged | fast
-        x_new = np.clip(np.where(use_newton, newton, 0.5 * (lo + hi)), lo, hi)
+        x_new = _clip(np.where(converged | fast, newton, 0.5 * (lo + hi)), lo, hi)
         dx_old, x = x_new - x, x_new
-        if converged.all():
-            break
     return x
+
+
+def _clip(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``np.clip(x, lo, hi)`` for lo ≤ hi, the same values without its Python wrapper (4 µs a call: the w-steps' root
+    searches clip 27 000 times in the layout detector's rankings)."""
+    return np.minimum(np.maximum(x, lo), hi)
 
 
 def _weights_given_ridge(a: np.ndarray, eps_w: float, start: np.ndarray | None = None) -> np.ndarray:
