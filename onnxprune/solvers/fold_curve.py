@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from onnxprune.solvers.refit import curve_dtype, prefix_columns, prefix_factor
+from onnxprune.solvers.refit import prefix_columns, prefix_projection, prefix_sums
 from onnxprune.solvers.statistics import CentredStatistics, submatrix
 
 CURVE_FOLD_COLUMNS = 2048   # the widest consumer whose error curve comes from its folds (memory and time: ~5 p³)
@@ -28,26 +28,21 @@ def _fold_errors(train: CentredStatistics, test: CentredStatistics, perm: np.nda
     triangles of ZZᵀ ∘ L⁻¹G_test L⁻ᵀ: one factorisation and one congruence (:func:`_congruence_lower`) for all
     prefixes, in float32 from ``refit.CURVE_SINGLE_FROM`` columns (the layout detector's fold curves 2.9 → 2.3 s on one
     core, every curve within 3e-7 of float64's)."""
-    dtype = curve_dtype(perm.size)
-    L = prefix_factor(train, perm, delta * train.gram_trace() / train.n_features, dtype)
+    L, Z = prefix_projection(train, perm, delta * train.gram_trace() / train.n_features)
 
     def solve(B: np.ndarray) -> np.ndarray:
-        return scipy.linalg.solve_triangular(L, B.astype(dtype, copy=False), lower=True, check_finite=False)
+        return scipy.linalg.solve_triangular(L, B.astype(L.dtype, copy=False), lower=True, check_finite=False)
 
-    def cumulative(terms: np.ndarray) -> np.ndarray:
-        return np.concatenate(([0.0], np.cumsum(terms, dtype=np.float64)))
-
-    Z = solve(train.C[perm])
-    P = _congruence_lower(L, submatrix(test.G, perm, perm, out=np.empty((perm.size, perm.size), dtype)))
+    P = _congruence_lower(L, submatrix(test.G, perm, perm, out=np.empty((perm.size, perm.size), L.dtype)))
     syrk = scipy.linalg.get_blas_funcs("syrk", (Z,))
     H = syrk(1.0, Z, lower=1) * P   # ZZᵀ ∘ P, lower triangle (syrk leaves the upper one 0)
-    quad = cumulative(2.0 * H.sum(axis=1, dtype=np.float64) - np.diagonal(H))
-    cross = cumulative(np.einsum("im,im->i", Z, solve(test.C[perm]), dtype=np.float64))
+    quad = prefix_sums(2.0 * H.sum(axis=1, dtype=np.float64) - np.diagonal(H))
+    cross = prefix_sums(np.einsum("im,im->i", Z, solve(test.C[perm]), dtype=np.float64))
     # W_k (x̄_test − x̄_train)
     shift = np.cumsum(solve((test.x_mean - train.x_mean)[perm])[:, None] * Z, axis=0, dtype=np.float64)
     dy = test.y_mean - train.y_mean
     means = np.concatenate(([dy @ dy], np.einsum("im,im->i", dy - shift, dy - shift)))
-    inside = train.c0 - cumulative(np.einsum("im,im->i", Z, Z, dtype=np.float64))
+    inside = train.c0 - prefix_sums(np.einsum("im,im->i", Z, Z, dtype=np.float64))
     return (test.c0 - 2.0 * cross + quad + means)[n_cols], inside[n_cols]
 
 

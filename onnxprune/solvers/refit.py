@@ -17,9 +17,6 @@ _EPS = np.finfo(np.float64).eps
 CURVE_SINGLE_FROM = 512
 
 
-def curve_dtype(columns: int) -> np.dtype:
-    """The float type of an error curve's factorisation over ``columns`` columns: float32 from ``CURVE_SINGLE_FROM``."""
-    return np.dtype(np.float32 if columns >= CURVE_SINGLE_FROM else np.float64)
 
 
 @dataclass(frozen=True)
@@ -226,17 +223,16 @@ def error_curve(
     if stats.factored:
         return np.clip(_prefix_residuals(stats.F, stats.B, perm, n_cols, ridge) / stats.c0, 0.0, 1.0)
 
-    dtype = curve_dtype(perm.size)
-    L = prefix_factor(stats, perm, ridge, dtype)
-    Z = scipy.linalg.solve_triangular(L, stats.C[perm].astype(dtype, copy=False), lower=True, check_finite=False)
-    explained = np.concatenate(([0.0], np.cumsum(np.einsum("im,im->i", Z, Z, dtype=np.float64))))
+    L, Z = prefix_projection(stats, perm, ridge)
+    explained = prefix_sums(np.einsum("im,im->i", Z, Z, dtype=np.float64))
     return np.clip((stats.c0 - explained[n_cols]) / stats.c0, 0.0, 1.0)
 
 
-def prefix_factor(stats: CentredStatistics, perm: np.ndarray, ridge: float,
-                  dtype: np.dtype = np.float64) -> np.ndarray:
-    """Lower Cholesky factor of G + ``ridge``·I with rows and columns in the order ``perm`` (in ``dtype``): its leading
-    blocks factor every prefix of ``perm``."""
+def prefix_projection(stats: CentredStatistics, perm: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """L, the lower Cholesky factor of G + ``ridge``·I with rows and columns in the order ``perm``, and Z = L⁻¹C_perm:
+    L's leading blocks factor every prefix of ``perm``, and the prefix re-fit of the first m columns explains
+    Σ_{i<m} ‖Z_i‖². In float32 from ``CURVE_SINGLE_FROM`` columns (sum what they give in float64)."""
+    dtype = np.dtype(np.float32 if perm.size >= CURVE_SINGLE_FROM else np.float64)
     H = np.empty((perm.size, perm.size), dtype=dtype)
 
     def permuted() -> np.ndarray:
@@ -244,7 +240,14 @@ def prefix_factor(stats: CentredStatistics, perm: np.ndarray, ridge: float,
         H.flat[:: perm.size + 1] += ridge
         return H
 
-    return cholesky_jittered(permuted)
+    L = cholesky_jittered(permuted)
+    Z = scipy.linalg.solve_triangular(L, stats.C[perm].astype(dtype, copy=False), lower=True, check_finite=False)
+    return L, Z
+
+
+def prefix_sums(terms: np.ndarray) -> np.ndarray:
+    """0 and the running sums of ``terms`` in float64: a quantity for every prefix, the empty one first."""
+    return np.concatenate(([0.0], np.cumsum(terms, dtype=np.float64)))
 
 
 def _prefix_residuals(F: np.ndarray, B: np.ndarray, columns: np.ndarray, n_cols: np.ndarray,
