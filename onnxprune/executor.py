@@ -120,24 +120,29 @@ class PoolExecutor(Executor):
         workers = min(self.workers, len(items))
         if workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or not backend.active().forkable:
             return super().map(fn, items, context=context, on_done=on_done)
+        from threadpoolctl import threadpool_limits
+
         global _POOL_WORK
-        _POOL_WORK = (fn, context, max(cpu_cores() // workers, 1), items)   # inherited by the forked workers
+        _POOL_WORK = (fn, context, items)   # inherited by the forked workers
         results: list = [None] * len(items)
         self.last_seconds = [0.0] * len(items)
         return_free_heap()
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_pool_worker_start)
-        try:
-            for i, value, seconds in pool.imap_unordered(_pool_task, range(len(items))):
-                results[i], self.last_seconds[i] = value, seconds
-                self.tasks += 1
-                self.task_seconds += seconds
-                if on_done:
-                    on_done(i, value)
-            pool.close()
-        finally:
-            _POOL_WORK = None
-            pool.terminate()
-            pool.join()
+        # the workers inherit this limit with the fork: set in a worker instead, it would start OpenBLAS's threads
+        # anew there, which spin beside the tasks for their first 0.1 s (_pool_worker_start)
+        with threadpool_limits(limits=max(cpu_cores() // workers, 1), user_api="blas"):
+            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_pool_worker_start)
+            try:
+                for i, value, seconds in pool.imap_unordered(_pool_task, range(len(items))):
+                    results[i], self.last_seconds[i] = value, seconds
+                    self.tasks += 1
+                    self.task_seconds += seconds
+                    if on_done:
+                        on_done(i, value)
+                pool.close()
+            finally:
+                _POOL_WORK = None
+                pool.terminate()
+                pool.join()
         return results
 
 
@@ -170,22 +175,22 @@ def _libc():
         return None
 
 
-_POOL_WORK: tuple | None = None   # (fn, context, BLAS threads, items) of the PoolExecutor map being run
-_POOL_LIMITS = None               # a worker's BLAS thread limit, held for its lifetime
+_POOL_WORK: tuple | None = None   # (fn, context, items) of the PoolExecutor map being run
 
 
 def _pool_worker_start() -> None:
-    """Hold the worker's BLAS thread limit, and leave Ctrl-C to the parent: it stops the pool (a worker's own
-    KeyboardInterrupt would print a traceback beside the one-line message)."""
-    global _POOL_LIMITS
-    from threadpoolctl import threadpool_limits
+    """Leave Ctrl-C to the parent: it stops the pool (a worker's own KeyboardInterrupt would print a traceback beside
+    the one-line message).
 
+    The worker's BLAS thread limit is the parent's, set around the fork. Setting it here restarted OpenBLAS's thread
+    pool in each worker (numpy's and SciPy's, one thread each on 2 cores), whose threads spin for their first 0.1 s:
+    on 2 cores the workers' first tasks ran at half speed (the orientation classifier lookalike's largest groups
+    0.05 → 0.12 s, a sixth of its solve stage)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _POOL_LIMITS = threadpool_limits(limits=_POOL_WORK[2], user_api="blas")
 
 
 def _pool_task(index: int) -> tuple[int, Any, float]:
-    fn, context, _, items = _POOL_WORK   # the items came with the fork: only their index is sent
+    fn, context, items = _POOL_WORK   # the items came with the fork: only their index is sent
     start = time.perf_counter()
     value = fn(context, items[index])
     return index, value, time.perf_counter() - start

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import scipy.linalg
 
 from onnxprune.analysis import find_groups
 from onnxprune.compress import CompressOptions, first_pass, load_inputs
@@ -49,6 +50,25 @@ def test_each_worker_holds_its_share_of_the_blas_threads(monkeypatch):
     monkeypatch.setattr("onnxprune.executor.cpu_cores", lambda: 4)
     threads = PoolExecutor(workers=2).map(_blas_threads, [0, 1])
     assert all(t == [2] * len(t) and t for t in threads)
+
+
+def _threads_after_blas(_context, _item):
+    a = np.ones((64, 64))
+    scipy.linalg.cho_factor(a @ a.T + 64 * np.eye(64), lower=True)
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_workers_with_one_blas_thread_start_no_threads_and_the_parent_keeps_its_limit(monkeypatch):
+    """The limit comes with the fork: set in a worker, it restarted OpenBLAS's thread pool there (threads that spin
+    beside the first tasks)."""
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setattr("onnxprune.executor.cpu_cores", lambda: 2)
+    with threadpool_limits(2, user_api="blas"):
+        before = _blas_threads(None, None)
+        assert PoolExecutor(workers=2).map(_threads_after_blas, [0, 1, 2]) == [1, 1, 1]
+        assert _blas_threads(None, None) == before
 
 
 def test_ctrl_c_is_left_to_the_parent():
