@@ -28,7 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from onnxprune.idle_threads import sleep_when_idle
+
+sleep_when_idle()   # as the command line does, before numpy loads OpenBLAS
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOKALIKES = ROOT / "sample_models" / "lookalikes"

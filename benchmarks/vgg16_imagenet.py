@@ -18,8 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
+from onnxprune.idle_threads import sleep_when_idle
+
+sleep_when_idle()   # as the command line does, before numpy loads OpenBLAS
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "sample_models"))
