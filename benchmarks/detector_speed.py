@@ -9,10 +9,9 @@ backbone, SVTR at 120 channels, a 6 625-character CTC head) on 384 synthetic 48x
 git-ignored, built with ``python sample_models/lookalikes/build.py --only yolov8_like|ppocr_rec_like --full``
 (needs torch). ``--model classifier``: the committed ``ppocr_cls_like.*.onnx`` (PP-OCR's mobile text orientation
 classifier's MobileNetV3-small x0.35, its real size: 1.6 M multiply-adds) on 512 synthetic 48x192 text lines, half
-of them upside down
-(``build._cls_images``), (pixels/255 - 0.5)/0.5; to ``benchmarks/results/classifier_speed.md``. Each stage's time
-comes from compress's report, and so does its memory: the peak resident set size while the stage ran (``memory``
-key).
+of them upside down (``build.LOOKALIKES['ppocr_cls_like'].images``), (pixels/255 - 0.5)/0.5; to
+``benchmarks/results/classifier_speed.md``. Each stage's time comes from compress's report, and so does its memory:
+the peak resident set size while the stage ran (``memory`` key).
 
     python benchmarks/detector_speed.py [--model yolov8|recogniser|classifier] [--exporter ts|dynamo] [--images N]
                                         [--size H,W]

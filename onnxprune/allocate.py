@@ -115,25 +115,22 @@ class _Allocation:
         that reads or writes both): only those are scored again (the YOLOv8n layout detector's 107 removals score
         4 601 groups otherwise, 0.35 s of its solve stage). Under several budgets at once (:class:`Budgets`) a
         saving also depends on which budgets are still exceeded, and every removal scores every group."""
-        local = self._terms is not None
-        scores: dict[int, tuple[float, int]] = {}
+        scores: list[tuple[float, int] | None] = [None] * len(self.curves)   # None: to be scored
         while self.cost.cost() > budget:
-            for g in range(len(self.curves)):
-                if g not in scores:
-                    scores[g] = (np.inf, 0) if g == exclude else self.removal_score(g)
-            current = [scores[g] for g in range(len(self.curves))]
-            if not current or not np.isfinite(min(current)[0]):
+            scores = [(np.inf, 0) if g == exclude else self.removal_score(g) if score is None else score
+                      for g, score in enumerate(scores)]
+            if not scores or not np.isfinite(min(scores)[0]):
                 return False
-            g = first_smallest([score for score, _ in current])
+            g = first_smallest([score for score, _ in scores])
             after = scores[g][1]
-            changed = self.cost.terms_of(self._removal(g, after).tolist()) if local else None
+            if self._terms is None:
+                self.remove(g, after)
+                scores = [None] * len(scores)
+                continue
+            changed = self.cost.terms_of(self._removal(g, after).tolist())   # before the removal moves k
             self.remove(g, after)
-            if changed is None:
-                scores.clear()
-            else:
-                for h, terms in enumerate(self._terms):
-                    if h == g or not terms.isdisjoint(changed):
-                        scores.pop(h, None)
+            scores = [None if h == g or not terms.isdisjoint(changed) else score
+                      for h, (terms, score) in enumerate(zip(self._terms, scores))]
         return True
 
     def refill(self, budget: float) -> None:

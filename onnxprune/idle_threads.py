@@ -5,8 +5,8 @@ After every threaded call OpenBLAS's threads spin for 2^28 cycles (about 0.1 s) 
 and the error-correcting re-fits alternate threaded Gram products with ONNX Runtime runs on the same cores, so each
 product's threads spun beside the next run's threads: on 2 cores the YOLOv8n layout detector's error-correcting stage
 took 14.8–15.9 s against 12.9–14.7 s with the threads sleeping at once (four runs each, ``OPENBLAS_THREAD_TIMEOUT=4``,
-OpenBLAS's shortest wait), the same bytes. The command line sets it (:func:`sleep_when_idle`); a program that uses the library
-sets it before it imports numpy.
+OpenBLAS's shortest wait), the same bytes. The command line sets it (:func:`sleep_when_idle`); a program that uses
+the library sets it before it imports numpy.
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""The command line's idle OpenBLAS threads sleep instead of spinning beside ONNX Runtime (onnxprune/idle_threads.py)."""
+"""The command line's idle OpenBLAS threads sleep, not spin beside ONNX Runtime (onnxprune/idle_threads.py)."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 
-VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
+from onnxprune.idle_threads import VARIABLE
 
 # a threaded product, then the process's CPU time while it sleeps: its BLAS threads' spinning, if they spin
 _IDLE_CPU = """

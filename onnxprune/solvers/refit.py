@@ -17,8 +17,6 @@ _EPS = np.finfo(np.float64).eps
 CURVE_SINGLE_FROM = 512
 
 
-
-
 @dataclass(frozen=True)
 class Refit:
     """Re-fitted consumer on the kept columns."""
