@@ -254,6 +254,45 @@ def test_w_fixed_step_meets_its_stationarity_conditions(eps_w):
     np.testing.assert_allclose(mu, mu[0], rtol=1e-12)
 
 
+@pytest.mark.parametrize("eps_w", [1e-14, 1e-10])
+def test_w_fixed_step_brackets_the_channels_its_closed_form_misses(eps_w, monkeypatch):
+    """Ridges 10¹⁴ times the temperature: c = 1 + μ/ε_w is so large that the closed form's cancellation leaves some
+    channels far below their roots, where Newton steps crawl; they are bracketed instead, and every channel still meets
+    its stationarity condition, from any start."""
+    from onnxprune.solvers import entropic
+
+    bracketed = []
+    rtsafe = entropic._rtsafe
+    monkeypatch.setattr(entropic, "_rtsafe", lambda fun, lo, *args: bracketed.append(lo.size) or rtsafe(fun, lo, *args))
+    rng = np.random.default_rng(1)
+    a = 10.0 ** rng.uniform(-30, 8, 64)
+    a[:3] = 0.0
+    for start in (None, np.full(64, 1 / 64), rng.dirichlet(np.ones(64))):
+        w = entropic._weights_given_ridge(a, eps_w, start=start)
+        assert w.sum() == pytest.approx(1.0, abs=1e-14) and w.min() >= 0
+        live = (a > 0) & (w > 1e-290)
+        log_w = np.log(w[live])
+        mu = 2 * np.exp(np.log(a[live]) - 3 * log_w) - eps_w * (1 + log_w)
+        np.testing.assert_allclose(mu, mu[0], rtol=1e-12)
+    assert bracketed
+
+
+def test_loss_history_tracks_the_loss_of_each_half_step(planted):
+    """The w-steps report L's change instead of recomputing it: each recorded value is L of the current (w, Λ)."""
+    from onnxprune.solvers import entropic
+
+    terms = entropic._prepare([ConsumerProblem(planted[2], CHANNELS)], D, 1.0, None)
+    w = np.full(D, 1.0 / D)
+    for _ in range(4):
+        lam_t, A, beta, loss = entropic._lambda_round(terms, w, D, 1e-3)
+        w, A, beta, change = entropic._w_fixed_step(terms, lam_t, w, A, beta, 1e-3)
+        assert loss + change == pytest.approx(entropic._loss(terms, lam_t, w, A, beta, 1e-3), rel=1e-12)
+        before = entropic._loss(terms, lam_t, w, A, beta, 1e-3)
+        w, change = entropic._eg_step(w, A, beta, 1e-3, atol=1e-12)
+        assert change <= 0
+        assert before + change == pytest.approx(entropic._loss(terms, lam_t, w, A, beta, 1e-3), rel=1e-12)
+
+
 def test_weights_are_invariant_to_units(planted):
     """ρ and τ are dimensionless: rescaling x or y leaves w unchanged (doc §5)."""
     X, Y, stats = planted

@@ -120,15 +120,23 @@ def cholesky(A: np.ndarray, overwrite: bool = False, clean: bool = True) -> np.n
     zeroing it costs 40 % of the factorisation at 256–1 024 float32 columns (scipy's ``cho_factor`` against
     ``cholesky``)."""
     if active().name == "numpy":
-        if not clean:
-            return scipy.linalg.cho_factor(A, lower=True, overwrite_a=overwrite, check_finite=False)[0]
-        return scipy.linalg.cholesky(A, lower=True, overwrite_a=overwrite, check_finite=False)
+        potrf = scipy.linalg.get_lapack_funcs("potrf", (A,))   # what scipy's cholesky calls, without its wrappers
+        factor, info = potrf(A, lower=1, overwrite_a=overwrite, clean=clean)
+        _check_info(info, "potrf")
+        return factor
     import torch
 
     factor, info = torch.linalg.cholesky_ex(*_torch(A))
-    if int(info) != 0:
-        raise np.linalg.LinAlgError("Matrix is not positive definite.")
+    _check_info(int(info), "cholesky")
     return factor.cpu().numpy()
+
+
+def _check_info(info: int, routine: str) -> None:
+    """LAPACK's (and torch's) status: > 0 a matrix that is not positive definite, < 0 an invalid argument."""
+    if info > 0:
+        raise np.linalg.LinAlgError("Matrix is not positive definite.")
+    if info < 0:
+        raise ValueError(f"LAPACK {routine}: illegal value in argument {-info}.")
 
 
 def cho_solve(factor: np.ndarray, B: np.ndarray, overwrite: bool = False) -> np.ndarray:
@@ -142,7 +150,10 @@ def cho_solve(factor: np.ndarray, B: np.ndarray, overwrite: bool = False) -> np.
             trsm = scipy.linalg.get_blas_funcs("trsm", (factor, B))
             half = trsm(1.0, factor, B.T, side=1, lower=1, trans_a=1, overwrite_b=overwrite)
             return trsm(1.0, factor, half, side=1, lower=1, overwrite_b=True).T
-        return scipy.linalg.cho_solve((factor, True), B, overwrite_b=overwrite, check_finite=False)
+        potrs = scipy.linalg.get_lapack_funcs("potrs", (factor, B))
+        solution, info = potrs(factor, B, lower=1, overwrite_b=overwrite)
+        _check_info(info, "potrs")
+        return solution
     import torch
 
     L, rhs = _torch(factor, B)

@@ -11,6 +11,7 @@ A raw ``eps_lambda`` replaces ε_Λ,j of every consumer; a raw ``eps_w`` replace
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +34,8 @@ _EPS = np.finfo(np.float64).eps
 _SINGLE_FROM = 512  # columns from which a dense consumer's Λ-step runs in float32
 _FAINT = 1e-9  # trace of S_b G_bb S_b, relative to ε_Λ, below which columns b leave the Λ-step's factorisation
 _FAINT_MIN = 32  # fewer faint columns than this (or a 16th of the system) stay in it
+_SETTLED = np.sqrt(2.0 * _EPS)  # a Newton step on a stationarity below this is the last one needed
+_NEWTON_STEPS = 8  # Newton steps from the closed form before a channel's root is bracketed (:func:`_settled_logs`)
 _PLAIN_ROUNDS = 3  # rounds before the first extrapolation (:func:`fit_entropic`)
 _OUTER_FROM = 4  # outputs per column from which a dense consumer's Λ is carried as ΛᵀΛ (a CTC or class head)
 
@@ -375,6 +378,8 @@ def _faint(s: np.ndarray, gram: np.ndarray, eps_lambda: float) -> np.ndarray | N
     Λ_b = S_b (C_b − G_ba S_a Λ_a) / ε_Λ (the Schur complement's first order: every term it drops carries
     S_b G S_b / ε_Λ), so they leave the factorisation without changing Λ beyond float32 round-off.
     """
+    if s.size <= _FAINT_MIN:   # never enough of them
+        return None
     energy = s.astype(np.float64) ** 2 * np.diagonal(gram)
     order = np.argsort(energy, kind="stable")
     count = int(np.searchsorted(np.cumsum(energy[order]), _FAINT * eps_lambda, side="right"))
@@ -431,16 +436,14 @@ def _ridge_factor(gram: np.ndarray, s: np.ndarray, term: _Term, rows: np.ndarray
 # --------------------------------------------------------------------------- w-steps
 
 
-def _rtsafe(fun: Callable, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_iter: int = 100,
-            ends: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Element-wise root of an increasing function on [lo, hi]: Newton kept safe by bisection.
+def _rtsafe(fun: Callable, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_iter: int = 100) -> np.ndarray:
+    """Element-wise root of an increasing function on [lo, hi] from ``x``: Newton kept safe by bisection.
 
-    ``fun(x)`` returns (f, f'); ``ends`` are f(lo) and f(hi), or values of their signs, when the caller knows them
-    (only the signs are read). Where f has no sign change on [lo, hi] the root is clipped to an end.
+    ``fun(x)`` returns (f, f'). Where f has no sign change on [lo, hi] the root is clipped to an end.
     """
-    f_lo, f_hi = ends if ends is not None else (fun(lo)[0], fun(hi)[0])
+    f_lo, f_hi = fun(lo)[0], fun(hi)[0]
     lo, hi = np.where(f_hi <= 0, hi, lo), np.where(f_lo >= 0, lo, hi)
-    x = _clip(x, lo, hi)
+    x = np.clip(x, lo, hi)
     dx_old = hi - lo
     for _ in range(max_iter):
         f, df = fun(x)
@@ -450,115 +453,143 @@ def _rtsafe(fun: Callable, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, max_it
         xtol = 4.0 * _EPS * (1.0 + np.abs(x))
         finite = np.isfinite(f) & np.isfinite(df)  # an overflowing f' makes the Newton step falsely 0
         converged = (finite & (np.abs(step) <= xtol)) | (hi - lo <= xtol)
-        if converged.all():   # every element takes its Newton step (the searches' usual last round)
-            return _clip(newton, lo, hi)
+        if converged.all():   # every element takes its Newton step
+            return np.clip(newton, lo, hi)
         fast = finite & (newton > lo) & (newton < hi) & (np.abs(2.0 * f) <= np.abs(dx_old * df))
-        x_new = _clip(np.where(converged | fast, newton, 0.5 * (lo + hi)), lo, hi)
+        x_new = np.clip(np.where(converged | fast, newton, 0.5 * (lo + hi)), lo, hi)
         dx_old, x = x_new - x, x_new
     return x
-
-
-def _clip(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """``np.clip(x, lo, hi)`` for lo ≤ hi, the same values without its Python wrapper (4 µs a call: the w-steps' root
-    searches clip 27 000 times in the layout detector's rankings)."""
-    return np.minimum(np.maximum(x, lo), hi)
 
 
 def _weights_given_ridge(a: np.ndarray, eps_w: float, start: np.ndarray | None = None) -> np.ndarray:
     """argmin over the simplex of Σ_d a_d / w_d² + ε_w Σ_d w_d log w_d (a ≥ 0, not all 0 when ε_w = 0).
 
     Stationarity: −2a_d/w_d³ + ε_w(1 + log w_d) + μ = 0. For a given μ each u_d = log w_d has a closed form,
-    3(u_d + c) = ω(log(6a_d/ε_w) + 3c) with c = 1 + μ/ε_w and ω the Wright omega function, which seeds a
-    Newton-safeguarded bisection (the closed form loses digits to the cancellation of c when μ ≫ ε_w: a Newton
-    step or two restores them); μ is found so that Σ w = 1 in the same way. ``start`` (the current w) seeds μ at
-    the median of what each channel's stationarity asks there.
+    3(u_d + c) = ω(log(6a_d/ε_w) + 3c) with c = 1 + μ/ε_w and ω the Wright omega function. It loses digits to the
+    cancellation of c when μ ≫ ε_w; Newton steps on the stationarity restore them (:func:`_settled_logs`). μ is
+    found so that Σ w = 1 by a scalar Newton iteration kept safe by bisection, from the median of what each channel's
+    stationarity asks at ``start`` (the current w). Each log w_d stays in [log 1e-300, 0].
     """
     n = a.size
     if eps_w == 0:
         w = np.cbrt(a)
         return w / w.sum()
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         log_a = np.log(a)
-    log6a = log_a + np.log(6.0 / eps_w)
-    lower, upper = np.full(n, _LOG_W_MIN), np.zeros(n)
+        log6a = log_a + np.log(6.0 / eps_w)
 
-    def stationarity(u_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The channels' stationarity at log w = u_ without μ, and its derivative."""
-        e = np.exp(log_a - 3.0 * u_)
-        return -2.0 * e + eps_w * (1.0 + u_), 6.0 * e + eps_w
+        def logs(mu: float) -> tuple[np.ndarray, np.ndarray]:
+            """log w at μ and the stationarity's derivative there."""
+            c = 1.0 + mu / eps_w
+            seed = scipy.special.wrightomega(log6a + 3.0 * c) / 3.0 - c
+            return _settled_logs(log_a, eps_w, mu, np.minimum(np.maximum(seed, _LOG_W_MIN), 0.0))
 
-    def channel(u_: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
-        f, df = stationarity(u_)
-        return f + mu, df
-
-    def logs(mu: float) -> np.ndarray:
-        c = 1.0 + mu / eps_w
-        return _rtsafe(lambda x: channel(x, mu), lower, upper, scipy.special.wrightomega(log6a + 3.0 * c) / 3.0 - c,
-                       ends=(ends[0] + mu, ends[1] + mu))
-
-    def excess(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        u_ = logs(float(mu[0]))
-        w = np.exp(u_)
-        return np.array([1.0 - w.sum()]), np.array([np.sum(w / stationarity(u_)[1])])
-
-    mu_lo = 2.0 * a.max() - eps_w
-    mu_hi = 2.0 * a.max() * n**3 + eps_w * (np.log(n) - 1.0)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        ends = stationarity(lower)[0], stationarity(upper)[0]   # at the ends of each channel's bracket: μ shifts them
-        if start is None:
-            mu0 = 0.5 * (mu_lo + mu_hi)
-        else:
-            mu0 = float(np.median(-channel(np.log(np.clip(start, np.exp(_LOG_W_MIN), 1.0)), 0.0)[0]))
         # Σw ≥ 1 at μ_lo (the largest a_d's channel alone asks w = 1) and ≤ 1 at μ_hi (every channel asks at most
-        # 1/n): the excess changes sign between them, and the search needs no solve at either end
-        mu = _rtsafe(excess, np.array([mu_lo]), np.array([mu_hi]), np.array([mu0]),
-                     ends=(np.array([-1.0]), np.array([1.0])))
-        w = np.exp(logs(float(mu[0])))
+        # 1/n): 1 − Σw rises from ≤ 0 to ≥ 0 between them
+        lo = 2.0 * float(a.max()) - eps_w
+        hi = 2.0 * float(a.max()) * n**3 + eps_w * (np.log(n) - 1.0)
+        if start is None:
+            mu = 0.5 * (lo + hi)
+        else:
+            u = np.log(np.clip(start, np.exp(_LOG_W_MIN), 1.0))
+            asked = 2.0 * np.exp(log_a - 3.0 * u) - eps_w * (1.0 + u)
+            mu = min(max(float(np.partition(asked, n // 2)[n // 2]), lo), hi)   # the (upper) median
+        moved = hi - lo
+        for _ in range(200):
+            u, slope = logs(mu)
+            w = np.exp(u)
+            excess = 1.0 - float(np.add.reduce(w))
+            rate = float(np.add.reduce(w / slope))   # d(1 − Σw)/dμ: each log w_d falls by 1/slope_d
+            if excess <= 0:
+                lo = mu
+            if excess >= 0:
+                hi = mu
+            step = excess / rate
+            tol = 4.0 * _EPS * (1.0 + abs(mu))
+            if abs(step) <= tol or hi - lo <= tol:
+                u = logs(min(max(mu - step, lo), hi))[0]
+                break
+            newton = mu - step
+            fast = lo < newton < hi and abs(2.0 * excess) <= abs(moved * rate)
+            nxt = newton if fast else 0.5 * (lo + hi)
+            moved, mu = nxt - mu, nxt
+        w = np.exp(u)
     return w / w.sum()
+
+
+def _settled_logs(log_a: np.ndarray, eps_w: float, mu: float, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Roots in [log 1e-300, 0] of the stationarities f_d(u) = −2a_d e^(−3u) + ε_w(1 + u) + μ from ``u`` near them,
+    and f'_d there. Each f_d is concave and increasing: Newton steps approach its root from below after the first one,
+    quadratically (constant |f''/2f'| < 1.5), so once every step is below ``_SETTLED`` the error is a few ulps. A
+    channel not settled in ``_NEWTON_STEPS`` steps (a start far below the root, where steps of 1/3 crawl up the
+    exponential) is solved by :func:`_rtsafe`."""
+    for _ in range(_NEWTON_STEPS):
+        e = np.exp(np.minimum(log_a - 3.0 * u, 700.0))   # no overflow: f/f' stays finite
+        slope = 6.0 * e + eps_w
+        new = np.minimum(np.maximum(u - (eps_w * u + (eps_w + mu) - 2.0 * e) / slope, _LOG_W_MIN), 0.0)
+        moved = np.abs(new - u)
+        u = new
+        if np.maximum.reduce(moved) <= _SETTLED:
+            return u, slope
+    rest = np.flatnonzero(moved > _SETTLED)
+
+    def stationarity(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        e_ = np.exp(log_a[rest] - 3.0 * x)
+        return -2.0 * e_ + eps_w * (1.0 + x) + mu, 6.0 * e_ + eps_w
+
+    u[rest] = _rtsafe(stationarity, np.full(rest.size, _LOG_W_MIN), np.zeros(rest.size), u[rest])
+    return u, 6.0 * np.exp(np.minimum(log_a - 3.0 * u, 700.0)) + eps_w
 
 
 def _ridge_objective(a: np.ndarray, w: np.ndarray, eps_w: float) -> float:
     """Σ a_d / w_d² + ε_w Σ w_d log w_d (channels with a_d = 0 contribute no ridge)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ridge = np.where(a > 0, a / w**2, 0.0)
-    return float(np.sum(ridge)) + eps_w * _entropy(w)
+        ridge = np.add.reduce(np.where(a > 0, a / (w * w), 0.0))
+        entropy = np.dot(w, np.where(w > 0, np.log(w), 0.0))
+    return float(ridge) + eps_w * float(entropy)
 
 
 def _w_fixed_step(
     terms: list[_Term], lam_t: list[np.ndarray], w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact w-step with W = ΛS fixed (doc §4); rescales Λ in place, returns (w, A, β) for the new w."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Exact w-step with W = ΛS fixed (doc §4); rescales Λ in place, returns (w, A, β) for the new w and the change of
+    L: the data term wᵀAw − 2βᵀw does not change (W does not), the ridge Σ_d a_d / w_d² and the entropy do."""
     n_channels = w.size
     a = np.zeros(n_channels)
     for t, lt in zip(terms, lam_t):
         norms = _row_norms(lt) * w[t.channels] ** 2
         a += t.alpha * t.eps_lambda * np.bincount(t.channels, weights=norms, minlength=n_channels)
     if n_channels == 1 or (eps_w == 0 and not np.any(a > 0)):
-        return w, A, beta
+        return w, A, beta, 0.0
     w_new = _weights_given_ridge(a, eps_w, start=w)
-    if _ridge_objective(a, w_new, eps_w) > _ridge_objective(a, w, eps_w):
-        return w, A, beta  # never accept a worse point, whatever the round-off
+    change = _ridge_objective(a, w_new, eps_w) - _ridge_objective(a, w, eps_w)
+    if change > 0:
+        return w, A, beta, 0.0  # never accept a worse point, whatever the round-off
     ratio = np.divide(w, w_new, out=np.zeros_like(w), where=w_new > 0)
     for t, lt in zip(terms, lam_t):
         _scale_rows(lt, ratio[t.channels])
     A = ratio[:, None] * A
     A *= ratio[None, :]
-    return w_new, A, ratio * beta
+    return w_new, A, ratio * beta, change
 
 
 def _eg_step(
     w: np.ndarray, A: np.ndarray, beta: np.ndarray, eps_w: float, atol: float, max_inner: int = 100
-) -> np.ndarray:
-    """w-step with Λ fixed: exponentiated gradient with backtracking (doc §4).
+) -> tuple[np.ndarray, float]:
+    """w-step with Λ fixed: exponentiated gradient with backtracking (doc §4); returns w and the change of
+    wᵀAw − 2βᵀw + ε_w H(w), which is L's change (Λ is fixed).
 
     w⁺ ∝ exp((log w − 2η(Aw − β)) / (1 + ηε_w)), η = 1/(2 max A_dd) halved until wᵀAw − 2βᵀw + ε_w H(w)
-    does not increase; repeated until it decreases by less than ``atol``.
+    does not increase; repeated until it decreases by less than ``atol``. Its iterations are a few microseconds of
+    arithmetic each on the channels of a narrow group: numpy's ufuncs and BLAS dot are called directly, without their
+    Python wrappers.
     """
+    dot, exp, total_of, largest = np.dot, np.exp, np.add.reduce, np.maximum.reduce
     with np.errstate(divide="ignore"):
         log_w = np.log(w)
     zeros = not w.all()   # channels at w = 0 (log w = −inf) stay there: their terms need 0 log 0 = 0
-    Aw = A @ w
-    f = _objective_given(w, log_w, Aw, beta, eps_w, zeros)
+    Aw = dot(A, w)
+    f = first = _objective_given(w, log_w, Aw, beta, eps_w, zeros)
     diag_max = float(A.diagonal().max())
     eta0 = 0.5 / diag_max if diag_max > 0 else 1.0 / max(eps_w, 1.0)
     for _ in range(max_inner):
@@ -566,31 +597,32 @@ def _eg_step(
         eta = eta0
         for _ in range(60):
             z = (log_w - 2.0 * eta * grad) / (1.0 + eta * eps_w)
-            z -= z.max()
-            candidate = np.exp(z)
-            total = candidate.sum()
+            z -= largest(z)
+            candidate = exp(z)
+            total = float(total_of(candidate))
             candidate /= total
-            log_candidate = z - np.log(total)
-            A_candidate = A @ candidate
-            f_candidate = _objective_given(candidate, log_candidate, A_candidate, beta, eps_w, zeros)
+            log_candidate = z - math.log(total)
+            A_candidate = dot(A, candidate)
+            entropy = dot(candidate, np.where(candidate > 0, log_candidate, 0.0) if zeros else log_candidate)
+            f_candidate = float(dot(candidate, A_candidate) - 2.0 * dot(beta, candidate)) + eps_w * float(entropy)
             if f_candidate <= f:
                 break
             eta *= 0.5
         else:
-            return w
+            break
         decrease = f - f_candidate
         w, log_w, Aw, f = candidate, log_candidate, A_candidate, f_candidate
         if decrease <= atol:
             break
-    return w
+    return w, f - first
 
 
 def _objective_given(w: np.ndarray, log_w: np.ndarray, Aw: np.ndarray, beta: np.ndarray, eps_w: float,
                      zeros: bool) -> float:
     """:func:`_w_objective` from log w and Aw, which the exponentiated gradient has at hand (0 log 0 = 0; without
     ``zeros`` no log w is −inf, and a w that underflowed to 0 adds 0 times a finite log)."""
-    entropy = w @ np.where(w > 0, log_w, 0.0) if zeros else w @ log_w
-    return float(w @ Aw - 2.0 * (beta @ w)) + eps_w * float(entropy)
+    entropy = np.dot(w, np.where(w > 0, log_w, 0.0)) if zeros else np.dot(w, log_w)
+    return float(np.dot(w, Aw) - 2.0 * np.dot(beta, w)) + eps_w * float(entropy)
 
 
 # --------------------------------------------------------------------------- driver
@@ -652,11 +684,11 @@ def fit_entropic(
         lam_t, A, beta, loss = step if step is not None else _lambda_round(terms, w, n_channels, eps_w)
         history.append(loss)
         if w_step in ("both", "w"):
-            w, A, beta = _w_fixed_step(terms, lam_t, w, A, beta, eps_w)
-            history.append(_loss(terms, lam_t, w, A, beta, eps_w))
+            w, A, beta, change = _w_fixed_step(terms, lam_t, w, A, beta, eps_w)
+            history.append(history[-1] + change)
         if w_step in ("both", "lambda"):
-            w = _eg_step(w, A, beta, eps_w, atol=tol * max(history[-1] + floor, 0.0))
-            history.append(_loss(terms, lam_t, w, A, beta, eps_w))
+            w, change = _eg_step(w, A, beta, eps_w, atol=tol * max(history[-1] + floor, 0.0))
+            history.append(history[-1] + change)
         if start - history[-1] <= tol * max(history[-1] + floor, 0.0):
             break
     return EntropicFit(w=w, lambdas=[_explicit(t, lt).T for t, lt in zip(terms, lam_t)], loss_history=history,
