@@ -584,34 +584,34 @@ def _eg_step(
     arithmetic each on the channels of a narrow group: numpy's ufuncs and BLAS dot are called directly, without their
     Python wrappers.
     """
-    dot, exp, total_of, largest = np.dot, np.exp, np.add.reduce, np.maximum.reduce
+    dot, exp, total_of, largest, where = np.dot, np.exp, np.add.reduce, np.maximum.reduce, np.where
     with np.errstate(divide="ignore"):
-        log_w = np.log(w)
+        z = np.log(w)   # log w up to a constant, which the shift of each candidate to its largest entry removes
     zeros = not w.all()   # channels at w = 0 (log w = −inf) stay there: their terms need 0 log 0 = 0
     Aw = dot(A, w)
-    f = first = _objective_given(w, log_w, Aw, beta, eps_w, zeros)
+    f = first = _objective_given(w, z, Aw, beta, eps_w, zeros)
     diag_max = float(A.diagonal().max())
     eta0 = 0.5 / diag_max if diag_max > 0 else 1.0 / max(eps_w, 1.0)
     for _ in range(max_inner):
         grad = Aw - beta
         eta = eta0
         for _ in range(60):
-            z = (log_w - 2.0 * eta * grad) / (1.0 + eta * eps_w)
-            z -= largest(z)
-            candidate = exp(z)
+            candidate_z = (z - 2.0 * eta * grad) / (1.0 + eta * eps_w)
+            candidate_z -= largest(candidate_z)
+            candidate = exp(candidate_z)
             total = float(total_of(candidate))
-            candidate /= total
-            log_candidate = z - math.log(total)
+            candidate /= total   # its log is candidate_z − log(total)
             A_candidate = dot(A, candidate)
-            entropy = dot(candidate, np.where(candidate > 0, log_candidate, 0.0) if zeros else log_candidate)
-            f_candidate = float(dot(candidate, A_candidate) - 2.0 * dot(beta, candidate)) + eps_w * float(entropy)
+            entropy = dot(candidate, where(candidate > 0, candidate_z, 0.0) if zeros else candidate_z)
+            f_candidate = (float(dot(candidate, A_candidate) - 2.0 * dot(beta, candidate))
+                           + eps_w * (float(entropy) - math.log(total)))
             if f_candidate <= f:
                 break
             eta *= 0.5
         else:
             break
         decrease = f - f_candidate
-        w, log_w, Aw, f = candidate, log_candidate, A_candidate, f_candidate
+        w, z, Aw, f = candidate, candidate_z, A_candidate, f_candidate
         if decrease <= atol:
             break
     return w, f - first
