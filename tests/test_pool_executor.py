@@ -84,23 +84,38 @@ def test_a_worker_error_is_raised_here():
 
 def test_the_heap_goes_back_to_the_system_before_the_fork(monkeypatch):
     """Freed memory is trimmed once per map, before the workers fork (they would otherwise grow their temporaries
-    in the inherited heap); a map that runs here trims nothing."""
+    in the inherited heap), when there is enough of it to pay for the trim; a map that runs here trims nothing."""
+    from onnxprune.executor import TRIM_FROM
+
     calls = []
     monkeypatch.setattr("onnxprune.executor.return_free_heap", lambda: calls.append(os.getpid()) or True)
+    monkeypatch.setattr("onnxprune.executor.free_heap", lambda: TRIM_FROM)
     PoolExecutor(workers=2).map(_square_and_pid, list(range(4)), context=0)
     assert calls == [os.getpid()]
     PoolExecutor(workers=2).map(_square_and_pid, [1], context=0)
     assert calls == [os.getpid()]
+    monkeypatch.setattr("onnxprune.executor.free_heap", lambda: TRIM_FROM - 1)
+    PoolExecutor(workers=2).map(_square_and_pid, list(range(4)), context=0)
+    assert calls == [os.getpid()]
+    monkeypatch.setattr("onnxprune.executor.free_heap", lambda: None)   # no glibc to ask: trim as before
+    PoolExecutor(workers=2).map(_square_and_pid, list(range(4)), context=0)
+    assert calls == [os.getpid()] * 2
 
 
 def test_returning_the_free_heap_works_with_glibc():
     import platform
 
-    from onnxprune.executor import return_free_heap
+    from onnxprune.executor import free_heap, return_free_heap
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
     assert return_free_heap() is True
+    blocks = [bytearray(64 << 10) for _ in range(256)]   # under the mmap threshold: on the heap
+    held = free_heap()
+    if held is None:
+        pytest.skip("glibc before 2.33: no mallinfo2")
+    del blocks[::2]
+    assert free_heap() >= held + 100 * (64 << 10)
 
 
 def test_one_item_runs_here():
