@@ -181,8 +181,10 @@ def _mallinfo2():
     libc = _libc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-    fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
-    libc.mallinfo2.restype = type("mallinfo2", (ctypes.Structure,), {"_fields_": [(f, ctypes.c_size_t) for f in fields]})
+    fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+              "keepcost")
+    libc.mallinfo2.restype = type("mallinfo2", (ctypes.Structure,),
+                                  {"_fields_": [(f, ctypes.c_size_t) for f in fields]})
     return libc.mallinfo2
 
 

@@ -25,7 +25,8 @@ from .statistics import CentredStatistics, block_sum, channel_runs, conv_layout,
 from .ties import decreasing
 
 W_STEPS = ("both", "lambda", "w")
-_LOG_W_MIN = np.log(1e-300)
+_W_MIN = 1e-300
+_LOG_W_MIN = np.log(_W_MIN)
 # scales below which a channel leaves the Λ-step (s = 0), per the step's float type: far below round-off in L, and in
 # float32 (from ``_SINGLE_FROM`` columns) high enough that no product of two scaled entries is subnormal, which
 # LAPACK and BLAS handle 10× slower (VGG-16's 4 608-column rankings 18 → 10 s, every top-k set the same)
@@ -467,8 +468,8 @@ def _weights_given_ridge(a: np.ndarray, eps_w: float, start: np.ndarray | None =
     Stationarity: −2a_d/w_d³ + ε_w(1 + log w_d) + μ = 0. For a given μ each u_d = log w_d has a closed form,
     3(u_d + c) = ω(log(6a_d/ε_w) + 3c) with c = 1 + μ/ε_w and ω the Wright omega function. It loses digits to the
     cancellation of c when μ ≫ ε_w; Newton steps on the stationarity restore them (:func:`_settled_logs`). μ is
-    found so that Σ w = 1 by a scalar Newton iteration kept safe by bisection, from the median of what each channel's
-    stationarity asks at ``start`` (the current w). Each log w_d stays in [log 1e-300, 0].
+    found so that Σ w = 1 by a scalar Newton iteration kept safe by bisection, from what each channel's stationarity
+    asks at ``start`` (the current w), weighted by it. Each log w_d stays in [log 1e-300, 0].
     """
     n = a.size
     if eps_w == 0:
@@ -486,14 +487,14 @@ def _weights_given_ridge(a: np.ndarray, eps_w: float, start: np.ndarray | None =
 
         # Σw ≥ 1 at μ_lo (the largest a_d's channel alone asks w = 1) and ≤ 1 at μ_hi (every channel asks at most
         # 1/n): 1 − Σw rises from ≤ 0 to ≥ 0 between them
-        lo = 2.0 * float(a.max()) - eps_w
-        hi = 2.0 * float(a.max()) * n**3 + eps_w * (np.log(n) - 1.0)
-        if start is None:
-            mu = 0.5 * (lo + hi)
-        else:
-            u = np.log(np.clip(start, np.exp(_LOG_W_MIN), 1.0))
+        largest = float(np.maximum.reduce(a))
+        lo, hi = 2.0 * largest - eps_w, 2.0 * largest * n**3 + eps_w * (math.log(n) - 1.0)
+        mu = 0.5 * (lo + hi)
+        if start is not None:   # what each channel's stationarity asks at its w, weighted by it (else the median)
+            u = np.log(np.maximum(start, _W_MIN))
             asked = 2.0 * np.exp(log_a - 3.0 * u) - eps_w * (1.0 + u)
-            mu = min(max(float(np.partition(asked, n // 2)[n // 2]), lo), hi)   # the (upper) median
+            mean = float(np.dot(start, asked)) / float(start.sum())
+            mu = min(max(mean if math.isfinite(mean) else float(np.partition(asked, n // 2)[n // 2]), lo), hi)
         moved = hi - lo
         for _ in range(200):
             u, slope = logs(mu)
