@@ -277,6 +277,23 @@ def test_w_fixed_step_brackets_the_channels_its_closed_form_misses(eps_w, monkey
     assert bracketed
 
 
+def test_w_fixed_step_is_exact_far_below_unit_scale():
+    """Ridges and temperature near 1e-15 (a τ far below the default): μ is as small, so its search must stop at a
+    precision relative to μ and ε_w, not to 1 (stopped at 4ε(1 + |μ|), these stationarities came out up to 87 %
+    apart)."""
+    from onnxprune.solvers.entropic import _weights_given_ridge
+
+    rng = np.random.default_rng(9)
+    a = 10.0 ** rng.uniform(-63, -17, 261)
+    for eps_w in (1e-15, 2e-16):
+        for start in (None, rng.dirichlet(np.ones(261))):
+            w = _weights_given_ridge(a, eps_w, start=start)
+            live = w > 1e-290
+            log_w = np.log(w[live])
+            mu = 2 * np.exp(np.log(a[live]) - 3 * log_w) - eps_w * (1 + log_w)
+            np.testing.assert_allclose(mu, mu[0], rtol=1e-10)
+
+
 def test_loss_history_tracks_the_loss_of_each_half_step(planted):
     """The w-steps report L's change instead of recomputing it: each recorded value is L of the current (w, Λ)."""
     from onnxprune.solvers import entropic

@@ -506,7 +506,7 @@ def _weights_given_ridge(a: np.ndarray, eps_w: float, start: np.ndarray | None =
             if excess >= 0:
                 hi = mu
             step = excess / rate
-            tol = 4.0 * _EPS * (1.0 + abs(mu))
+            tol = 4.0 * _EPS * (abs(mu) + eps_w)   # a change of μ moves each log w by at most itself over ε_w
             if abs(step) <= tol or hi - lo <= tol:
                 u = logs(min(max(mu - step, lo), hi))[0]
                 break
