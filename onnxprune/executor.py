@@ -21,6 +21,7 @@ import socket
 import time
 from typing import Any, Callable, Sequence
 
+from onnxprune import idle_threads
 from onnxprune.errors import ClusterError, UsageError, first_line
 from onnxprune.runtime import cpu_cores
 from onnxprune.solvers import backend
@@ -376,6 +377,14 @@ def parse_local(address: str) -> int | None | bool:
     return int(count)
 
 
+def _worker_environment() -> dict | None:
+    """What the workers of a cluster started elsewhere get from this process's environment: OpenBLAS's idle-thread
+    wait (``idle_threads``), which their stage passes need as much as this process does; a local cluster's workers
+    inherit it anyway."""
+    wait = os.environ.get(idle_threads.VARIABLE)
+    return None if wait is None else {"env_vars": {idle_threads.VARIABLE: wait}}
+
+
 def _connect(ray, address: str, timeout: float) -> str:
     """Start or join the cluster named by ``address``; the address it is known by."""
     import logging
@@ -399,7 +408,8 @@ def _connect(ray, address: str, timeout: float) -> str:
     if _on_this_machine(host):
         _token_auth_as_for_auto()
     try:
-        ray.init(address=f"{host}:{port}", log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=f"{host}:{port}", log_to_driver=False, logging_level=logging.WARNING,
+                 runtime_env=_worker_environment())
     except Exception as exc:  # noqa: BLE001
         raise ClusterError(f"cannot connect to the Ray cluster at {host}:{port} ({type(exc).__name__}: "
                            f"{first_line(exc, 200)}).",

@@ -200,6 +200,19 @@ def test_a_task_error_is_the_one_line_error_of_one_process(tmp_path, head):
 
 
 @needs_ray
+def test_workers_of_a_cluster_started_elsewhere_get_openblas_idle_wait(head, monkeypatch):
+    """The command line lets OpenBLAS's idle threads sleep at once (``idle_threads``); the workers of a head started
+    apart do not inherit this process's environment, so the setting travels with the job (a value the head was not
+    started with: its processes inherited this one's environment of then)."""
+    from onnxprune.executor import RayExecutor
+    from onnxprune.idle_threads import VARIABLE
+
+    monkeypatch.setenv(VARIABLE, "6")
+    with RayExecutor(head) as executor:
+        assert executor.map(lambda _context, _item: os.environ.get(VARIABLE), [0, 1]) == ["6", "6"]
+
+
+@needs_ray
 def test_an_unreachable_cluster_is_one_line_and_exit_5(tmp_path):
     closed = free_port()
     start = time.monotonic()
