@@ -176,16 +176,17 @@ def free_heap() -> int | None:
 
 @functools.lru_cache(maxsize=1)
 def _mallinfo2():
-    """glibc's ``mallinfo2`` with its result type set, or None."""
+    """glibc's ``mallinfo2`` returning its struct (size_t fields), or None."""
     import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
 
     libc = _libc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-    fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-              "keepcost")
-    libc.mallinfo2.restype = type("mallinfo2", (ctypes.Structure,),
-                                  {"_fields_": [(f, ctypes.c_size_t) for f in fields]})
+    libc.mallinfo2.restype = MallInfo2
     return libc.mallinfo2
 
 

@@ -236,6 +236,12 @@ def test_zero_temperature_fixed_point(planted, w_step):
     assert _increase(fit.loss_history) <= 1e-12
 
 
+def _stationarity(a: np.ndarray, w: np.ndarray, eps_w: float, live: np.ndarray) -> np.ndarray:
+    """μ_d = 2a_d/w_d³ − ε_w(1 + log w_d) of the ``live`` channels, which the W-fixed step makes all equal."""
+    log_w = np.log(w[live])
+    return 2 * np.exp(np.log(a[live]) - 3 * log_w) - eps_w * (1 + log_w)  # w³ would underflow
+
+
 @pytest.mark.parametrize("eps_w", [0.0, 1e-4, 1e-3, 1e-2, 1.0])
 def test_w_fixed_step_meets_its_stationarity_conditions(eps_w):
     """−2a_d/w_d³ + ε_w(1 + log w_d) = −μ for every channel; 4 live channels, 507 dying over 200 decades."""
@@ -248,8 +254,7 @@ def test_w_fixed_step_meets_its_stationarity_conditions(eps_w):
     w = _weights_given_ridge(a, eps_w)
     assert w.sum() == pytest.approx(1.0, abs=1e-14) and w.min() >= 0
     ridge_driven = (a > 0) & (w > 1e-290)
-    log_w = np.log(w[ridge_driven])
-    mu = 2 * np.exp(np.log(a[ridge_driven]) - 3 * log_w) - eps_w * (1 + log_w)  # w³ would underflow
+    mu = _stationarity(a, w, eps_w, ridge_driven)
     assert ridge_driven.sum() == 508
     np.testing.assert_allclose(mu, mu[0], rtol=1e-12)
 
@@ -270,9 +275,7 @@ def test_w_fixed_step_brackets_the_channels_its_closed_form_misses(eps_w, monkey
     for start in (None, np.full(64, 1 / 64), rng.dirichlet(np.ones(64))):
         w = entropic._weights_given_ridge(a, eps_w, start=start)
         assert w.sum() == pytest.approx(1.0, abs=1e-14) and w.min() >= 0
-        live = (a > 0) & (w > 1e-290)
-        log_w = np.log(w[live])
-        mu = 2 * np.exp(np.log(a[live]) - 3 * log_w) - eps_w * (1 + log_w)
+        mu = _stationarity(a, w, eps_w, (a > 0) & (w > 1e-290))
         np.testing.assert_allclose(mu, mu[0], rtol=1e-12)
     assert bracketed
 
@@ -288,9 +291,7 @@ def test_w_fixed_step_is_exact_far_below_unit_scale():
     for eps_w in (1e-15, 2e-16):
         for start in (None, rng.dirichlet(np.ones(261))):
             w = _weights_given_ridge(a, eps_w, start=start)
-            live = w > 1e-290
-            log_w = np.log(w[live])
-            mu = 2 * np.exp(np.log(a[live]) - 3 * log_w) - eps_w * (1 + log_w)
+            mu = _stationarity(a, w, eps_w, w > 1e-290)
             np.testing.assert_allclose(mu, mu[0], rtol=1e-10)
 
 
