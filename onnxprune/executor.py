@@ -13,10 +13,10 @@ computes the same result: tasks are pure functions of their arguments.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
-import signal
 import socket
 import time
 from typing import Any, Callable, Sequence
@@ -25,6 +25,7 @@ from onnxprune import idle_threads
 from onnxprune.errors import ClusterError, UsageError, first_line
 from onnxprune.runtime import cpu_cores
 from onnxprune.solvers import backend
+from onnxprune.workers import run_forked
 
 CONNECT_TIMEOUT = 5.0   # seconds to reach a cluster's address before giving up (ONNXPRUNE_RAY_CONNECT_TIMEOUT)
 MAX_RETRIES = 3         # a task whose worker or node dies is run again this many times
@@ -108,7 +109,9 @@ class PoolExecutor(Executor):
     thread per core than on all cores at once, and much faster still on a loaded machine, where threaded BLAS
     waits on busy cores. The results are those of one process with that many BLAS threads. Without fork (not
     Linux), with one item or one core, or with the solver on torch (``--backend``: its thread pool and CUDA context
-    do not survive a fork), the items run in this process."""
+    do not survive a fork), the items run in this process.
+
+    The workers are bare forks (``workers.py``), not a ``multiprocessing`` pool."""
 
     def __init__(self, workers: int | None = None):
         super().__init__()
@@ -119,36 +122,25 @@ class PoolExecutor(Executor):
 
     def map(self, fn: Callable[[Any, Any], Any], items: Sequence, *, context: Any = None,
             on_done: Callable[[int, Any], None] | None = None) -> list:
-        import multiprocessing
-
-        workers = min(self.workers, len(items))
-        if workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or not backend.active().forkable:
+        count = min(self.workers, len(items))
+        if count < 2 or not hasattr(os, "fork") or not backend.active().forkable:
             return super().map(fn, items, context=context, on_done=on_done)
-        from threadpoolctl import threadpool_limits
-
-        global _POOL_WORK
-        _POOL_WORK = (fn, context, items)   # inherited by the forked workers
         results: list = [None] * len(items)
         self.last_seconds = [0.0] * len(items)
         free = free_heap()
         if free is None or free >= TRIM_FROM:
             return_free_heap()
-        # the workers inherit this limit with the fork: set in a worker instead, it would start OpenBLAS's threads
-        # anew there, which spin beside the tasks for their first 0.1 s (_pool_worker_start)
-        with threadpool_limits(limits=max(cpu_cores() // workers, 1), user_api="blas"):
-            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_pool_worker_start)
-            try:
-                for i, value, seconds in pool.imap_unordered(_pool_task, range(len(items))):
-                    results[i], self.last_seconds[i] = value, seconds
+        # the workers inherit the BLAS limit with the fork: set in a worker instead, it would start OpenBLAS's threads
+        # anew there, which spin beside the tasks for their first 0.1 s; lifted here only after the tasks (lifting it
+        # starts this process's threads, which spin as long)
+        with backend.blas_threads(max(cpu_cores() // count, 1)):
+            with contextlib.closing(run_forked(fn, context, items, count)) as returned:   # closed: no worker outlives
+                for index, value, seconds in returned:                                  # an error here
+                    results[index], self.last_seconds[index] = value, seconds
                     self.tasks += 1
                     self.task_seconds += seconds
                     if on_done:
-                        on_done(i, value)
-                pool.close()
-            finally:
-                _POOL_WORK = None
-                pool.terminate()
-                pool.join()
+                        on_done(index, value)
         return results
 
 
@@ -201,27 +193,6 @@ def _libc():
         return ctypes.CDLL(name) if name else None
     except OSError:
         return None
-
-
-_POOL_WORK: tuple | None = None   # (fn, context, items) of the PoolExecutor map being run
-
-
-def _pool_worker_start() -> None:
-    """Leave Ctrl-C to the parent: it stops the pool (a worker's own KeyboardInterrupt would print a traceback beside
-    the one-line message).
-
-    The worker's BLAS thread limit is the parent's, set around the fork. Setting it here restarted OpenBLAS's thread
-    pool in each worker (numpy's and SciPy's, one thread each on 2 cores), whose threads spin for their first 0.1 s:
-    on 2 cores the workers' first tasks ran at half speed (the orientation classifier lookalike's largest groups
-    0.05 → 0.12 s, a sixth of its solve stage)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _pool_task(index: int) -> tuple[int, Any, float]:
-    fn, context, items = _POOL_WORK   # the items came with the fork: only their index is sent
-    start = time.perf_counter()
-    value = fn(context, items[index])
-    return index, value, time.perf_counter() - start
 
 
 def resolve(value: Any) -> Any:

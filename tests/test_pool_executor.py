@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -80,6 +82,71 @@ def test_ctrl_c_is_left_to_the_parent():
 def test_a_worker_error_is_raised_here():
     with pytest.raises(ValueError, match="item 3 is bad"):
         PoolExecutor(workers=2).map(_fails, list(range(6)))
+
+
+def _dies(_context, item):
+    if item == 1:
+        os._exit(3)
+    if item == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item
+
+
+class _Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("no")
+
+
+def _raises_unpicklable(_context, item):
+    raise _Unpicklable(f"item {item}")
+
+
+def _slow_or_failing(_context, item):
+    if item == 0:
+        time.sleep(60)
+    raise ValueError("item 1 is bad")
+
+
+def _children() -> set[int]:
+    """This process's child processes, zombies included (Linux's /proc)."""
+    path = f"/proc/self/task/{os.getpid()}/children"
+    if not os.path.exists(path):
+        pytest.skip("needs Linux's /proc/PID/task/TID/children")
+    with open(path) as f:
+        return {int(pid) for pid in f.read().split()}
+
+
+def test_a_worker_that_dies_is_an_error_here_not_a_hang():
+    """A worker that exits without its result is reported with how it ended; one killed outright (the kernel's
+    out-of-memory killer sends SIGKILL) as a MemoryError, which the command line reports as such."""
+    from onnxprune.workers import WorkerError
+
+    before = _children()
+    with pytest.raises(WorkerError, match="exit status 3"):
+        PoolExecutor(workers=2).map(_dies, [0, 1])
+    with pytest.raises(MemoryError, match="SIGKILL"):
+        PoolExecutor(workers=2).map(_dies, [0, 2])
+    assert _children() <= before
+
+
+def test_an_error_that_cannot_be_pickled_comes_back_by_name():
+    with pytest.raises(RuntimeError, match="_Unpicklable: item"):
+        PoolExecutor(workers=2).map(_raises_unpicklable, [0, 1])
+
+
+def test_an_error_stops_the_other_workers_at_once():
+    before, start = _children(), time.monotonic()
+    with pytest.raises(ValueError, match="item 1 is bad"):
+        PoolExecutor(workers=2).map(_slow_or_failing, [0, 1])
+    assert time.monotonic() - start < 30
+    assert _children() <= before
+
+
+def test_workers_are_reaped_after_a_map():
+    before = _children()
+    got = PoolExecutor(workers=2).map(_square_and_pid, list(range(5)), context=0)
+    assert [value for value, _ in got] == [0, 1, 4, 9, 16]
+    assert _children() <= before and not _children() & {pid for _, pid in got}
 
 
 def test_the_heap_goes_back_to_the_system_before_the_fork(monkeypatch):

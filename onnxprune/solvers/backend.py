@@ -10,6 +10,7 @@ reference: its results are bit-identical whatever else is installed; torch gives
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import sys
@@ -99,10 +100,22 @@ def blas_threads_for(columns: int) -> Iterator[None]:
     if columns >= SHARED_BLAS_FROM:
         yield
         return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, user_api="blas"):
+    with blas_threads(1):
         yield
+
+
+def blas_threads(count: int):
+    """A context in which the BLAS libraries loaded in this process (numpy's and SciPy's OpenBLAS) run ``count``
+    threads. threadpoolctl's controller, which scans the loaded libraries (0.3–3 ms, with onnxruntime loaded), is
+    kept while no module was imported since (a re-fit asks for one thread hundreds of times a run)."""
+    return _blas_controller(len(sys.modules)).limit(limits=count, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller(_modules: int):
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _torch(*arrays: np.ndarray) -> list:
