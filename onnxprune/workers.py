@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import select
+import selectors
 import signal
 import struct
 import time
@@ -27,13 +27,18 @@ def run_forked(fn: Callable[[Any, Any], Any], context: Any, items: Sequence,
         for _ in range(count):
             workers.append(_Worker.fork((fn, context, items), workers))
         todo = iter(range(len(items)))
-        for worker in workers:
-            worker.give(next(todo, None))
-        for _ in range(len(items)):
-            worker = _Worker.ready(workers)
-            result = worker.result()
-            worker.give(next(todo, None))
-            yield result
+        with selectors.DefaultSelector() as busy:   # the workers running a task
+            for worker in workers:
+                worker.give(next(todo, None))
+                busy.register(worker.results, selectors.EVENT_READ, worker)
+            for _ in range(len(items)):
+                worker = busy.select()[0][0].data
+                result = worker.result()
+                index = next(todo, None)
+                worker.give(index)
+                if index is None:
+                    busy.unregister(worker.results)
+                yield result
         finished = True
     finally:
         for worker in workers:
@@ -87,13 +92,6 @@ class _Worker:
                 return
             self.stopping = True
         os.write(self.tasks, _INDEX.pack(_STOP if index is None else index))
-
-    @staticmethod
-    def ready(workers: Sequence[_Worker]) -> _Worker:
-        """A worker with a task whose result (or end) can be read now, waiting for one."""
-        busy = [w for w in workers if not w.stopping]
-        readable, _, _ = select.select([w.results for w in busy], [], [])
-        return next(w for w in busy if w.results in readable)
 
     def result(self) -> tuple[int, Any, float]:
         """The (index, value, seconds) of the worker's task; the task's exception raised here, or :meth:`_lost`'s
