@@ -55,6 +55,33 @@ def test_a_refit_of_the_same_gram_to_other_targets_reuses_the_factor_to_the_same
     assert again.error == scratch.error and not np.array_equal(again.coef, fit.coef)
 
 
+@pytest.mark.parametrize("prior", [False, True])
+@pytest.mark.parametrize("relative", [1e-6, 1e-2, 10.0])
+def test_a_refits_error_from_its_normal_equations_is_the_statistics_one(prior, relative, monkeypatch):
+    """After a Cholesky solve the residual is c0 − tr(WC) − λ tr(WΔᵀ) (no M × p × p product); the same to
+    round-off as from the statistics, which a pseudo-inverse solve (a singular G at λ = 0) still uses."""
+    import sys
+
+    from onnxprune.solvers.refit import RidgeSolver, relative_error
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((500, 40)) @ rng.standard_normal((40, 40))
+    Y = X @ rng.standard_normal((40, 30)) + rng.standard_normal((500, 30))
+    stats = _stats(X, Y).centred()
+    solver = RidgeSolver(stats, rng.standard_normal((30, 40)) if prior else None)
+    W = solver(relative * stats.gram_trace() / 40)
+    products = []
+    monkeypatch.setattr(sys.modules["onnxprune.solvers.refit"], "residual", lambda *a: products.append(1) or 0.0)
+    error = solver.relative_error(W)
+    monkeypatch.undo()
+    assert not products and 0.0 < error and abs(error - relative_error(stats, W)) < 1e-13
+
+    singular = _stats(np.repeat(X[:, :20], 2, axis=1), Y).centred()   # every column twice: G is singular
+    solver = RidgeSolver(singular)
+    W = solver(0.0)
+    assert solver.factor is None and solver.relative_error(W) == relative_error(singular, W)
+
+
 def test_cross_validation_shrinks_when_rows_are_scarce():
     rng = np.random.default_rng(1)
     p, n = 60, 40                                   # fewer rows than columns

@@ -115,10 +115,12 @@ class RidgeSolver:
                 self._gram_prior = reuse.gram_prior if reuse is not None else stats.G @ prior.T
             self._target = stats.C if prior is None else stats.C - self._gram_prior
         self._buffer: np.ndarray | None = None
+        self._solved: tuple[float, np.ndarray] | None = None   # the last call's ridge and Δ where it solved by Cholesky
 
     def __call__(self, ridge: float) -> np.ndarray:
         if self.reuse is not None and self.reuse.ridge == ridge:
             delta = backend.cho_solve(self.reuse.lower, self._target)
+            exact = True
         else:
             H = self._buffer = np.empty_like(self._gram) if self._buffer is None else self._buffer
 
@@ -130,8 +132,23 @@ class RidgeSolver:
             delta, lower = _solve_psd(ridged(), self._target, rebuild=ridged)
             self.factor = (RidgeFactor(ridge, lower, self._gram_prior)
                            if lower is not None and not self.stats.factored else None)
+            exact = lower is not None
         coef = (self.stats.F.T @ delta if self.stats.factored else delta).T
+        self._solved = (ridge, coef) if exact and not self.stats.factored else None
         return coef if self.prior is None else self.prior + coef
+
+    def relative_error(self, coef: np.ndarray) -> float:
+        """:func:`relative_error` of ``coef``, the fit of the last call. Where that call solved G + λI by Cholesky,
+        the normal equations G Wᵀ = C − λΔᵀ (Δ = W − prior) give the residual as c0 − tr(WC) − λ tr(WΔᵀ), without
+        the M × p × p product tr(W G Wᵀ) (most of a wide layer's re-fit: VGG-16's 4 608-column ones, 512
+        outputs); the same to round-off. Else (a pseudo-inverse, factored statistics) from the statistics."""
+        if self._solved is None:
+            return relative_error(self.stats, coef)
+        ridge, delta = self._solved
+        if self.stats.c0 <= 0:
+            return 0.0
+        explained = float(np.sum(coef * self.stats.C.T)) + ridge * float(np.sum(coef * delta))
+        return max(float(self.stats.c0) - explained, 0.0) / self.stats.c0
 
 
 def residual(stats: CentredStatistics, coef: np.ndarray) -> float:
@@ -175,9 +192,10 @@ def refit(stats: CentredStatistics, columns: np.ndarray, delta: float = 1e-6) ->
         return Refit(np.zeros((stats.n_targets, 0)), stats.y_mean.copy(), error)
     kept = stats.restricted(columns)
     with backend.blas_threads_for(columns.size):
-        coef = RidgeSolver(kept)(delta * kept.gram_trace() / columns.size)
+        solver = RidgeSolver(kept)
+        coef = solver(delta * kept.gram_trace() / columns.size)
         intercept = stats.y_mean - coef @ kept.x_mean
-        return Refit(coef, intercept, min(relative_error(kept, coef), 1.0))
+        return Refit(coef, intercept, min(solver.relative_error(coef), 1.0))
 
 
 def prefix_columns(channel_of_column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -62,7 +62,7 @@ def refit_towards_factored(stats: CentredStatistics, columns: np.ndarray, prior:
         solver = RidgeSolver(kept, W0, reuse)
         W = solver(rel * _mean_eigenvalue(kept)) if len(cols) else W0
         intercept = stats.y_mean - W @ kept.x_mean
-        return Refit(coef=W, intercept=intercept, error=relative_error(kept, W)), float(rel), solver.factor or reuse
+        return Refit(coef=W, intercept=intercept, error=solver.relative_error(W)), float(rel), solver.factor or reuse
 
 
 def _mean_eigenvalue(stats: CentredStatistics) -> float:
