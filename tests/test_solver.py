@@ -159,11 +159,28 @@ def test_arrays_round_trip_through_npz(planted, tmp_path):
         (np.ones((4, 5)), np.ones((3, 2))),  # row mismatch
         (np.ones(5), np.ones((1, 2))),  # not 2-D
         (np.full((4, 5), np.nan), np.ones((4, 2))),  # not finite
+        (np.ones((4, 5)), np.array([[1.0, 2.0]] * 3 + [[np.inf, 0.0]])),  # one target not finite
     ],
 )
 def test_partial_fit_rejects_bad_batches(X, Y):
     with pytest.raises(ValueError):
         LinearStatistics(5, 2).partial_fit(X, Y)
+
+
+def test_all_finite_sees_one_bad_entry_and_huge_finite_values_whose_sum_overflows():
+    from onnxprune.solvers.statistics import all_finite
+
+    huge = np.full((4, 3), np.finfo(np.float64).max / 2)   # finite, but their sum is not
+    assert all_finite(huge) and all_finite(np.full((2, 2), 3e38, np.float32))
+    assert all_finite(np.zeros((0, 3)))
+    for bad in (np.nan, np.inf, -np.inf):
+        for dtype in (np.float32, np.float64):
+            a = np.ones((5, 4), dtype=dtype)
+            a[3, 2] = bad
+            assert not all_finite(a)
+            huge_and_bad = np.full((5, 4), np.finfo(dtype).max, dtype=dtype)
+            huge_and_bad[0, 0] = bad
+            assert not all_finite(huge_and_bad)
 
 
 def test_statistics_errors():

@@ -21,7 +21,7 @@ from onnxprune.rectified import ShiftSums, TargetShift
 from onnxprune.residual import Landing
 from onnxprune.runtime import create_session, fixed_batch
 from onnxprune.solvers.fold_curve import CURVE_FOLD_COLUMNS
-from onnxprune.solvers.statistics import LinearStatistics
+from onnxprune.solvers.statistics import LinearStatistics, all_finite
 
 if TYPE_CHECKING:
     from onnxprune.calibration.frontier import FrontierStore
@@ -83,14 +83,15 @@ class ConsumerStats:
         if not self._pending:
             return self
         p, m = self.full.n_features, self.full.n_targets
-        X = np.concatenate([x.reshape(-1, p) for x, _, _ in self._pending])
-        Y = np.concatenate([y.reshape(-1, m) for _, y, _ in self._pending])
+        # gathered straight into float64, which the sums take (one pass over the rows, not a copy and a cast)
+        X = np.concatenate([x.reshape(-1, p) for x, _, _ in self._pending], dtype=np.float64)
+        Y = np.concatenate([y.reshape(-1, m) for _, y, _ in self._pending], dtype=np.float64)
         self.full.partial_fit(X, Y)
         if self.odd is not None:
             Xo = [x[o].reshape(-1, p) for x, _, o in self._pending if o.any()]
             if Xo:
-                self.odd.partial_fit(np.concatenate(Xo),
-                                     np.concatenate([y[o].reshape(-1, m) for _, y, o in self._pending if o.any()]))
+                self.odd.partial_fit(np.concatenate(Xo, dtype=np.float64), np.concatenate(
+                    [y[o].reshape(-1, m) for _, y, o in self._pending if o.any()], dtype=np.float64))
         self._pending, self._rows = [], 0
         return self
 
@@ -390,7 +391,7 @@ class Rows:
                         log_weights[guide] = position_log_weights(values[guide])
                     X, Y = consumer_rows(self.nodes[cons.node], cons, x, y, self.weights[cons.weight], rng,
                                          settings.max_positions, log_weights.get(guide))
-                    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+                    if not (all_finite(X) and all_finite(Y)):
                         raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration "
                                         "data.", note="check the preprocessing (--mean/--std, --raw-pixels)")
                     if shift is not None:

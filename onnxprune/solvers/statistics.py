@@ -109,9 +109,18 @@ def _as_batch(name: str, a: np.ndarray, width: int) -> np.ndarray:
     if a.ndim != 2 or a.shape[1] != width:
         raise ValueError(f"{name} must have shape (n, {width}), got {a.shape}.")
     a = a.astype(np.float64, copy=False)
-    if not np.isfinite(a).all():
+    if not all_finite(a):
         raise ValueError(f"{name} contains NaN or infinite values; check the calibration data.")
     return a
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """Whether every entry of ``a`` is finite: its sum, through which NaN and ±inf carry, in one pass without a
+    temporary; the entries themselves only where the sum is not finite (an overflow of finite values)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(a, axis=None)):
+            return True
+    return bool(np.isfinite(a).all())
 
 
 def _add_products(G: np.ndarray, C: np.ndarray, L: np.ndarray, X: np.ndarray, Y: np.ndarray) -> None:
