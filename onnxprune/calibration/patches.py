@@ -50,27 +50,42 @@ def unfold_at(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: 
               positions: np.ndarray) -> np.ndarray:
     """The rows of :func:`unfold` at the output ``positions`` (N, k) only: (N, k, C*prod(kernel)).
 
-    Gathers just those patches, so a large feature map is never unfolded whole.
+    Gathers just those patches from the unpadded input, the taps that fall in the padding set to 0 after: a large
+    feature map is never unfolded whole, nor copied padded (the YOLOv8n layout detector's 1 024² maps: 1 s of np.pad
+    in a compress run).
     """
-    xp, (kh, kw), strides, dilations, (_, wo) = _padded_2d(x, kernel, pads, strides, dilations)
-    n, c = xp.shape[:2]
-    rows = (positions // wo)[:, :, None, None] * strides[0] + (np.arange(kh) * dilations[0])[:, None]
-    cols = (positions % wo)[:, :, None, None] * strides[1] + (np.arange(kw) * dilations[1])[None, :]
-    patches = xp[np.arange(n)[:, None, None, None], :, rows, cols]  # (N, k, kh, kw, C)
+    x, (kh, kw), pads, strides, dilations = _as_2d(x, kernel, pads, strides, dilations)
+    n, c, h, w = x.shape
+    wo = _output_size(h, w, (kh, kw), pads, strides, dilations)[1]
+    rows = (positions // wo)[:, :, None, None] * strides[0] + (np.arange(kh) * dilations[0] - pads[0])[:, None]
+    cols = (positions % wo)[:, :, None, None] * strides[1] + (np.arange(kw) * dilations[1] - pads[1])[None, :]
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)   # (N, k, kh, kw)
+    patches = x[np.arange(n)[:, None, None, None], :, np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)]
+    if not inside.all():   # (N, k, kh, kw, C): the padding's taps
+        patches[~inside] = 0
     return patches.transpose(0, 1, 4, 2, 3).reshape(n, positions.shape[1], c * kh * kw)
+
+
+def _as_2d(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: list[int], dilations: list[int]):
+    """A 1-D or 2-D conv input as (N, C, H, W), with 2-D kernel, pads (top, left, bottom, right), strides and
+    dilations."""
+    if x.ndim == 3:
+        return x[:, :, None, :], (1, *kernel), [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
+    return x, tuple(kernel), list(pads), list(strides), list(dilations)
+
+
+def _output_size(h: int, w: int, kernel: tuple[int, int], pads: list[int], strides: list[int],
+                 dilations: list[int]) -> tuple[int, int]:
+    kh, kw = kernel
+    return ((h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1,
+            (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1)
 
 
 def _padded_2d(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: list[int], dilations: list[int]):
     """A 1-D or 2-D conv input as padded (N, C, H, W), with 2-D kernel, strides, dilations and output size."""
-    if x.ndim == 3:
-        x = x[:, :, None, :]
-        kernel, pads, strides, dilations = (1, *kernel), [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
-    h, w = x.shape[2:]
-    kh, kw = kernel
+    x, kernel, pads, strides, dilations = _as_2d(x, kernel, pads, strides, dilations)
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    ho = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    wo = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    return xp, (kh, kw), strides, dilations, (ho, wo)
+    return xp, kernel, strides, dilations, _output_size(*x.shape[2:], kernel, pads, strides, dilations)
 
 
 def transposed_as_conv(node: onnx.NodeProto, x: np.ndarray,

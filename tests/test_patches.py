@@ -1,0 +1,36 @@
+"""Patch gathering for calibration rows: the sampled patches (unfold_at) are the rows of the whole unfold."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnxprune.calibration.patches import unfold, unfold_at
+
+
+@st.composite
+def _geometry(draw):
+    nd = draw(st.integers(1, 2))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    strides = [draw(st.integers(1, 3)) for _ in range(nd)]
+    dilations = [draw(st.integers(1, 2)) for _ in range(nd)]
+    pads = [draw(st.integers(0, 3)) for _ in range(2 * nd)]
+    size = [draw(st.integers((k - 1) * d + 1, 11)) for k, d in zip(kernel, dilations)]
+    return draw(st.integers(1, 3)), draw(st.integers(1, 4)), size, kernel, pads, strides, dilations
+
+
+@settings(deadline=None, derandomize=True, database=None, max_examples=150)
+@given(_geometry(), st.integers(0, 2**31 - 1))
+def test_sampled_patches_are_the_unfolded_rows_to_the_bit(geometry, seed):
+    """Taps in the padding are 0 as in the padded unfold; a NaN in the input stays where it is read."""
+    n, c, size, kernel, pads, strides, dilations = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, *size)).astype(np.float32)
+    x[..., -1] = np.nan if seed % 3 == 0 else x[..., -1]
+    whole = unfold(x, kernel, pads, strides, dilations)
+    positions = np.sort(np.argsort(rng.random((n, whole.shape[1])), axis=1)[:, :rng.integers(1, whole.shape[1] + 1)],
+                        axis=1)
+    got = unfold_at(x, kernel, pads, strides, dilations, positions)
+    want = whole[np.arange(n)[:, None], positions]
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
