@@ -12,7 +12,7 @@ import onnx
 from onnxprune.analysis.model import Consumer
 from onnxprune.analysis.score_heads import position_log_weights
 from onnxprune.calibration.blocks import BlockLayout, PairwiseSum
-from onnxprune.calibration.patches import conv_geometry, transposed_as_conv, unfold, unfold_at
+from onnxprune.calibration.patches import conv_geometry, spread_input, transposed_geometry, unfold, unfold_at
 from onnxprune.calibration.sources import CalibrationData
 from onnxprune.errors import DataError
 from onnxprune.graph.probe import probe_model
@@ -180,15 +180,21 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
     ``log_weights`` (N, P) of a Conv's output positions weigh the sampled ones (else they are drawn uniformly)."""
     if consumer.op in ("Conv", "ConvTranspose"):
         kernel = tuple(weight_shape[2:])
+        spread = None
         if consumer.op == "ConvTranspose":
-            x, pads, strides, dilations = transposed_as_conv(node, x, kernel)
+            pads, spread, dilations = transposed_geometry(node, kernel)
+            strides = [1] * len(kernel)
         else:
             pads, strides, dilations = conv_geometry(node, x.shape, kernel)
         ys = y.reshape(y.shape[0], y.shape[1], -1).transpose(0, 2, 1)  # (N, P, M)
         pick = _sampled_positions(rng, ys.shape[0], ys.shape[1], max_positions, log_weights)
         # only the sampled patches are gathered: a large feature map unfolded whole would take gigabytes
-        xs = unfold(x, kernel, pads, strides, dilations) if pick is None else unfold_at(x, kernel, pads, strides,
-                                                                                        dilations, pick)
+        if pick is not None:
+            xs = unfold_at(x, kernel, pads, strides, dilations, pick, spread)
+        elif spread is not None:
+            xs = unfold(spread_input(x, spread, pads), kernel, [0] * len(pads), strides, dilations)
+        else:
+            xs = unfold(x, kernel, pads, strides, dilations)
     else:
         k, m = x.shape[-1], y.shape[-1]
         xs = x.reshape(x.shape[0], -1, k)

@@ -47,21 +47,27 @@ def unfold(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: lis
 
 
 def unfold_at(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides: list[int], dilations: list[int],
-              positions: np.ndarray) -> np.ndarray:
-    """The rows of :func:`unfold` at the output ``positions`` (N, k) only: (N, k, C*prod(kernel)).
+              positions: np.ndarray, spread: list[int] | None = None) -> np.ndarray:
+    """The rows of :func:`unfold` at the output ``positions`` (N, k) only: (N, k, C*prod(kernel)); with ``spread``,
+    of the input spread that far apart (``spread_input``: a ConvTranspose's, :func:`transposed_geometry`), whose
+    ``pads`` may be negative (cropped).
 
-    Gathers just those patches from the unpadded input, the taps that fall in the padding set to 0 after: a large
-    feature map is never unfolded whole, nor copied padded (the YOLOv8n layout detector's 1 024² maps: 1 s of np.pad
-    in a compress run).
+    Gathers just those patches from the input as it is, the taps that fall in the padding or between spread pixels
+    set to 0 after: a large feature map is never unfolded whole, nor copied padded or spread (the YOLOv8n layout
+    detector's 1 024² maps: 1 s of np.pad in a compress run; the PP-OCRv5 detector's upsampling ConvTransposes 2.6 s).
     """
     x, (kh, kw), pads, strides, dilations = _as_2d(x, kernel, pads, strides, dilations)
+    sh, sw = (1, 1) if spread is None else ((1, *spread) if len(spread) == 1 else tuple(spread))
     n, c, h, w = x.shape
+    h, w = (h - 1) * sh + 1, (w - 1) * sw + 1   # the spread input's size
     wo = _output_size(h, w, (kh, kw), pads, strides, dilations)[1]
     rows = (positions // wo)[:, :, None, None] * strides[0] + (np.arange(kh) * dilations[0] - pads[0])[:, None]
     cols = (positions % wo)[:, :, None, None] * strides[1] + (np.arange(kw) * dilations[1] - pads[1])[None, :]
     inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)   # (N, k, kh, kw)
-    patches = x[np.arange(n)[:, None, None, None], :, np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)]
-    if not inside.all():   # (N, k, kh, kw, C): the padding's taps
+    if sh > 1 or sw > 1:
+        inside &= (rows % sh == 0) & (cols % sw == 0)
+    patches = x[np.arange(n)[:, None, None, None], :, np.clip(rows, 0, h - 1) // sh, np.clip(cols, 0, w - 1) // sw]
+    if not inside.all():   # (N, k, kh, kw, C): the taps in the padding or between spread pixels
         patches[~inside] = 0
     return patches.transpose(0, 1, 4, 2, 3).reshape(n, positions.shape[1], c * kh * kw)
 
@@ -88,24 +94,28 @@ def _padded_2d(x: np.ndarray, kernel: tuple[int, ...], pads: list[int], strides:
     return xp, kernel, strides, dilations, _output_size(*x.shape[2:], kernel, pads, strides, dilations)
 
 
-def transposed_as_conv(node: onnx.NodeProto, x: np.ndarray,
-                       kernel: tuple[int, ...]) -> tuple[np.ndarray, list[int], list[int], list[int]]:
-    """A ConvTranspose input as the input of the equivalent Conv, with that Conv's (pads, strides, dilations).
-
-    Zeros go between the input pixels (stride), then every side is padded by ``d*(k-1)`` minus the
-    node's pads (cropped where negative), plus ``output_padding`` at the end; a stride-1 Conv with
-    the flipped, transposed kernel then gives the ConvTranspose output (explicit pads only).
-    """
+def transposed_geometry(node: onnx.NodeProto, kernel: tuple[int, ...]) -> tuple[list[int], list[int], list[int]]:
+    """(pads, spread, dilations) of the stride-1 Conv, with the flipped, transposed kernel, that gives a
+    ConvTranspose's output: it reads the input spread by the node's strides (zeros between the pixels), padded on
+    every side by ``d*(k-1)`` minus the node's pads (negative: cropped), plus ``output_padding`` at the end
+    (explicit pads only)."""
     nd = len(kernel)
     strides = list(attr(node, "strides", [1] * nd))
     dilations = list(attr(node, "dilations", [1] * nd))
     pads = list(attr(node, "pads", [0] * (2 * nd)))
     extra = list(attr(node, "output_padding", [0] * nd))
+    begin = [d * (k - 1) - pads[j] for j, (k, d) in enumerate(zip(kernel, dilations))]
+    end = [d * (k - 1) - pads[nd + j] + extra[j] for j, (k, d) in enumerate(zip(kernel, dilations))]
+    return begin + end, strides, dilations
+
+
+def spread_input(x: np.ndarray, spread: list[int], pads: list[int]) -> np.ndarray:
+    """``x`` (N, C, *spatial) with ``spread - 1`` zeros between neighbouring pixels, padded by ``pads`` (begin...,
+    end...; negative: cropped): what :func:`unfold` reads, with no padding of its own, for a ConvTranspose."""
+    nd = len(spread)
     n, c, *size = x.shape
-    z = np.zeros((n, c, *[s * (i - 1) + 1 for s, i in zip(strides, size)]), dtype=x.dtype)
-    z[(slice(None), slice(None), *[slice(None, None, s) for s in strides])] = x
-    widths = [(d * (k - 1) - pads[j], d * (k - 1) - pads[nd + j] + extra[j])
-              for j, (k, d) in enumerate(zip(kernel, dilations))]
-    z = np.pad(z, [(0, 0), (0, 0)] + [(max(a, 0), max(b, 0)) for a, b in widths])
-    crop = [slice(max(-a, 0), z.shape[2 + j] - max(-b, 0)) for j, (a, b) in enumerate(widths)]
-    return z[(slice(None), slice(None), *crop)], [0] * (2 * nd), [1] * nd, dilations
+    z = np.zeros((n, c, *[s * (i - 1) + 1 for s, i in zip(spread, size)]), dtype=x.dtype)
+    z[(slice(None), slice(None), *[slice(None, None, s) for s in spread])] = x
+    z = np.pad(z, [(0, 0), (0, 0)] + [(max(pads[j], 0), max(pads[nd + j], 0)) for j in range(nd)])
+    crop = [slice(max(-pads[j], 0), z.shape[2 + j] - max(-pads[nd + j], 0)) for j in range(nd)]
+    return z[(slice(None), slice(None), *crop)]
