@@ -105,31 +105,29 @@ class TargetShift:
     intercept: np.ndarray
     landing: bool
 
-    def stacked(self, target: np.ndarray, pre_activation: np.ndarray) -> np.ndarray:
-        """The target (N, M, ...) with, on the channel axis, the side of the bounds the original pre-activation
-        lies on (−1 at or below the lower, 1 at or above the upper, else 0) and, for a landing, the target's
-        offset from the pre-activation: rows drawn from it carry them all."""
-        pre_activation = self.activation.pre_activation(pre_activation)
-        side = (pre_activation >= self.activation.high).astype(target.dtype)
-        side -= pre_activation <= self.activation.low
-        parts = [target, side, target - pre_activation] if self.landing else [target, side]
-        return np.concatenate(parts, axis=1)
-
-    def shifts(self, X: np.ndarray, stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(targets t, shifts t' − t, float32) of rows X (..., p) and the rows of :meth:`stacked`."""
+    def shifts(self, X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(targets t, shifts t' − t, float32) of rows X (..., p) and ``rows`` (..., 2M): the targets, then the
+        values of the activation's tensor at the same positions (the pre-activation; for a landing the original
+        sum, which the target is offset from by minus the other branch). Only the sampled rows are looked at, not
+        the maps they were drawn from."""
         m = self.coef.shape[0]
-        Y, side = stacked[..., :m], stacked[..., m:2 * m]
-        offset = stacked[..., 2 * m:] if self.landing else np.float32(0.0)
+        Y, values = rows[..., :m], rows[..., m:]
         act = self.activation
+        read = act.pre_activation(values, channels_last=True)   # what the activation reads in the original
+        offset = Y - values if self.landing else np.float32(0.0)
         # one product over all rows (a stacked (N, P, p) product runs N small ones, 2-5x slower on wide layers)
-        rows = X.reshape(-1, X.shape[-1]) @ self.coef.T
-        fitted = act.pre_activation(rows.reshape(Y.shape) + self.intercept, channels_last=True)   # what it reads
-        moved = np.where(side < 0, np.minimum(fitted, act.low + offset), fitted)
+        fitted = X.reshape(-1, X.shape[-1]) @ self.coef.T
+        fitted = act.pre_activation(fitted.reshape(Y.shape) + self.intercept, channels_last=True)   # what it reads
+        below = read <= act.low
+        moved = np.where(below, np.minimum(fitted, act.low + offset), fitted)
+        shifted = below
         if np.isfinite(act.high):
-            moved = np.where(side > 0, np.maximum(fitted, act.high + offset), moved)
+            above = read >= act.high
+            moved = np.where(above, np.maximum(fitted, act.high + offset), moved)
+            shifted = below | above
         if act.scale is not None:   # back through the affine maps
             moved = (moved - act.shift.astype(moved.dtype)) / act.scale.astype(moved.dtype)
-        D = np.where(side != 0, moved - Y, np.float32(0.0))
+        D = np.where(shifted, moved - Y, np.float32(0.0))
         return Y, D.astype(np.float32, copy=False)
 
 

@@ -89,7 +89,7 @@ def test_a_shift_through_affine_maps_moves_targets_where_the_activation_reads_th
     fit = refit(LinearStatistics(p, m).partial_fit(X, T).centred(), np.arange(p), 1e-6)
     a, b = np.array([2.0, -0.5, 1.5]), np.array([0.3, -0.2, 0.0])
     shift = TargetShift(Activation("y", 0.0, np.inf, a, b), fit.coef, fit.intercept, landing=False)
-    Y, D = shift.shifts(X, shift.stacked(T[:, :, None], T[:, :, None])[:, :, 0])
+    Y, D = shift.shifts(X, np.concatenate([T, T], axis=1))
     read, fitted = a * T + b, a * (X.astype(np.float64) @ fit.coef.T + fit.intercept) + b
     expected = np.where(read <= 0, (np.minimum(fitted, 0.0) - b) / a - T, 0.0)
     np.testing.assert_allclose(D, expected, atol=1e-5)
@@ -113,8 +113,7 @@ def test_a_shift_pass_is_a_majorise_minimise_step_of_what_the_activation_passes(
     plain = LinearStatistics(p, m).partial_fit(X, T)
     fit = refit(plain.centred(), np.arange(p), 1e-6)
     shift = TargetShift(Activation("t", 0.0, 1.5), fit.coef, fit.intercept, landing=False)
-    stacked = shift.stacked(T[:, :, None], T[:, :, None])[:, :, 0]
-    Y, D = shift.shifts(X, stacked)
+    Y, D = shift.shifts(X, np.concatenate([T, T], axis=1))
     np.testing.assert_array_equal(Y, T)
     fitted = X.astype(np.float64) @ fit.coef.T + fit.intercept
     expected = np.where(T <= 0, np.minimum(fitted, 0.0), np.where(T >= 1.5, np.maximum(fitted, 1.5), T)) - T
@@ -139,7 +138,7 @@ def test_a_landing_moves_its_bounds_with_the_other_branch():
     total = np.array([[-0.5, -0.5]], np.float32)[:, :, None]       # the original sum: clipped in both channels
     target = total - other                                         # what the branch must add
     shift = TargetShift(Activation("s", 0.0, np.inf), np.zeros((2, 1)), np.array([-2.0, 3.0]), landing=True)
-    Y, D = shift.shifts(np.zeros((1, 1), np.float32), shift.stacked(target, total)[:, :, 0])
+    Y, D = shift.shifts(np.zeros((1, 1), np.float32), np.concatenate([target, total], axis=1)[:, :, 0])
     # channel 0: the re-fit gives -2, the sum 0 stays clipped: the target becomes -2 itself;
     # channel 1: it gives 3, the sum 2 crosses the bound: the target becomes 1, where the sum is 0
     np.testing.assert_allclose(Y + D, [[-2.0, 1.0]])

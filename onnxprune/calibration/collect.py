@@ -174,10 +174,11 @@ def _draws(consumer: Consumer, y: np.ndarray, max_positions: int | None) -> int:
 
 
 def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np.ndarray, weight_shape: tuple[int, ...],
-                  rng: np.random.Generator, max_positions: int | None,
-                  log_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  rng: np.random.Generator, max_positions: int | None, log_weights: np.ndarray | None = None,
+                  beside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Regression rows of one batch, per sample: (N, P, p) unfolded input patches and (N, P, M) outputs;
-    ``log_weights`` (N, P) of a Conv's output positions weigh the sampled ones (else they are drawn uniformly)."""
+    ``log_weights`` (N, P) of a Conv's output positions weigh the sampled ones (else they are drawn uniformly).
+    ``beside``, a tensor shaped like ``y``, has its values at the same positions put after the outputs (N, P, 2M)."""
     if consumer.op in ("Conv", "ConvTranspose"):
         kernel = tuple(weight_shape[2:])
         spread = None
@@ -186,7 +187,8 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
             strides = [1] * len(kernel)
         else:
             pads, strides, dilations = conv_geometry(node, x.shape, kernel)
-        ys = y.reshape(y.shape[0], y.shape[1], -1).transpose(0, 2, 1)  # (N, P, M)
+        ys, beside = (None if t is None else t.reshape(t.shape[0], t.shape[1], -1).transpose(0, 2, 1)  # (N, P, M)
+                      for t in (y, beside))
         pick = _sampled_positions(rng, ys.shape[0], ys.shape[1], max_positions, log_weights)
         # only the sampled patches are gathered: a large feature map unfolded whole would take gigabytes
         if pick is not None:
@@ -198,13 +200,13 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
     else:
         k, m = x.shape[-1], y.shape[-1]
         xs = x.reshape(x.shape[0], -1, k)
-        ys = y.reshape(y.shape[0], -1, m)
+        ys, beside = (None if t is None else t.reshape(t.shape[0], -1, m) for t in (y, beside))
         pick = _sampled_positions(rng, ys.shape[0], ys.shape[1], max_positions)
         if pick is not None:
             xs = _positions(xs, pick)
     if pick is not None:
-        ys = _positions(ys, pick)
-    return xs, ys
+        ys, beside = (None if t is None else _positions(t, pick) for t in (ys, beside))
+    return xs, ys if beside is None else np.concatenate([ys, beside], axis=-1)
 
 
 def _positions(rows: np.ndarray, pick: np.ndarray) -> np.ndarray:
@@ -396,13 +398,12 @@ class Rows:
                     if landing is not None and not measure_gains:
                         y = landing.output_for(_residual_target(values[landing.total], sources[landing.other],
                                                                 self.output_masks[cons.node]))
-                    if shift is not None:
-                        y = shift.stacked(y, values[shift.activation.tensor])
                     guide = self.guides.get(cons.node)
                     if guide is not None and guide not in log_weights:
                         log_weights[guide] = position_log_weights(values[guide])
                     X, Y = consumer_rows(self.nodes[cons.node], cons, x, y, self.weights[cons.weight], rng,
-                                         settings.max_positions, log_weights.get(guide))
+                                         settings.max_positions, log_weights.get(guide),
+                                         None if shift is None else values[shift.activation.tensor])
                     if not (all_finite(X) and all_finite(Y)):
                         raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration "
                                         "data.", note="check the preprocessing (--mean/--std, --raw-pixels)")
