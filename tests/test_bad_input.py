@@ -116,6 +116,21 @@ def test_no_prunable_group_writes_nothing_unless_asked(work):
     np.testing.assert_array_equal(run_model(model, feed)[0], run_model(work / "out.onnx", feed)[0])
 
 
+def test_a_model_that_computes_non_finite_values_is_a_data_error(work):
+    """A layer's rows are checked finite as they are drawn (the sums take them unchecked after): Log of the data's
+    negative values gives NaN in conv2's input."""
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Log", ["c1"], ["l"], name="log"),
+             helper.make_node("Conv", ["l", "w2", "b2"], ["out"], name="conv2")]
+    inits = [_weight("w1", (4, 3, 3, 3)), _weight("b1", (4,)), _weight("w2", (2, 4, 1, 1)), _weight("b2", (2,))]
+    model = _save(_conv_model(nodes, inits), work / "log.onnx")
+    data = write_calibration(model, work, n=8)
+    before = _files(work)
+    result = run(["compress", model, "--data", data, "--target-flops", "0.5", "-o", work / "out.onnx"])
+    assert_clean_failure(result, work, text="non-finite values at 'conv2'")
+    assert _files(work) == before
+
+
 # ---------------------------------------------------------------------------------------------- float16
 
 

@@ -21,7 +21,7 @@ from onnxprune.rectified import ShiftSums, TargetShift
 from onnxprune.residual import Landing
 from onnxprune.runtime import create_session, fixed_batch
 from onnxprune.solvers.fold_curve import CURVE_FOLD_COLUMNS
-from onnxprune.solvers.statistics import LinearStatistics, all_finite
+from onnxprune.solvers.statistics import LinearStatistics
 
 if TYPE_CHECKING:
     from onnxprune.calibration.frontier import FrontierStore
@@ -73,7 +73,8 @@ class ConsumerStats:
         return float(self.energy[0] / self.energy[1]) if self.energy[1] > 0 else 1.0
 
     def add(self, X: np.ndarray, Y: np.ndarray, odd: np.ndarray) -> None:
-        """Add per-sample rows X (N, P, p), Y (N, P, M); ``odd`` marks the samples of the second fold."""
+        """Add per-sample rows X (N, P, p), Y (N, P, M), all finite (the caller checks them: :class:`Rows`); ``odd``
+        marks the samples of the second fold."""
         self._pending.append((X, Y, odd))
         self._rows += X.shape[0] * X.shape[1]
         if self._rows >= self._block:
@@ -86,11 +87,11 @@ class ConsumerStats:
         # gathered straight into float64, which the sums take (one pass over the rows, not a copy and a cast)
         X = np.concatenate([x.reshape(-1, p) for x, _, _ in self._pending], dtype=np.float64)
         Y = np.concatenate([y.reshape(-1, m) for _, y, _ in self._pending], dtype=np.float64)
-        self.full.partial_fit(X, Y)
+        self.full.add_checked(X, Y)   # every row was checked finite as it was drawn (``Rows.accumulate``)
         if self.odd is not None:
             Xo = [x[o].reshape(-1, p) for x, _, o in self._pending if o.any()]
             if Xo:
-                self.odd.partial_fit(np.concatenate(Xo, dtype=np.float64), np.concatenate(
+                self.odd.add_checked(np.concatenate(Xo, dtype=np.float64), np.concatenate(
                     [y[o].reshape(-1, m) for _, y, o in self._pending if o.any()], dtype=np.float64))
         self._pending, self._rows = [], 0
         return self
@@ -404,7 +405,7 @@ class Rows:
                     X, Y = consumer_rows(self.nodes[cons.node], cons, x, y, self.weights[cons.weight], rng,
                                          settings.max_positions, log_weights.get(guide),
                                          None if shift is None else values[shift.activation.tensor])
-                    if not (all_finite(X) and all_finite(Y)):
+                    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
                         raise DataError(f"the model produces non-finite values at '{cons.node}' on the calibration "
                                         "data.", note="check the preprocessing (--mean/--std, --raw-pixels)")
                     if shift is not None:

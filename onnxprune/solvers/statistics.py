@@ -109,18 +109,9 @@ def _as_batch(name: str, a: np.ndarray, width: int) -> np.ndarray:
     if a.ndim != 2 or a.shape[1] != width:
         raise ValueError(f"{name} must have shape (n, {width}), got {a.shape}.")
     a = a.astype(np.float64, copy=False)
-    if not all_finite(a):
+    if not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinite values; check the calibration data.")
     return a
-
-
-def all_finite(a: np.ndarray) -> bool:
-    """Whether every entry of ``a`` is finite: its sum, through which NaN and ±inf carry, in one pass without a
-    temporary; the entries themselves only where the sum is not finite (an overflow of finite values)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.add.reduce(a, axis=None)):
-            return True
-    return bool(np.isfinite(a).all())
 
 
 def _add_products(G: np.ndarray, C: np.ndarray, L: np.ndarray, X: np.ndarray, Y: np.ndarray) -> None:
@@ -286,6 +277,12 @@ class LinearStatistics:
         Y = _as_batch("Y", Y, self.n_targets)
         if X.shape[0] != Y.shape[0]:
             raise ValueError(f"X and Y must have the same number of rows, got {X.shape[0]} and {Y.shape[0]}.")
+        return self.add_checked(X, Y)
+
+    def add_checked(self, X: np.ndarray, Y: np.ndarray) -> LinearStatistics:
+        """:meth:`partial_fit` of a batch its caller has checked: float64 rows X (n, p) and Y (n, M), all finite
+        (calibration checks each consumer's rows as they are drawn, in their own precision: checking them again
+        after the cast took 0.8 ms a flush of 4 096 rows of 500 columns)."""
         self.n_samples_seen_ += X.shape[0]
         self.sum_x_ += X.sum(axis=0)
         self.sum_y_ += Y.sum(axis=0)
