@@ -82,6 +82,37 @@ def test_a_refits_error_from_its_normal_equations_is_the_statistics_one(prior, r
     assert solver.factor is None and solver.relative_error(W) == relative_error(singular, W)
 
 
+def test_a_float64_fit_is_scored_on_a_float32_gram_to_the_bits_of_numpys_own_cast(monkeypatch):
+    """A wide layer's factored fold fits in float64 and is scored on the other fold's float32 Gram matrix, cast to
+    float64 once instead of by every λ's product: the same validation errors to the bit."""
+    from dataclasses import replace
+
+    from onnxprune.solvers import shrinkage
+    from onnxprune.solvers.refit import RidgeSolver, residual
+
+    rng = np.random.default_rng(7)
+    p, m = 48, 6
+    W0 = rng.standard_normal((m, p))
+    X = rng.standard_normal((400, p)) @ rng.standard_normal((p, p))
+    Y = X @ W0.T + rng.standard_normal((400, m))
+    factored = _stats(X[:8], Y[:8]).centred()            # 8 rows of 48 columns: kept as rows
+    dense = _stats(X[8:], Y[8:]).centred()
+    dense = replace(dense, G=dense.G.astype(np.float32), C=dense.C.astype(np.float32))
+    assert factored.factored and not dense.factored
+    error = shrinkage._validation_error([(factored, dense)], W0)
+    for rel in (0.1, 1.0, 10.0):
+        W = RidgeSolver(factored, W0)(rel * shrinkage._mean_eigenvalue(factored))
+        assert W.dtype == np.float64
+        shift_x, shift_y = dense.x_mean - factored.x_mean, dense.y_mean - factored.y_mean
+        assert error(rel) == residual(dense, W) + float(np.sum((shift_y - W @ shift_x) ** 2))
+    casts = []
+    monkeypatch.setattr(shrinkage, "replace", lambda *a, **k: casts.append(1) or replace(*a, **k))
+    error = shrinkage._validation_error([(factored, dense)], W0)
+    for rel in (0.1, 1.0, 10.0):
+        error(rel)
+    assert casts == [1]   # once, not once per λ
+
+
 def test_cross_validation_shrinks_when_rows_are_scarce():
     rng = np.random.default_rng(1)
     p, n = 60, 40                                   # fewer rows than columns

@@ -136,14 +136,21 @@ def _validation_view(stats: CentredStatistics, cols: np.ndarray, targets: np.nda
 
 def _validation_error(pairs: list[tuple[CentredStatistics, CentredStatistics]],
                       W0: np.ndarray) -> Callable[[float], float]:
-    """Relative λ ↦ the validation error summed over both ways of training on one fold and scoring the other."""
+    """Relative λ ↦ the validation error summed over both ways of training on one fold and scoring the other.
+
+    A float64 fit (from a factored fold) scored on a float32 Gram matrix (a wide layer's dense fold) is scored on
+    that matrix cast to float64 once, which numpy's product would otherwise cast again for every λ (VGG-16's
+    4 608-column layers: 2.6 s of its error-correcting stage; the same bits)."""
     fits = [(RidgeSolver(train, W0), _mean_eigenvalue(train), test, test.x_mean - train.x_mean,
              test.y_mean - train.y_mean) for train, test in pairs]
+    cast: dict[int, CentredStatistics] = {}
 
     def error(rel: float) -> float:
         total = 0.0
-        for fit, unit, test, shift_x, shift_y in fits:
+        for k, (fit, unit, test, shift_x, shift_y) in enumerate(fits):
             W = fit(rel * unit)
+            if not test.factored and np.result_type(W, test.G) != test.G.dtype:
+                test = cast.get(k) or cast.setdefault(k, replace(test, G=test.G.astype(np.result_type(W, test.G))))
             total += residual(test, W) + float(np.sum((shift_y - W @ shift_x) ** 2))
         return total
 
