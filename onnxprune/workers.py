@@ -14,6 +14,7 @@ import selectors
 import signal
 import struct
 import time
+import traceback
 from typing import Any, Callable, Iterator, Sequence
 
 
@@ -47,6 +48,14 @@ def run_forked(fn: Callable[[Any, Any], Any], context: Any, items: Sequence,
 
 class WorkerError(RuntimeError):
     """A forked worker ended without returning its task's result."""
+
+
+class WorkerTraceback(Exception):
+    """The traceback of a task's exception in the worker that raised it: the cause of that exception here (``-v``
+    prints it)."""
+
+    def __str__(self) -> str:
+        return "\n" + self.args[0].rstrip()
 
 
 _STOP = -1
@@ -102,7 +111,8 @@ class _Worker:
             raise self._lost()
         index, value, seconds, error = pickle.loads(payload)
         if error is not None:
-            raise error
+            exc, text = error
+            raise exc from WorkerTraceback(text)
         return index, value, seconds
 
     def _lost(self) -> Exception:
@@ -120,10 +130,13 @@ class _Worker:
         """Tell the worker to stop and reap it; ``kill`` (after an error or Ctrl-C here) ends it at once instead of
         after the task it runs."""
         if self.pid:
-            if kill:
-                os.kill(self.pid, signal.SIGKILL)
-            else:
-                self.give(None)
+            try:
+                if kill:
+                    os.kill(self.pid, signal.SIGKILL)
+                else:
+                    self.give(None)
+            except OSError:   # it has ended already (its pipe is closed): reap it
+                pass
             os.waitpid(self.pid, 0)
             self.pid = 0
         os.close(self.tasks)
@@ -142,8 +155,9 @@ def _serve(work: tuple, tasks: int, results: int) -> None:
         try:
             reply = (index, fn(context, items[index]), time.perf_counter() - start, None)
             payload = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:   # raised in the parent instead
-            payload = pickle.dumps((index, None, 0.0, _picklable(exc)), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:   # raised in the parent instead, with this traceback as its cause
+            payload = pickle.dumps((index, None, 0.0, (_picklable(exc), traceback.format_exc())),
+                                   protocol=pickle.HIGHEST_PROTOCOL)
         _write_all(results, _INDEX.pack(len(payload)) + payload)
 
 

@@ -79,9 +79,13 @@ def test_ctrl_c_is_left_to_the_parent():
     assert PoolExecutor(workers=2).map(_ignores_ctrl_c, [0, 1, 2]) == [True, True, True]
 
 
-def test_a_worker_error_is_raised_here():
-    with pytest.raises(ValueError, match="item 3 is bad"):
+def test_a_worker_error_is_raised_here_with_the_workers_traceback_as_its_cause():
+    from onnxprune.workers import WorkerTraceback
+
+    with pytest.raises(ValueError, match="item 3 is bad") as raised:
         PoolExecutor(workers=2).map(_fails, list(range(6)))
+    cause = raised.value.__cause__
+    assert isinstance(cause, WorkerTraceback) and "in _fails" in str(cause) and "item 3 is bad" in str(cause)
 
 
 def _dies(_context, item):
