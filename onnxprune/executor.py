@@ -133,14 +133,15 @@ class PoolExecutor(Executor):
         # the workers inherit the BLAS limit with the fork: set in a worker instead, it would start OpenBLAS's threads
         # anew there, which spin beside the tasks for their first 0.1 s; lifted here only after the tasks (lifting it
         # starts this process's threads, which spin as long)
-        with backend.blas_threads(max(cpu_cores() // count, 1)):
-            with contextlib.closing(run_forked(fn, context, items, count)) as returned:   # closed: no worker outlives
-                for index, value, seconds in returned:                                  # an error here
-                    results[index], self.last_seconds[index] = value, seconds
-                    self.tasks += 1
-                    self.task_seconds += seconds
-                    if on_done:
-                        on_done(index, value)
+        # closing the generator on an error here stops its workers at once
+        with backend.blas_threads(max(cpu_cores() // count, 1)), \
+                contextlib.closing(run_forked(fn, context, items, count)) as returned:
+            for index, value, seconds in returned:
+                results[index], self.last_seconds[index] = value, seconds
+                self.tasks += 1
+                self.task_seconds += seconds
+                if on_done:
+                    on_done(index, value)
         return results
 
 

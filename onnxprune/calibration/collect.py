@@ -188,8 +188,11 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
             strides = [1] * len(kernel)
         else:
             pads, strides, dilations = conv_geometry(node, x.shape, kernel)
-        ys, beside = (None if t is None else t.reshape(t.shape[0], t.shape[1], -1).transpose(0, 2, 1)  # (N, P, M)
-                      for t in (y, beside))
+
+        def as_rows(t: np.ndarray) -> np.ndarray:
+            return t.reshape(t.shape[0], t.shape[1], -1).transpose(0, 2, 1)  # (N, P, M)
+
+        ys = as_rows(y)
         pick = _sampled_positions(rng, ys.shape[0], ys.shape[1], max_positions, log_weights)
         # only the sampled patches are gathered: a large feature map unfolded whole would take gigabytes
         if pick is not None:
@@ -200,14 +203,20 @@ def consumer_rows(node: onnx.NodeProto, consumer: Consumer, x: np.ndarray, y: np
             xs = unfold(x, kernel, pads, strides, dilations)
     else:
         k, m = x.shape[-1], y.shape[-1]
-        xs = x.reshape(x.shape[0], -1, k)
-        ys, beside = (None if t is None else t.reshape(t.shape[0], -1, m) for t in (y, beside))
+
+        def as_rows(t: np.ndarray) -> np.ndarray:
+            return t.reshape(t.shape[0], -1, m)
+
+        xs, ys = x.reshape(x.shape[0], -1, k), as_rows(y)
         pick = _sampled_positions(rng, ys.shape[0], ys.shape[1], max_positions)
         if pick is not None:
             xs = _positions(xs, pick)
     if pick is not None:
-        ys, beside = (None if t is None else _positions(t, pick) for t in (ys, beside))
-    return xs, ys if beside is None else np.concatenate([ys, beside], axis=-1)
+        ys = _positions(ys, pick)
+    if beside is None:
+        return xs, ys
+    beside = as_rows(beside) if pick is None else _positions(as_rows(beside), pick)
+    return xs, np.concatenate([ys, beside], axis=-1)
 
 
 def _positions(rows: np.ndarray, pick: np.ndarray) -> np.ndarray:
