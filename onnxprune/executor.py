@@ -14,7 +14,6 @@ computes the same result: tasks are pure functions of their arguments.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import pickle
 import socket
@@ -23,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from onnxprune import idle_threads
 from onnxprune.errors import ClusterError, UsageError, first_line
+from onnxprune.heap import free_heap, return_free_heap
 from onnxprune.runtime import cpu_cores
 from onnxprune.solvers import backend
 from onnxprune.workers import run_forked
@@ -143,57 +143,6 @@ class PoolExecutor(Executor):
                 if on_done:
                     on_done(index, value)
         return results
-
-
-def return_free_heap() -> bool:
-    """Hand the memory this process has freed but still holds back to the system (glibc's ``malloc_trim``), as
-    before forking workers; False where there is no glibc.
-
-    After calibration the heap keeps the freed batches' pages, and forked workers serve their Gram-sized temporaries
-    from that inherited heap (most likely paying a copy-on-write fault per page; measured, not traced). The YOLOv8n
-    layout detector's 43 ranking jobs took 19.5–22 s of worker time inside compress against 15.5 s forked from a
-    small process, and 16.5–17.0 s with the heap trimmed first (solve stage 10.1–11.5 → 8.6–8.8 s); the results are
-    the same bytes."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "malloc_trim"):
-        return False
-    libc.malloc_trim(0)
-    return True
-
-
-def free_heap() -> int | None:
-    """Bytes of the heap that are free but still held (glibc's ``mallinfo2``), or None where it cannot say."""
-    mallinfo2 = _mallinfo2()
-    return None if mallinfo2 is None else int(mallinfo2().fordblks)
-
-
-@functools.lru_cache(maxsize=1)
-def _mallinfo2():
-    """glibc's ``mallinfo2`` returning its struct (size_t fields), or None."""
-    import ctypes
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallinfo2"):
-        return None
-    libc.mallinfo2.restype = MallInfo2
-    return libc.mallinfo2
-
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    """The C library, looked up once (``find_library`` runs ``ldconfig``), or None."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
 
 
 def resolve(value: Any) -> Any:

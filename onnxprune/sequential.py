@@ -34,6 +34,7 @@ from onnxprune.depth import vanished
 from onnxprune.executor import Executor, LocalExecutor
 from onnxprune.graph.io import model_inputs
 from onnxprune.graph.probe import element_types
+from onnxprune.heap import reusing_freed_memory
 from onnxprune.plan import PrunePlan, SolverSettings, consumer_weight_matrix
 from onnxprune.rectified import Activation, TargetShift, rectified_consumers
 from onnxprune.residual import Landing
@@ -159,34 +160,35 @@ def sequential_refit(model: onnx.ModelProto, analysis: Analysis, plan: PrunePlan
                 passes.stage(step, store, data, indices, settings)).total()
 
     try:
-        for k, (stage, final) in enumerate(zip(plan_stages.stages, plan_stages.finals)):
-            networks = {ORIGINAL: model, PRUNED: current}
-            cut = {net: segments[net][k] for net in networks}
-            graphs = {ORIGINAL: original_graph, PRUNED: None}   # the pruned network changes every stage
-            models = {net: None if cut[net].seeded or not cut[net].outputs else
-                      segment_model(networks[net], cut[net], types, graphs[net]) for net in networks}
-            masks = {c.node: analysis.mask(c.output, plan.kept) for c in stage if c.node in final}
-            rectified = {c.node: activations[c.node] for c in stage if c.node in activations}
-            step = StagePass(model, list(stage), cut, models, read_data=k == 0 and seeded is None, landings=final,
-                             output_masks=masks, advance=not rectified)
-            stats = run(step)
-            jobs = []
-            for c in stage:
-                kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
-                w0 = consumer_weight_matrix(nodes[c.node], c, w_arrays)[:, kept_cols]
-                # X' holds only the kept columns; a consumer re-fitted again keeps its raw sums
-                jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0, c.node in rectified, not executor.remote))
-            fits = dict(zip((c.node for c in stage), executor.map(_refit_task, jobs, context=solver.delta)))
-            done = {node: fit for node, (fit, _, _) in fits.items()}
-            if rectified:
-                done.update(_shift_passes(run, step, rectified, jobs, fits, solver, executor))
-            del jobs, fits   # their raw sums and factors: freed before the next stage's pass and re-fits
-            installed = {c.node: done[c.node] for c in stage}
-            if k + 1 < len(plan_stages.stages):   # the later stages' pruned network runs with them
-                install_refits(current, analysis, plan.kept, installed, specs)
-            refits.update(installed)
-            if progress:
-                progress(len(stage))
+        with reusing_freed_memory():   # the stages' Gram-sized temporaries reuse each other's memory (heap.py)
+            for k, (stage, final) in enumerate(zip(plan_stages.stages, plan_stages.finals)):
+                networks = {ORIGINAL: model, PRUNED: current}
+                cut = {net: segments[net][k] for net in networks}
+                graphs = {ORIGINAL: original_graph, PRUNED: None}   # the pruned network changes every stage
+                models = {net: None if cut[net].seeded or not cut[net].outputs else
+                          segment_model(networks[net], cut[net], types, graphs[net]) for net in networks}
+                masks = {c.node: analysis.mask(c.output, plan.kept) for c in stage if c.node in final}
+                rectified = {c.node: activations[c.node] for c in stage if c.node in activations}
+                step = StagePass(model, list(stage), cut, models, read_data=k == 0 and seeded is None, landings=final,
+                                 output_masks=masks, advance=not rectified)
+                stats = run(step)
+                jobs = []
+                for c in stage:
+                    kept_cols = np.repeat(analysis.mask(c.input, plan.kept), c.kernel)
+                    w0 = consumer_weight_matrix(nodes[c.node], c, w_arrays)[:, kept_cols]
+                    # X' holds only the kept columns; a consumer re-fitted again keeps its raw sums
+                    jobs.append((stats.pop(c.node), int(kept_cols.sum()), w0, c.node in rectified, not executor.remote))
+                fits = dict(zip((c.node for c in stage), executor.map(_refit_task, jobs, context=solver.delta)))
+                done = {node: fit for node, (fit, _, _) in fits.items()}
+                if rectified:
+                    done.update(_shift_passes(run, step, rectified, jobs, fits, solver, executor))
+                del jobs, fits   # their raw sums and factors: freed before the next stage's pass and re-fits
+                installed = {c.node: done[c.node] for c in stage}
+                if k + 1 < len(plan_stages.stages):   # the later stages' pruned network runs with them
+                    install_refits(current, analysis, plan.kept, installed, specs)
+                refits.update(installed)
+                if progress:
+                    progress(len(stage))
     finally:
         store.clear()
         if own:

@@ -176,7 +176,7 @@ def test_the_heap_goes_back_to_the_system_before_the_fork(monkeypatch):
 def test_returning_the_free_heap_works_with_glibc():
     import platform
 
-    from onnxprune.executor import free_heap, return_free_heap
+    from onnxprune.heap import free_heap, return_free_heap
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
