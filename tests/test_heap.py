@@ -9,7 +9,8 @@ import pytest
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
 
-# page faults of touching a fresh 64 MiB array after an equal one was freed, outside and inside the context; then
+# page faults of touching a fresh 64 MiB array after an equal one was freed, outside and inside the context (after
+# an inner context came and went); then
 # the resident memory (MiB) inside the context after freeing 256 MiB, and after leaving it
 _FAULTS = """
 import resource
@@ -28,6 +29,8 @@ def rss():
 
 outside = faults_of_a_second_array()
 with reusing_freed_memory() as took:
+    with reusing_freed_memory():   # an inner context leaves the outer one's settings as they are
+        pass
     inside = faults_of_a_second_array()
     big = np.ones(32 << 20)   # 256 MiB
     del big
