@@ -262,3 +262,46 @@ def test_installing_refits_stage_by_stage_gives_the_rewritten_model(model_path, 
                  for m in (current, reference))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * float(np.abs(w).max()))
+
+
+def test_the_heap_is_reused_from_a_wide_stage_until_a_narrow_one(monkeypatch):
+    """The heap's reuse (heap.py) is held from a stage whose widest consumer keeps REUSE_FROM_COLUMNS input columns
+    or more through the next such stages, handed back at the first narrower stage, and never left held."""
+    import contextlib
+
+    import onnxprune.sequential as sequential
+
+    loaded, analysis, first, plan, options = _prepared(ZOO / "vgg_bn.ts.onnx", ZOO / "vgg_bn.npz")
+    widths = []   # per stage, the most input columns a consumer keeps
+    for stage in _Stages(loaded.model, first.consumers, first.landings).stages:
+        widths.append(max(int(np.repeat(analysis.mask(c.input, plan.kept), c.kernel).sum()) for c in stage))
+    threshold = sorted(set(widths))[len(set(widths)) // 2]
+    wide = [w >= threshold for w in widths]
+    assert any(wide) and not all(wide), widths
+    events = []
+
+    @contextlib.contextmanager
+    def recorded():
+        events.append(("enter", len(stages_seen)))
+        yield True
+        events.append(("exit", len(stages_seen)))
+
+    stages_seen = []
+    original_run = sequential.stage_blocks
+    monkeypatch.setattr(sequential, "REUSE_FROM_COLUMNS", threshold)
+    monkeypatch.setattr(sequential, "reusing_freed_memory", recorded)
+    monkeypatch.setattr(sequential, "stage_blocks", lambda step, *a, **k: (
+        stages_seen.append(step.consumers[0].node) if step.shifts is None else None) or original_run(step, *a, **k))
+    sequential_refit(loaded.model, analysis, plan, first.consumers, loaded.data, loaded.calib_idx,
+                     options.calibration, landings=first.landings)
+    assert len(stages_seen) == len(widths)
+    expected, held = [], False
+    for k, w in enumerate(wide):   # the stage's pass starts after the switch: k stages seen before it
+        if w and not held:
+            expected.append(("enter", k))
+        elif held and not w:
+            expected.append(("exit", k))
+        held = w
+    if held:
+        expected.append(("exit", len(widths)))
+    assert events == expected
