@@ -6,8 +6,9 @@ the kernel zeroes on first touch. The error-correcting re-fit makes them by the 
 same few sizes: in VGG-16's error-correct stage that zeroing was 19 % of the CPU samples (``perf``: clear_page_erms)
 and 17 s of system time. :func:`reusing_freed_memory` serves every size from the heap and keeps what is freed for
 the next allocation while it lasts: the error-correct stage runs its wide stages that way (``sequential.py``), and
-the forked workers of a pool their tasks (the rankings' temporaries). In a calibration pass the kept memory raised VGG-16's peak by 10 % (2 189 → 2 405 MiB
-resident) for as much time, so it does not. Elsewhere than glibc every function here does nothing.
+the forked workers of a pool their tasks (the rankings' temporaries). In a calibration pass the kept memory raised
+VGG-16's peak by 10 % (2 189 → 2 405 MiB resident) for as much time, so it does not. Elsewhere than glibc every
+function here does nothing.
 """
 from __future__ import annotations
 

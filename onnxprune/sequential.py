@@ -53,9 +53,9 @@ if TYPE_CHECKING:
 # temporaries (8 MiB and more in float64; glibc maps those past 32 MiB afresh every time) are then most of what it
 # allocates and frees. Held from one such stage to the next; a narrower stage hands the kept memory back, so that
 # passes over high-resolution maps, where the frontier's tensors come and go, do not grow the heap. Held through
-# every stage, the reuse took VGG-16's error-correct stage 44.4-45.5 -> 39.8-41.3 s but the YOLOv8 lookalike's peak
-# 510 -> 848 MiB; from 1 024 columns 45.1-45.2 -> 42.0-42.8 s and 484 MiB (the PP-OCR lookalike's 953-1 018 -> 1 086);
-# from 2 048, 43.7-43.9 -> 41.3-43.1 s.
+# every stage, the reuse took VGG-16's error-correct stage 46.1-48.0 -> 42.4-43.7 s (in turn) but the YOLOv8
+# lookalike's peak 505-513 -> 848 MiB; from 1 024 columns 45.1-45.2 -> 42.0-42.8 s (in turn, another hour) and 484 MiB
+# (the PP-OCR lookalike's 953-1 018 -> 1 086); from 2 048, 43.7-43.9 -> 41.3-43.1 s.
 REUSE_FROM_COLUMNS = 1024
 
 

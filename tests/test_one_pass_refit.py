@@ -286,12 +286,17 @@ def test_the_heap_is_reused_from_a_wide_stage_until_a_narrow_one(monkeypatch):
         yield True
         events.append(("exit", len(stages_seen)))
 
-    stages_seen = []
+    stages_seen = []   # a stage's first pass (its statistics: no shifts) per stage
     original_run = sequential.stage_blocks
+
+    def run(step, *args, **kwargs):
+        if step.shifts is None:
+            stages_seen.append(step.consumers[0].node)
+        return original_run(step, *args, **kwargs)
+
     monkeypatch.setattr(sequential, "REUSE_FROM_COLUMNS", threshold)
     monkeypatch.setattr(sequential, "reusing_freed_memory", recorded)
-    monkeypatch.setattr(sequential, "stage_blocks", lambda step, *a, **k: (
-        stages_seen.append(step.consumers[0].node) if step.shifts is None else None) or original_run(step, *a, **k))
+    monkeypatch.setattr(sequential, "stage_blocks", run)
     sequential_refit(loaded.model, analysis, plan, first.consumers, loaded.data, loaded.calib_idx,
                      options.calibration, landings=first.landings)
     assert len(stages_seen) == len(widths)
