@@ -133,9 +133,9 @@ class PoolExecutor(Executor):
         # the workers inherit the BLAS limit with the fork: set in a worker instead, it would start OpenBLAS's threads
         # anew there, which spin beside the tasks for their first 0.1 s; lifted here only after the tasks (lifting it
         # starts this process's threads, which spin as long)
-        # closing the generator on an error here stops its workers at once
         # the workers inherit the heap's reuse too (heap.py): their rankings' temporaries (VGG-16's 4 608-column ones:
-        # solve stage 36.3-38.0 -> 35.9-36.1 s in turn, the same bytes); this process frees little meanwhile
+        # solve stage 36.3-38.0 -> 35.9-36.1 s in turn, the same bytes); this process frees little meanwhile.
+        # Closing the generator on an error here stops its workers at once
         with backend.blas_threads(max(cpu_cores() // count, 1)), reusing_freed_memory(hand_back=False), \
                 contextlib.closing(run_forked(fn, context, items, count)) as returned:
             for index, value, seconds in returned:

@@ -84,13 +84,13 @@ def reusing_freed_memory(hand_back: bool = True) -> Iterator[bool]:
     """While inside, every allocation comes from the heap and freed memory stays there for the next one (no
     ``mmap`` per large array, no trimming); on leaving, large allocations are mapped again and, with ``hand_back``,
     the free memory is handed back (``malloc_trim``: milliseconds per hundred MB held). Yields whether glibc took
-    it. Process-wide: it holds for every thread, and for workers forked
-    inside; a context entered inside another changes nothing. Threads' own arenas still map what exceeds their
-    64 MiB heaps."""
+    it. Process-wide: it holds for every thread, and for workers forked inside; a context entered inside another
+    changes nothing. Threads' own arenas still map what exceeds their 64 MiB heaps."""
     libc = _glibc()
     outermost = not _DEPTH
     if outermost:
-        took = libc is not None and bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP))
+        took = libc is not None and bool(libc.mallopt(_M_MMAP_MAX, 0))
+        took = took and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP))
     else:
         took = _DEPTH[-1]
     _DEPTH.append(took)
